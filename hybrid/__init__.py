@@ -1,0 +1,82 @@
+"""hybrid: a trio-native hybrid state-machine agent framework.
+
+Package map (the implementation modules are private; everything public is
+re-exported here):
+
+- ``_agent.py``: `Agent`, `spawn`, `interrupted`
+- ``_next.py``: `Next`, `Performer`
+- ``_retry.py``: `RetryPolicy`
+- ``_runtime.py``: the mailbox and the run loop of one agent
+- ``_address.py``: `Address`, `Request`, `RequestCall`, `AgentStatistics`
+- ``_context.py``: `Context`, `Timer`, `Stream`, `StreamEnded`
+- ``_handlers.py``: `on_event`, `on_request`, `on_response` and dispatch
+- ``_stop.py``: `StopReason`, `StopKind`
+- ``_exceptions.py``: the exception tree
+"""
+
+from ._address import Address as Address
+from ._address import AgentStatistics as AgentStatistics
+from ._address import Request as Request
+from ._address import RequestCall as RequestCall
+from ._agent import Agent as Agent
+from ._agent import interrupted as interrupted
+from ._agent import spawn as spawn
+from ._context import Context as Context
+from ._context import Stream as Stream
+from ._context import StreamEnded as StreamEnded
+from ._context import Timer as Timer
+from ._exceptions import AgentStopped as AgentStopped
+from ._exceptions import HandlerDefinitionError as HandlerDefinitionError
+from ._exceptions import HybridError as HybridError
+from ._exceptions import InvalidTransition as InvalidTransition
+from ._exceptions import LifecycleError as LifecycleError
+from ._exceptions import MailboxFull as MailboxFull
+from ._exceptions import UnhandledMessage as UnhandledMessage
+from ._handlers import on_event as on_event
+from ._handlers import on_request as on_request
+from ._handlers import on_response as on_response
+from ._next import Next as Next
+from ._next import Performer as Performer
+from ._retry import RetryPolicy as RetryPolicy
+from ._stop import StopKind as StopKind
+from ._stop import StopReason as StopReason
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Address",
+    "Agent",
+    "AgentStatistics",
+    "AgentStopped",
+    "Context",
+    "HandlerDefinitionError",
+    "HybridError",
+    "InvalidTransition",
+    "LifecycleError",
+    "MailboxFull",
+    "Next",
+    "Performer",
+    "Request",
+    "RequestCall",
+    "RetryPolicy",
+    "StopKind",
+    "StopReason",
+    "Stream",
+    "StreamEnded",
+    "Timer",
+    "UnhandledMessage",
+    "interrupted",
+    "on_event",
+    "on_request",
+    "on_response",
+    "spawn",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("hybrid."):
+        try:
+            _obj.__module__ = "hybrid"
+        except (AttributeError, TypeError):  # pragma: no cover
+            pass
+del _name, _obj

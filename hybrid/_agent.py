@@ -1,0 +1,249 @@
+"""Agents: the class applications subclass, and how agents are started."""
+
+from __future__ import annotations
+
+import logging
+from threading import get_ident
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn
+
+import trio
+from typing_extensions import Self, TypeVar
+
+from ._exceptions import LifecycleError
+from ._handlers import Table, build_tables, defining_namespace
+from ._next import Next
+from ._runtime import Runtime, current_runtime
+
+if TYPE_CHECKING:
+    from ._address import Address
+    from ._context import Context
+    from ._stop import StopReason
+
+T_co = TypeVar("T_co", covariant=True, default=None)
+A = TypeVar("A", bound="Agent[Any]")
+
+logger = logging.getLogger("hybrid.agent")
+
+
+class _NotStarted:
+    """``Agent.ctx`` before the agent runs: a clear error instead of AttributeError."""
+
+    def __get__(self, instance: object, owner: type | None = None) -> NoReturn:
+        if instance is None:
+            raise AttributeError("ctx")
+        raise LifecycleError(
+            f"{type(instance).__qualname__}.ctx exists once the agent runs "
+            "(agent.run() or hybrid.spawn()); it is not available in __init__"
+        )
+
+
+def _check_capacity(capacity: object, where: str) -> int | None:
+    if capacity is None:
+        return None
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+        raise ValueError(f"{where} must be None (unbounded) or an int >= 1, got {capacity!r}")
+    return capacity
+
+
+class Agent(Generic[T_co]):
+    """The base class of agents; `T_co` is the type of its output (default None).
+
+    An agent is a state machine: `begin()` returns the first transition
+    ([`Next`][hybrid.Next]), each state returns the following one, until the
+    agent finishes. In actor mode (``Next.events()``) it handles typed
+    messages with methods decorated by `@hybrid.on_event`,
+    `@hybrid.on_request` and `@hybrid.on_response`.
+
+    Subclasses define ``__init__`` freely (no ``super().__init__()`` needed).
+    An instance runs once, with `await agent.run()` or
+    `hybrid.spawn(nursery, agent)`; from then on ``self.ctx`` is its
+    [`Context`][hybrid.Context].
+
+    Attributes:
+        mailbox_capacity: the bound of the agent's mailbox (None: unbounded).
+            A class attribute; `hybrid.spawn(..., mailbox_capacity=n)`
+            overrides it for one agent.
+
+    Example:
+        ```python
+        class Download(Agent[int]):
+            def __init__(self, url: str) -> None:
+                self.url = url
+
+            def begin(self) -> Next[Self]:
+                return Next.do_async(self.fetch, self.url)
+
+            async def fetch(self, url: str) -> Next[Self]:
+                text = await get(url)
+                return Next.do_sync(self.count, text)
+
+            def count(self, text: str) -> Next[Self]:
+                return Next.done(len(text))
+
+        size = await Download("https://example.org").run()
+        ```
+    """
+
+    mailbox_capacity: ClassVar[int | None] = None
+
+    if TYPE_CHECKING:
+        ctx: Context
+    else:
+        ctx = _NotStarted()
+
+    _hybrid_events: ClassVar[Table]
+    _hybrid_requests: ClassVar[Table]
+    _hybrid_responses: ClassVar[Table]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_capacity(cls.__dict__.get("mailbox_capacity"), f"{cls.__qualname__}.mailbox_capacity")
+        cls._hybrid_events, cls._hybrid_requests, cls._hybrid_responses = build_tables(
+            cls, defining_namespace()
+        )
+
+    def begin(self) -> Next[Self]:
+        """The first transition; the default is ``Next.events()`` (actor mode)."""
+        return Next.events()
+
+    async def on_interrupt(self) -> None:
+        """Called when the agent is interrupted (always, and once).
+
+        Afterwards the agent takes the transition this hook scheduled with
+        ``self.ctx.do_next(...)``, or finishes as ``Next.done()`` does (handling
+        the messages already queued) if it scheduled none. The default does
+        nothing.
+        """
+
+    async def on_error(self, error: Exception) -> None:
+        """Called when an event or response handler raised; the agent keeps running.
+
+        The default logs the error at ERROR level on the ``hybrid.agent``
+        logger. Raise from here to fail the agent instead. (An `on_request`
+        handler's error goes to the caller, not here.)
+        """
+        logger.error("%s: a message handler raised", type(self).__qualname__, exc_info=error)
+
+    async def on_stop(self, reason: StopReason) -> None:
+        """Called last, whatever the ending (done, interrupted, stopped, failed, cancelled).
+
+        When the agent is cancelled, it runs shielded from that cancellation:
+        keep it short. An exception raised here fails the agent.
+        """
+
+    async def run(self) -> T_co:
+        """Run the agent in the current task until it ends; return its output.
+
+        Returns the value given to ``Next.done`` (None if the agent ended by
+        interrupt or stop); raises the error of a failed agent. Helper tasks
+        (timers, `consume`, `ctx.start_soon`) run in a nursery that this call
+        opens, and an error of theirs leaves it as an `ExceptionGroup`.
+        """
+        rt = Runtime(self, type(self).mailbox_capacity, None)
+        escaped: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                rt.host = nursery
+                try:
+                    await rt.main()
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # Only the agent's own task raised (cancellation from outside, or
+            # KeyboardInterrupt): give trio back the exception it raised, as an
+            # await without a nursery would.
+            if rt.escaped is None:
+                raise
+            rest = group.split(lambda exc: exc is rt.escaped or isinstance(exc, trio.Cancelled))[1]
+            if rest is not None:
+                raise
+            escaped = rt.escaped
+        if escaped is not None:
+            raise escaped
+        result: T_co = rt.result()
+        return result
+
+
+def spawn(
+    nursery: trio.Nursery,
+    agent: A,
+    *,
+    mailbox_capacity: int | None | type[Any] = Agent,
+) -> Address[A]:
+    """Start `agent` as a task in `nursery` and return its address at once.
+
+    Messages can be sent right away; they are queued until the agent reaches
+    actor mode. An agent that fails raises its error out of `nursery`, as a
+    trio task would (cancelling its siblings), and from `Address.join()`.
+
+    Args:
+        nursery: where the agent's task (and its helper tasks) run.
+        agent: a new agent instance (an instance runs once).
+        mailbox_capacity: bound the agent's mailbox (an int >= 1), or None for
+            unbounded; by default, the class's `mailbox_capacity`.
+
+    Raises:
+        LifecycleError: the agent was already started.
+        ValueError: `mailbox_capacity` is invalid.
+
+    Example:
+        ```python
+        async with trio.open_nursery() as nursery:
+            server = hybrid.spawn(nursery, Server(), mailbox_capacity=100)
+        ```
+    """
+    if not isinstance(agent, Agent):
+        raise TypeError(f"hybrid.spawn needs an Agent instance, got {agent!r}")
+    capacity = (
+        type(agent).mailbox_capacity
+        if mailbox_capacity is Agent
+        else _check_capacity(mailbox_capacity, "mailbox_capacity")
+    )
+    rt = Runtime(agent, capacity, nursery)
+    nursery.start_soon(rt.run_spawned, name=f"hybrid agent {rt.name}")
+    return rt.address
+
+
+def interrupted() -> bool:
+    """Whether the current agent has been asked to stop; poll it in long states.
+
+    True once the agent was interrupted, or when its running step was
+    cancelled (a state timeout, a second interrupt, cancellation from
+    outside). A sync state cannot be cancelled: polling this is how it stops
+    early. Works in sync states (worker threads), async states and handlers.
+
+    Raises:
+        LifecycleError: called outside an agent.
+
+    Example:
+        ```python
+        def crunch(self, items: list[int]) -> Next[Self]:
+            total = 0
+            for item in items:
+                if hybrid.interrupted():
+                    return Next.stop()
+                total += item * item
+            return Next.done(total)
+        ```
+    """
+    rt = current_runtime.get()
+    if rt is None:
+        raise LifecycleError("hybrid.interrupted() is for code running inside an agent")
+    if rt.interrupts or rt.interrupt_handled:
+        return True
+    if rt.scope is not None and rt.scope.cancel_called:
+        return True
+    if get_ident() != rt.thread_id:
+        try:
+            trio.from_thread.check_cancelled()
+        except trio.Cancelled:
+            # A probe, not a cancellation of ours: trio raises Cancelled in the
+            # waiting task itself once this thread returns.
+            return True
+        except RuntimeError:  # a thread that trio did not start
+            return False
+    return False
+
+
+Agent._hybrid_events, Agent._hybrid_requests, Agent._hybrid_responses = {}, {}, {}
+Agent._hybrid_handler_names = {"event": {}, "request": {}, "response": {}}  # type: ignore[attr-defined]

@@ -1,0 +1,266 @@
+"""The agent's context: its handle on the runtime, as ``self.ctx``."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import AsyncIterable, Awaitable, Callable
+from threading import get_ident
+from typing import TYPE_CHECKING, Any, TypeVar, final
+
+import attrs
+import trio
+from typing_extensions import ParamSpec, TypeVarTuple, Unpack
+
+from ._exceptions import LifecycleError
+from ._next import Next
+
+if TYPE_CHECKING:
+    from ._address import Address
+    from ._runtime import Runtime
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+def _threadsafe(method: Callable[P, T]) -> Callable[P, T]:
+    """Run `method` on the agent's trio thread when called from a worker thread."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        rt: Runtime = args[0]._rt  # type: ignore[attr-defined]
+        if get_ident() != rt.thread_id:
+            call = functools.partial(method, *args, **kwargs)
+            return trio.from_thread.run_sync(call, trio_token=rt.token)
+        return method(*args, **kwargs)
+
+    return wrapper
+
+
+def _check_seconds(what: str, seconds: float, *, positive: bool) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{what} needs a number of seconds, got {seconds!r}")
+    if math.isnan(seconds) or math.isinf(seconds) or seconds < 0 or (positive and seconds == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{what} needs a finite number of seconds {bound}, got {seconds!r}")
+    return float(seconds)
+
+
+@final
+class Timer:
+    """A handle on a timer from `send_after` or `send_every`.
+
+    All timers of an agent are cancelled when the agent ends.
+
+    Example (debounce: flush one second after the last change):
+        ```python
+        @hybrid.on_event
+        async def changed(self, event: Changed) -> None:
+            if self.flush_timer is None:
+                self.flush_timer = self.ctx.send_after(1.0, Flush())
+            else:
+                self.flush_timer.reset(1.0)
+        ```
+    """
+
+    __slots__ = ("_deadline", "_event", "_period", "_rt", "_running", "_scope", "_sleep")
+
+    def __init__(self, rt: Runtime, event: object, delay: float, period: float | None) -> None:
+        self._rt = rt
+        self._event = event
+        self._period = period
+        self._deadline = trio.current_time() + delay
+        self._scope = trio.CancelScope()
+        self._sleep: trio.CancelScope | None = None
+        self._running = False
+
+    def _start(self) -> None:
+        self._running = True
+        self._rt.start_helper(self._run, name=f"timer {self._event!r} for {self._rt.name}")
+
+    async def _run(self) -> None:
+        try:
+            with self._scope:
+                while True:
+                    with trio.CancelScope(deadline=self._deadline) as self._sleep:
+                        await trio.sleep_forever()
+                    if not await self._rt.put_wait():
+                        return  # the agent is finishing: its timers stop
+                    self._rt.deliver(self._event)
+                    if self._period is None:
+                        return
+                    # Fixed rate without drift; ticks missed while the mailbox
+                    # was full are coalesced rather than fired in a burst.
+                    now = trio.current_time()
+                    self._deadline += self._period
+                    if self._deadline < now:
+                        self._deadline += self._period * math.ceil((now - self._deadline) / self._period)
+        finally:
+            self._running = False
+            self._sleep = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the timer will still fire."""
+        return self._running and not self._scope.cancel_called
+
+    @property
+    def deadline(self) -> float:
+        """When the timer fires next, in `trio.current_time()` terms."""
+        return self._deadline
+
+    @_threadsafe
+    def cancel(self) -> None:
+        """Stop the timer; the event is not sent (again). Idempotent."""
+        self._scope.cancel()
+
+    @_threadsafe
+    def reset(self, delay: float) -> None:
+        """Fire `delay` seconds from now instead (debounce); re-arms a fired timer.
+
+        For a periodic timer, the next tick is moved and the period continues
+        from there.
+
+        Raises:
+            LifecycleError: the timer was cancelled or its agent has ended.
+        """
+        delay = _check_seconds("Timer.reset", delay, positive=False)
+        if self._scope.cancel_called:
+            raise LifecycleError("this timer was cancelled; start a new one")
+        self._deadline = trio.current_time() + delay
+        if self._sleep is not None:
+            self._sleep.deadline = self._deadline
+        elif not self._running:
+            self._start()
+
+
+@attrs.frozen(eq=False)
+class StreamEnded:
+    """The event that ends a [`Context.consume`][hybrid.Context.consume] stream.
+
+    Attributes:
+        stream: the handle that `consume` returned.
+        error: None when the iterable was exhausted; the exception if iterating
+            it raised, or `UnhandledMessage` if it produced an item of a type
+            the agent does not handle (the stream stops there).
+    """
+
+    stream: Stream
+    error: Exception | None = None
+
+
+@final
+class Stream:
+    """A handle on an async iterable consumed by an agent (`Context.consume`)."""
+
+    __slots__ = ("_items", "_scope")
+
+    def __init__(self) -> None:
+        self._scope = trio.CancelScope()
+        self._items = 0
+
+    @property
+    def items(self) -> int:
+        """How many items were delivered so far."""
+        return self._items
+
+    def cancel(self) -> None:
+        """Stop consuming; no `StreamEnded` event follows a cancellation."""
+        self._scope.cancel()
+
+
+@final
+class Context:
+    """The agent's handle on its runtime: ``self.ctx`` in states and handlers.
+
+    It exists from the moment the agent is started (`run()` or `hybrid.spawn`).
+    Every method is safe to call from a sync state's worker thread: the call
+    is carried out on the trio thread.
+    """
+
+    __slots__ = ("_rt",)
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    @property
+    def address(self) -> Address[Any]:
+        """The agent's own address."""
+        return self._rt.address
+
+    @_threadsafe
+    def do_next(self, next: Next[Any]) -> None:
+        """Schedule a transition from a message handler or `on_interrupt`.
+
+        It runs before the next queued message is handled. A state returns
+        its next transition instead of calling this.
+
+        Raises:
+            InvalidTransition: `next` is not a `Next`.
+            LifecycleError: a transition is already scheduled, the agent is in
+                a state (return the transition instead), or it is finishing.
+        """
+        self._rt.schedule(next)
+
+    @_threadsafe
+    def shutdown(self) -> None:
+        """Finish after draining: like ``Next.done()`` (output None), when the current step ends."""
+        self._rt.request_end(Next.done())
+
+    @_threadsafe
+    def stop(self) -> None:
+        """End at once when the current handler or step returns, as ``Next.stop()`` does."""
+        self._rt.request_end(Next.stop())
+
+    @_threadsafe
+    def send_after(self, delay: float, event: object) -> Timer:
+        """Send `event` to this agent once, `delay` seconds from now.
+
+        Raises:
+            UnhandledMessage: the agent has no handler for ``type(event)``.
+            ValueError: `delay` is negative, infinite or NaN.
+        """
+        delay = _check_seconds("send_after", delay, positive=False)
+        return self._rt.start_timer(event, delay, None)
+
+    @_threadsafe
+    def send_every(self, period: float, event: object) -> Timer:
+        """Send `event` to this agent every `period` seconds, first after one period.
+
+        Ticks keep a fixed rate (no drift). A tick that finds a bounded mailbox
+        full waits for room; ticks missed meanwhile are coalesced.
+
+        Raises:
+            UnhandledMessage: the agent has no handler for ``type(event)``.
+            ValueError: `period` is not a finite number > 0.
+        """
+        period = _check_seconds("send_every", period, positive=True)
+        return self._rt.start_timer(event, period, period)
+
+    @_threadsafe
+    def consume(self, source: AsyncIterable[Any]) -> Stream:
+        """Deliver each item of `source` to this agent as an event.
+
+        A helper task iterates `source` and sends each item (waiting for room
+        in a bounded mailbox). When the iterable is exhausted or raises, a
+        [`StreamEnded`][hybrid.StreamEnded] event follows, so the agent must
+        handle `StreamEnded`.
+
+        Raises:
+            UnhandledMessage: the agent has no handler for `StreamEnded`.
+            TypeError: `source` is not an async iterable.
+        """
+        if not hasattr(source, "__aiter__"):
+            raise TypeError(f"consume needs an async iterable, got {source!r}")
+        return self._rt.start_stream(source)
+
+    @_threadsafe
+    def start_soon(self, fn: Callable[[Unpack[Ts]], Awaitable[object]], *args: Unpack[Ts], name: str | None = None) -> None:
+        """Run ``fn(*args)`` as a helper task beside the agent.
+
+        The helper is cancelled when the agent ends. An exception it raises
+        leaves the nursery the agent runs in, as a trio task's would (which
+        cancels the agent).
+        """
+        self._rt.start_helper(functools.partial(fn, *args), name=name or fn)

@@ -1,0 +1,91 @@
+"""The exceptions hybrid raises.
+
+Every error is a [`HybridError`][hybrid.HybridError]. Where a builtin (or trio)
+exception means the same thing, the hybrid error subclasses it too, so
+``except TypeError`` still catches a message that no agent handles::
+
+    HybridError(Exception)
+     ├── AgentStopped                  the agent has ended (or is finishing) and takes no
+     │                                 new messages; a request it will never answer
+     ├── MailboxFull(trio.WouldBlock)  a bounded mailbox has no room for `send`
+     ├── UnhandledMessage(TypeError)   the agent has no handler for this message type
+     ├── HandlerDefinitionError(TypeError)
+     │                                 a handler declaration is invalid (raised when the
+     │                                 agent class is defined)
+     ├── InvalidTransition(TypeError)  something that is not a `Next` was returned where a
+     │                                 transition was expected, or a modifier was used on
+     │                                 a transition it does not apply to
+     └── LifecycleError(RuntimeError)  an operation the agent's lifecycle forbids now: an
+                                       agent started twice, `ctx` used before the start,
+                                       a transition scheduled while the agent finishes
+
+`trio.Cancelled` is never caught, wrapped or translated by hybrid.
+"""
+
+from __future__ import annotations
+
+import trio
+
+
+class HybridError(Exception):
+    """The root of every error that hybrid raises.
+
+    Example:
+        ```python
+        try:
+            address.send(Ping())
+        except hybrid.HybridError as error:
+            log.warning("could not reach the agent: %s", error)
+        ```
+    """
+
+
+class AgentStopped(HybridError):
+    """The agent has ended, or is finishing and takes no new messages.
+
+    Raised by `send`, `send_wait`, `request` and `forward_to` on an agent whose
+    mailbox is closed, and by an awaited `request` (or delivered to an
+    `on_response` handler as `outcome.Error`) when the agent ends before it
+    answered.
+    """
+
+
+class MailboxFull(HybridError, trio.WouldBlock):
+    """A bounded mailbox has no room for a message given to `Address.send`.
+
+    `send` never blocks; use `await address.send_wait(event)` to wait for room.
+    """
+
+
+class UnhandledMessage(HybridError, TypeError):
+    """The agent has no handler for the type of this message.
+
+    Raised in the sender, at `send`/`request`/`forward_to` time, so a message
+    that nobody would handle is never queued.
+    """
+
+
+class HandlerDefinitionError(HybridError, TypeError):
+    """A message handler is declared wrongly.
+
+    Raised when the agent class is defined: a handler that is not
+    ``async def``, a missing or unresolvable annotation, or two handlers for one
+    message type in one class.
+    """
+
+
+class InvalidTransition(HybridError, TypeError):
+    """A transition was expected and something else was given.
+
+    Raised when `begin()`, a state or a fallback returns something that is not
+    a [`Next`][hybrid.Next], when a transition is built with bad arguments, or
+    when a state modifier is applied to a transition that is not a state.
+    """
+
+
+class LifecycleError(HybridError, RuntimeError):
+    """The agent's lifecycle forbids this operation now.
+
+    Examples: running one agent instance twice, using `self.ctx` before the
+    agent started, or scheduling a transition while the agent is finishing.
+    """

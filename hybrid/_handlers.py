@@ -1,0 +1,220 @@
+"""Message handlers: the decorators and the per-class dispatch tables.
+
+Each agent class gets three dicts, built once when the class is defined:
+message type -> handler function, for events, requests and responses. A
+message of a subclass of a handled type is looked up along its MRO the first
+time it is sent and the result is cached in the class's dict, so dispatch is
+one dict lookup by exact type.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import types
+import typing
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+from ._exceptions import HandlerDefinitionError, UnhandledMessage
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+_MARK: Final = "__hybrid_handler__"
+EVENT: Final = "event"
+REQUEST: Final = "request"
+RESPONSE: Final = "response"
+_KINDS = (EVENT, REQUEST, RESPONSE)
+
+Table = dict[type, Callable[..., Awaitable[Any]]]
+
+
+def _mark(kind: str, fn: F) -> F:
+    target = fn.__func__ if isinstance(fn, (staticmethod, classmethod)) else fn
+    if isinstance(fn, (staticmethod, classmethod)) or not inspect.iscoroutinefunction(target):
+        raise HandlerDefinitionError(
+            f"@hybrid.on_{kind} needs an 'async def' method, got {getattr(target, '__qualname__', target)!r}"
+        )
+    setattr(fn, _MARK, kind)
+    return fn
+
+
+def on_event(fn: F) -> F:
+    """Mark an ``async def`` method as the handler of one or more event types.
+
+    The event type is the annotation of the first parameter after ``self``; a
+    union (``A | B``) handles several types. Events are sent with
+    `Address.send` (tell: never blocks, no answer).
+
+    Example:
+        ```python
+        class Crawler(Agent):
+            @hybrid.on_event
+            async def add(self, event: AddUrl) -> None:
+                self.urls.append(event.url)
+        ```
+    """
+    return _mark(EVENT, fn)
+
+
+def on_request(fn: F) -> F:
+    """Mark an ``async def`` method as the handler of one or more request types.
+
+    The request type (a subclass of [`hybrid.Request`][hybrid.Request]) is the
+    annotation of the first parameter after ``self``. The value the handler
+    returns is the answer; an exception it raises is re-raised in the caller,
+    and the agent keeps running.
+
+    Example:
+        ```python
+        @hybrid.on_request
+        async def count(self, request: GetCount) -> int:
+            return len(self.urls)
+        ```
+    """
+    return _mark(REQUEST, fn)
+
+
+def on_response(fn: F) -> F:
+    """Mark an ``async def`` method as the receiver of forwarded answers.
+
+    ``address.request(req).forward_to(self.ctx)`` sends the request at once;
+    the answer arrives later, in order with other messages, at the
+    ``on_response`` handler whose first parameter is annotated with the
+    request type. The second parameter receives an `outcome.Outcome`: a
+    failure (the server raised, or ended before answering) arrives as
+    `outcome.Error`, never lost.
+
+    Example:
+        ```python
+        @hybrid.on_response
+        async def got(self, request: GetCount, response: outcome.Outcome[int]) -> None:
+            self.total += response.unwrap()
+        ```
+    """
+    return _mark(RESPONSE, fn)
+
+
+def _resolve(fn: Callable[..., Any], annotation: object, localns: dict[str, Any]) -> object:
+    if not isinstance(annotation, str):
+        return annotation
+    module = sys.modules.get(getattr(fn, "__module__", ""), None)
+    globalns = dict(getattr(module, "__dict__", {}))
+    globalns.update(getattr(fn, "__globals__", {}))
+    return eval(annotation, globalns, localns)  # noqa: S307 - evaluating an annotation
+
+
+def _flatten(annotation: object) -> list[object]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [member for arg in typing.get_args(annotation) for member in _flatten(arg)]
+    return [annotation]
+
+
+def message_types(cls: type, name: str, fn: Callable[..., Any], kind: str, localns: dict[str, Any]) -> list[type]:
+    """The message types that handler `fn` (attribute `name` of `cls`) declares."""
+    where = f"{cls.__qualname__}.{name}"
+    params = list(inspect.signature(fn).parameters.values())
+    needed = 3 if kind == RESPONSE else 2
+    positional = [
+        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) != needed or len(params) != needed:
+        shape = "(self, request, response)" if kind == RESPONSE else f"(self, {kind})"
+        raise HandlerDefinitionError(f"@hybrid.on_{kind} handler {where} must take {shape}")
+    param = positional[1]
+    if param.annotation is inspect.Parameter.empty:
+        raise HandlerDefinitionError(
+            f"@hybrid.on_{kind} handler {where}: annotate parameter {param.name!r} "
+            "with the message type it handles"
+        )
+    try:
+        annotation = _resolve(fn, param.annotation, localns)
+    except Exception as error:
+        raise HandlerDefinitionError(
+            f"@hybrid.on_{kind} handler {where}: cannot resolve the annotation "
+            f"{param.annotation!r} of {param.name!r} ({error}); message classes must be "
+            "defined before the agent class that handles them"
+        ) from error
+    result: list[type] = []
+    for member in _flatten(annotation):
+        if not isinstance(member, type):
+            raise HandlerDefinitionError(
+                f"@hybrid.on_{kind} handler {where}: {member!r} is not a class; "
+                "annotate with message classes (or a union of them)"
+            )
+        if kind != EVENT and not issubclass(member, _request_base()):
+            raise HandlerDefinitionError(
+                f"@hybrid.on_{kind} handler {where}: {member.__qualname__} is not a "
+                "subclass of hybrid.Request"
+            )
+        result.append(member)
+    return result
+
+
+def _request_base() -> type:
+    from ._address import Request
+
+    return Request
+
+
+def defining_namespace() -> dict[str, Any]:
+    """The local names where the class being defined is written (best effort).
+
+    With ``from __future__ import annotations``, annotations are strings; a
+    message class defined in a function body is only visible in that
+    function's locals, so they are searched too.
+    """
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_name in ("__init_subclass__", "defining_namespace"):
+        frame = frame.f_back  # type: ignore[assignment]
+    return dict(frame.f_locals) if frame is not None else {}
+
+
+def build_tables(cls: type, localns: dict[str, Any]) -> tuple[Table, Table, Table]:
+    """Collect the handlers of `cls` and its bases into three dispatch tables."""
+    names: dict[str, dict[type, str]] = {kind: {} for kind in _KINDS}
+    for base in reversed(cls.__mro__[1:]):
+        inherited = base.__dict__.get("_hybrid_handler_names")
+        if inherited:
+            for kind in _KINDS:
+                names[kind].update(inherited[kind])
+    own: dict[str, dict[type, str]] = {kind: {} for kind in _KINDS}
+    for attr, value in cls.__dict__.items():
+        kind = getattr(value, _MARK, None)
+        if kind is None:
+            continue
+        # A decorated redefinition replaces whatever the inherited name handled.
+        for table in names.values():
+            for message_type in [t for t, n in table.items() if n == attr]:
+                del table[message_type]
+        for message_type in message_types(cls, attr, value, kind, localns):
+            other = own[kind].get(message_type)
+            if other is not None:
+                raise HandlerDefinitionError(
+                    f"{cls.__qualname__} has two @hybrid.on_{kind} handlers for "
+                    f"{message_type.__qualname__}: {other} and {attr}"
+                )
+            own[kind][message_type] = attr
+    for kind in _KINDS:
+        names[kind].update(own[kind])
+    type.__setattr__(cls, "_hybrid_handler_names", names)
+    tables = tuple({t: getattr(cls, n) for t, n in names[kind].items()} for kind in _KINDS)
+    return tables[0], tables[1], tables[2]
+
+
+def lookup(table: Table, message_type: type, kind: str, agent_type: type) -> Callable[..., Awaitable[Any]]:
+    """The handler for `message_type`, searching its bases; cached in `table`.
+
+    Raises:
+        UnhandledMessage: no handler for this type or any of its bases.
+    """
+    for base in message_type.__mro__:
+        fn = table.get(base)
+        if fn is not None:
+            table[message_type] = fn
+            return fn
+    handled = ", ".join(sorted(t.__qualname__ for t in table)) or "none"
+    raise UnhandledMessage(
+        f"{agent_type.__qualname__} has no @hybrid.on_{kind} handler for "
+        f"{message_type.__qualname__} (it handles: {handled})"
+    )
