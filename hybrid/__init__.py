@@ -7,7 +7,8 @@ re-exported here):
 - ``_next.py``: `Next`, `Performer`
 - ``_retry.py``: `RetryPolicy`
 - ``_runtime.py``: the mailbox and the run loop of one agent
-- ``_address.py``: `Address`, `Request`, `RequestCall`, `AgentStatistics`
+- ``_address.py``: `Address`, `RequestCall`, `AgentStatistics`
+- ``_request.py``: `Request`
 - ``_context.py``: `Context`, `Timer`, `Stream`, `StreamEnded`
 - ``_handlers.py``: `on_event`, `on_request`, `on_response` and dispatch
 - ``_stop.py``: `StopReason`, `StopKind`
@@ -16,7 +17,6 @@ re-exported here):
 
 from ._address import Address as Address
 from ._address import AgentStatistics as AgentStatistics
-from ._address import Request as Request
 from ._address import RequestCall as RequestCall
 from ._agent import Agent as Agent
 from ._agent import interrupted as interrupted
@@ -37,6 +37,7 @@ from ._handlers import on_request as on_request
 from ._handlers import on_response as on_response
 from ._next import Next as Next
 from ._next import Performer as Performer
+from ._request import Request as Request
 from ._retry import RetryPolicy as RetryPolicy
 from ._stop import StopKind as StopKind
 from ._stop import StopReason as StopReason
@@ -72,11 +73,15 @@ __all__ = [
     "spawn",
 ]
 
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("hybrid."):
-        try:
-            _obj.__module__ = "hybrid"
-        except (AttributeError, TypeError):  # pragma: no cover
-            pass
-del _name, _obj
+
+def _fix_module_names() -> None:
+    # Tracebacks and docs say hybrid.Agent, not hybrid._agent.Agent.
+    namespace = globals()
+    for name in __all__:
+        obj = namespace[name]
+        if getattr(obj, "__module__", "").startswith("hybrid."):
+            obj.__module__ = "hybrid"
+
+
+_fix_module_names()
+del _fix_module_names

@@ -14,6 +14,7 @@ from typing_extensions import TypeVar
 
 from ._exceptions import AgentStopped, LifecycleError
 from ._handlers import REQUEST, RESPONSE, lookup
+from ._request import Request
 from ._stop import StopReason
 
 if TYPE_CHECKING:
@@ -24,22 +25,6 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 T = TypeVar("T")
 A_co = TypeVar("A_co", bound="Agent[Any]", covariant=True)
-
-
-class Request(Generic[R]):
-    """Base class of request messages; `R` is the type of the answer.
-
-    Example:
-        ```python
-        @attrs.frozen
-        class GetCount(hybrid.Request[int]):
-            pass
-
-        count: int = await address.request(GetCount())
-        ```
-    """
-
-    __slots__ = ()
 
 
 @attrs.frozen
@@ -107,12 +92,12 @@ class RequestCall(Generic[R]):
             raise LifecycleError("a request can be awaited or forwarded only once")
         self._state = _QUEUED
         rt = self._rt
-        if len(rt.queue) >= rt.limit:  # closed, or a full bounded mailbox
-            if not (yield from rt.put_wait().__await__()):
-                raise AgentStopped(f"{rt.name} has ended; request {self._request!r} was not sent")
+        # A closed or full bounded mailbox: wait for room (or learn it is closed).
+        if len(rt.queue) >= rt.limit and not (yield from rt.put_wait().__await__()):
+            raise AgentStopped(f"{rt.name} has ended; request {self._request!r} was not sent")
         self._task = current_task()
         rt.deliver(self)
-        result: R = yield from wait_task_rescheduled(self._abandon).__await__()
+        result: R = yield from wait_task_rescheduled(self._abandon).__await__()  # noqa: ASYNC105
         return result
 
     def _abandon(self, raise_cancel: Any) -> Abort:
@@ -141,9 +126,7 @@ class RequestCall(Generic[R]):
             return
         if self._state != _NEW:
             raise LifecycleError("a request can be awaited or forwarded only once")
-        self._response_handler = lookup(
-            client.responses, type(self._request), RESPONSE, type(client.agent)
-        )
+        self._response_handler = lookup(client.responses, type(self._request), RESPONSE, type(client.agent))
         self._rt.check_room(self._request)
         self._state = _QUEUED
         self._reply_to = client
@@ -159,9 +142,7 @@ class RequestCall(Generic[R]):
             self._reply_to.deliver_response(self._response_handler, self._request, result)
 
     def _fail_stopped(self) -> None:
-        self._complete(
-            outcome.Error(AgentStopped(f"{self._rt.name} ended before answering {self._request!r}"))
-        )
+        self._complete(outcome.Error(AgentStopped(f"{self._rt.name} ended before answering {self._request!r}")))
 
 
 @final
@@ -270,7 +251,8 @@ class Address(Generic[A_co]):
         Returns None for an agent that ended by interrupt, stop or
         cancellation. Re-raises the error of an agent that failed.
         """
-        return await self._rt.join()
+        result: T = await self._rt.join()
+        return result
 
     @property
     def is_alive(self) -> bool:

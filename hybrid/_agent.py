@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from threading import get_ident
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, Self
 
 import trio
-from typing_extensions import Self, TypeVar
+from typing_extensions import TypeVar
 
 from ._exceptions import LifecycleError
 from ._handlers import Table, build_tables, defining_namespace
@@ -98,9 +98,7 @@ class Agent(Generic[T_co]):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _check_capacity(cls.__dict__.get("mailbox_capacity"), f"{cls.__qualname__}.mailbox_capacity")
-        cls._hybrid_events, cls._hybrid_requests, cls._hybrid_responses = build_tables(
-            cls, defining_namespace()
-        )
+        cls._hybrid_events, cls._hybrid_requests, cls._hybrid_responses = build_tables(cls, defining_namespace())
 
     def begin(self) -> Next[Self]:
         """The first transition; the default is ``Next.events()`` (actor mode)."""
@@ -168,7 +166,7 @@ def spawn(
     nursery: trio.Nursery,
     agent: A,
     *,
-    mailbox_capacity: int | None | type[Any] = Agent,
+    mailbox_capacity: int | type[Any] | None = Agent,
 ) -> Address[A]:
     """Start `agent` as a task in `nursery` and return its address at once.
 
@@ -192,7 +190,7 @@ def spawn(
             server = hybrid.spawn(nursery, Server(), mailbox_capacity=100)
         ```
     """
-    if not isinstance(agent, Agent):
+    if not isinstance(agent, Agent):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"hybrid.spawn needs an Agent instance, got {agent!r}")
     capacity = (
         type(agent).mailbox_capacity

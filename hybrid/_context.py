@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import attrs
 import trio
-from typing_extensions import ParamSpec, TypeVarTuple, Unpack
+from typing_extensions import ParamSpec, TypeVarTuple
 
 from ._exceptions import LifecycleError
 from ._next import Next
@@ -29,7 +29,8 @@ def _threadsafe(method: Callable[P, T]) -> Callable[P, T]:
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        rt: Runtime = args[0]._rt  # type: ignore[attr-defined]
+        owner: Any = args[0]
+        rt: Runtime = owner._rt
         if get_ident() != rt.thread_id:
             call = functools.partial(method, *args, **kwargs)
             return trio.from_thread.run_sync(call, trio_token=rt.token)
@@ -39,7 +40,7 @@ def _threadsafe(method: Callable[P, T]) -> Callable[P, T]:
 
 
 def _check_seconds(what: str, seconds: float, *, positive: bool) -> float:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"{what} needs a number of seconds, got {seconds!r}")
     if math.isnan(seconds) or math.isinf(seconds) or seconds < 0 or (positive and seconds == 0):
         bound = "> 0" if positive else ">= 0"
@@ -70,7 +71,7 @@ class Timer:
         self._rt = rt
         self._event = event
         self._period = period
-        self._deadline = trio.current_time() + delay
+        self._deadline: float = trio.current_time() + delay
         self._scope = trio.CancelScope()
         self._sleep: trio.CancelScope | None = None
         self._running = False
@@ -256,7 +257,7 @@ class Context:
         return self._rt.start_stream(source)
 
     @_threadsafe
-    def start_soon(self, fn: Callable[[Unpack[Ts]], Awaitable[object]], *args: Unpack[Ts], name: str | None = None) -> None:
+    def start_soon(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts, name: str | None = None) -> None:
         """Run ``fn(*args)`` as a helper task beside the agent.
 
         The helper is cancelled when the agent ends. An exception it raises

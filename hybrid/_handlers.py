@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 from ._exceptions import HandlerDefinitionError, UnhandledMessage
+from ._request import Request
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -30,11 +31,10 @@ Table = dict[type, Callable[..., Awaitable[Any]]]
 
 
 def _mark(kind: str, fn: F) -> F:
-    target = fn.__func__ if isinstance(fn, (staticmethod, classmethod)) else fn
-    if isinstance(fn, (staticmethod, classmethod)) or not inspect.iscoroutinefunction(target):
-        raise HandlerDefinitionError(
-            f"@hybrid.on_{kind} needs an 'async def' method, got {getattr(target, '__qualname__', target)!r}"
-        )
+    target: object = fn
+    if isinstance(target, (staticmethod, classmethod)) or not inspect.iscoroutinefunction(target):
+        name = str(getattr(fn, "__qualname__", fn))
+        raise HandlerDefinitionError(f"@hybrid.on_{kind} needs an 'async def' method, got {name!r}")
     setattr(fn, _MARK, kind)
     return fn
 
@@ -115,17 +115,14 @@ def message_types(cls: type, name: str, fn: Callable[..., Any], kind: str, local
     where = f"{cls.__qualname__}.{name}"
     params = list(inspect.signature(fn).parameters.values())
     needed = 3 if kind == RESPONSE else 2
-    positional = [
-        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if len(positional) != needed or len(params) != needed:
         shape = "(self, request, response)" if kind == RESPONSE else f"(self, {kind})"
         raise HandlerDefinitionError(f"@hybrid.on_{kind} handler {where} must take {shape}")
     param = positional[1]
     if param.annotation is inspect.Parameter.empty:
         raise HandlerDefinitionError(
-            f"@hybrid.on_{kind} handler {where}: annotate parameter {param.name!r} "
-            "with the message type it handles"
+            f"@hybrid.on_{kind} handler {where}: annotate parameter {param.name!r} with the message type it handles"
         )
     try:
         annotation = _resolve(fn, param.annotation, localns)
@@ -142,19 +139,13 @@ def message_types(cls: type, name: str, fn: Callable[..., Any], kind: str, local
                 f"@hybrid.on_{kind} handler {where}: {member!r} is not a class; "
                 "annotate with message classes (or a union of them)"
             )
-        if kind != EVENT and not issubclass(member, _request_base()):
+        message_type: type = member
+        if kind != EVENT and not issubclass(member, Request):
             raise HandlerDefinitionError(
-                f"@hybrid.on_{kind} handler {where}: {member.__qualname__} is not a "
-                "subclass of hybrid.Request"
+                f"@hybrid.on_{kind} handler {where}: {member.__qualname__} is not a subclass of hybrid.Request"
             )
-        result.append(member)
+        result.append(message_type)
     return result
-
-
-def _request_base() -> type:
-    from ._address import Request
-
-    return Request
 
 
 def defining_namespace() -> dict[str, Any]:
@@ -164,9 +155,9 @@ def defining_namespace() -> dict[str, Any]:
     message class defined in a function body is only visible in that
     function's locals, so they are searched too.
     """
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_code.co_name in ("__init_subclass__", "defining_namespace"):
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return dict(frame.f_locals) if frame is not None else {}
 
 
@@ -176,11 +167,11 @@ def build_tables(cls: type, localns: dict[str, Any]) -> tuple[Table, Table, Tabl
     for base in reversed(cls.__mro__[1:]):
         inherited = base.__dict__.get("_hybrid_handler_names")
         if inherited:
-            for kind in _KINDS:
-                names[kind].update(inherited[kind])
+            for each in _KINDS:
+                names[each].update(inherited[each])
     own: dict[str, dict[type, str]] = {kind: {} for kind in _KINDS}
     for attr, value in cls.__dict__.items():
-        kind = getattr(value, _MARK, None)
+        kind: str | None = getattr(value, _MARK, None)
         if kind is None:
             continue
         # A decorated redefinition replaces whatever the inherited name handled.

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, Protocol, final
 
 import attrs
-from typing_extensions import TypeVar, TypeVarTuple, Unpack
+from typing_extensions import TypeVar, TypeVarTuple
 
 from ._exceptions import InvalidTransition
 from ._retry import RetryPolicy
@@ -26,9 +26,18 @@ STOP: int = 5
 FAIL: int = 6
 INTERRUPT: int = 7
 
-_KIND_NAMES = ("do_async", "do_sync", "perform", "events", "done", "stop", "fail", "interrupt")
-
 KindName = Literal["do_async", "do_sync", "perform", "events", "done", "stop", "fail", "interrupt"]
+
+_KIND_NAMES: tuple[KindName, ...] = (
+    "do_async",
+    "do_sync",
+    "perform",
+    "events",
+    "done",
+    "stop",
+    "fail",
+    "interrupt",
+)
 
 
 @attrs.frozen
@@ -123,7 +132,7 @@ class Next(Generic[A]):
         )
 
     @staticmethod
-    def do_async(fn: Callable[[Unpack[Ts]], Awaitable[Next[A]]], *args: Unpack[Ts]) -> Next[A]:
+    def do_async(fn: Callable[[*Ts], Awaitable[Next[A]]], *args: *Ts) -> Next[A]:
         """Next state: ``await fn(*args)``; it returns the following transition.
 
         Arguments are positional only (trio's ``fn, *args`` convention); pass
@@ -131,7 +140,7 @@ class Next(Generic[A]):
         """
         if not callable(fn):
             raise InvalidTransition(f"Next.do_async needs a callable, got {fn!r}")
-        n: Next[A] = _new(Next)
+        n: Next[A] = _new(Next)  # pyright: ignore[reportUnknownVariableType]
         n._kind = ASYNC
         n._fn = fn
         n._args = args
@@ -140,7 +149,7 @@ class Next(Generic[A]):
         return n
 
     @staticmethod
-    def do_sync(fn: Callable[[Unpack[Ts]], Next[A]], *args: Unpack[Ts]) -> Next[A]:
+    def do_sync(fn: Callable[[*Ts], Next[A]], *args: *Ts) -> Next[A]:
         """Next state: ``fn(*args)`` in a worker thread; it returns the following transition.
 
         The trio loop stays free meanwhile. The function can call `self.ctx`
@@ -149,7 +158,7 @@ class Next(Generic[A]):
         """
         if not callable(fn):
             raise InvalidTransition(f"Next.do_sync needs a callable, got {fn!r}")
-        n: Next[A] = _new(Next)
+        n: Next[A] = _new(Next)  # pyright: ignore[reportUnknownVariableType]
         n._kind = SYNC
         n._fn = fn
         n._args = args
@@ -164,7 +173,7 @@ class Next(Generic[A]):
             raise InvalidTransition(
                 f"Next.perform needs an object with an async perform(agent) method, got {performer!r}"
             )
-        n: Next[A] = _new(Next)
+        n: Next[A] = _new(Next)  # pyright: ignore[reportUnknownVariableType]
         n._kind = PERFORM
         n._fn = performer
         n._args = ()
@@ -201,7 +210,7 @@ class Next(Generic[A]):
     @staticmethod
     def fail(error: Exception) -> Next[Any]:
         """End at once as failed with `error`; `run()` and `join()` raise it."""
-        if not isinstance(error, Exception):
+        if not isinstance(error, Exception):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise InvalidTransition(f"Next.fail needs an Exception instance, got {error!r}")
         return _make(FAIL, error)
 
@@ -229,7 +238,7 @@ class Next(Generic[A]):
 
     def retry(self, policy: RetryPolicy) -> Next[A]:
         """Re-run the state when it raises, waiting by `policy` between tries."""
-        if not isinstance(policy, RetryPolicy):
+        if not isinstance(policy, RetryPolicy):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise InvalidTransition(f"retry needs a hybrid.RetryPolicy, got {policy!r}")
         return self._modified("retry", retry=policy)
 
@@ -240,7 +249,7 @@ class Next(Generic[A]):
         [`hybrid.interrupted()`][hybrid.interrupted] turns true in its thread,
         and the state fails as soon as the function returns.
         """
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise InvalidTransition(f"timeout needs a number of seconds, got {seconds!r}")
         if not (seconds > 0 and not math.isnan(seconds)):
             raise InvalidTransition(f"timeout needs a positive number of seconds, got {seconds!r}")
@@ -248,10 +257,8 @@ class Next(Generic[A]):
 
     def _modified(self, what: str, **changes: Any) -> Next[A]:
         if self._kind > PERFORM:
-            raise InvalidTransition(
-                f".{what}() applies to a state (do_async, do_sync, perform), not to {self!r}"
-            )
-        n: Next[A] = _new(Next)
+            raise InvalidTransition(f".{what}() applies to a state (do_async, do_sync, perform), not to {self!r}")
+        n: Next[A] = _new(Next)  # pyright: ignore[reportUnknownVariableType]
         n._kind = self._kind
         n._fn = self._fn
         n._args = self._args
@@ -264,7 +271,7 @@ class Next(Generic[A]):
     @property
     def kind(self) -> KindName:
         """The kind of transition, as the name of its constructor (``"do_async"``...)."""
-        return _KIND_NAMES[self._kind]  # type: ignore[return-value]
+        return _KIND_NAMES[self._kind]
 
     @property
     def is_state(self) -> bool:
@@ -297,7 +304,7 @@ def _callable_name(fn: Any) -> str:
 
 
 def _make(kind: int, value: object = None) -> Next[Any]:
-    n: Next[Any] = _new(Next)
+    n: Next[Any] = _new(Next)  # pyright: ignore[reportUnknownVariableType]
     n._kind = kind
     n._fn = None
     n._args = ()

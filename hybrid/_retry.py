@@ -30,11 +30,11 @@ def _check_factor(instance: object, attribute: attrs.Attribute[float], value: fl
 
 
 def _to_tuple(value: type[BaseException] | tuple[type[BaseException], ...]) -> tuple[type[BaseException], ...]:
-    types = value if isinstance(value, tuple) else (value,)
+    types: tuple[object, ...] = value if isinstance(value, tuple) else (value,)
     for kind in types:
-        if not (isinstance(kind, type) and issubclass(kind, Exception)):
+        if not (isinstance(kind, type) and issubclass(kind, Exception)):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(f"retry_on takes Exception subclasses, got {kind!r}")
-    return types
+    return value if isinstance(value, tuple) else (value,)
 
 
 @attrs.frozen
@@ -73,12 +73,8 @@ class RetryPolicy:
     factor: float = attrs.field(default=2.0, converter=float, validator=_check_factor)
     max_delay: float = attrs.field(default=30.0, converter=float, validator=_positive)
     jitter: float = attrs.field(default=0.0, converter=float, validator=_check_jitter)
-    retry_on: tuple[type[BaseException], ...] = attrs.field(
-        default=(Exception,), converter=_to_tuple
-    )
-    rng: random.Random = attrs.field(
-        factory=random.Random, eq=False, repr=False, hash=False
-    )
+    retry_on: tuple[type[BaseException], ...] = attrs.field(default=(Exception,), converter=_to_tuple)
+    rng: random.Random = attrs.field(factory=random.Random, eq=False, repr=False, hash=False)
 
     def delay(self, retry: int) -> float:
         """The delay in seconds before retry number `retry` (1-based), with jitter.

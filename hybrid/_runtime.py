@@ -10,13 +10,14 @@ lookup by exact type.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable
 from contextvars import ContextVar
 from threading import get_ident
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, cast, final
 
 import outcome
 import trio
@@ -101,7 +102,9 @@ class Runtime:
     __slots__ = (
         "address",
         "agent",
+        "capacity",
         "ctx",
+        "dropped",
         "ended",
         "error",
         "escaped",
@@ -119,7 +122,6 @@ class Runtime:
         "phase",
         "queue",
         "reason",
-        "dropped",
         "requests",
         "responses",
         "room_waiters",
@@ -129,14 +131,12 @@ class Runtime:
         "thread_id",
         "token",
         "transitions",
-        "capacity",
     )
 
     def __init__(self, agent: Agent[Any], capacity: int | None, host: trio.Nursery | None) -> None:
         if "ctx" in agent.__dict__:
             raise LifecycleError(
-                f"{type(agent).__qualname__} instance was already started; an agent runs "
-                "once: create a new instance"
+                f"{type(agent).__qualname__} instance was already started; an agent runs once: create a new instance"
             )
         cls = type(agent)
         self.agent = agent
@@ -221,18 +221,19 @@ class Runtime:
                 return False
             if len(self.queue) < limit:
                 return True
-            task = current_task()
-            waiters = self.room_waiters
-            waiters.append(task)
+            await self._wait_for_room()
 
-            def abort(raise_cancel: Any) -> Abort:
-                try:
-                    waiters.remove(task)
-                except ValueError:  # pragma: no cover - already woken
-                    pass
-                return Abort.SUCCEEDED
+    async def _wait_for_room(self) -> None:
+        task = current_task()
+        waiters = self.room_waiters
+        waiters.append(task)
 
-            await wait_task_rescheduled(abort)
+        def abort(raise_cancel: Any) -> Abort:
+            with contextlib.suppress(ValueError):  # already woken
+                waiters.remove(task)
+            return Abort.SUCCEEDED
+
+        await wait_task_rescheduled(abort)
 
     def deliver_response(self, handler: Any, request: object, result: outcome.Outcome[Any]) -> None:
         if self.limit == CLOSED:
@@ -281,7 +282,7 @@ class Runtime:
         if type(nxt) is not Next:
             raise InvalidTransition(f"do_next needs a Next, got {nxt!r}")
         phase = self.phase
-        if phase != EVENTS_PHASE and phase != HOOK:
+        if phase not in (EVENTS_PHASE, HOOK):
             if phase == STATE:
                 raise LifecycleError(
                     "do_next is for message handlers and on_interrupt; a state returns its next transition"
@@ -341,7 +342,7 @@ class Runtime:
         with stream._scope:
             try:
                 async for item in source:
-                    self.event_handler(type(item))
+                    self.event_handler(type(cast("object", item)))
                     if not await self.put_wait():
                         return  # the agent is finishing
                     self.deliver(item)
@@ -386,19 +387,20 @@ class Runtime:
             except BaseException as exc:
                 self.discard_queue()
                 self.cancel_helpers()
-                reason = CANCELLED_REASON if isinstance(exc, trio.Cancelled) else StopReason(StopKind.FAILED, exc)
+                cut_short = CANCELLED_REASON if isinstance(exc, trio.Cancelled) else StopReason(StopKind.FAILED, exc)
                 self.escaped = exc
                 try:
                     with trio.CancelScope(shield=True):
-                        await agent.on_stop(reason)
+                        await agent.on_stop(cut_short)
                 except Exception:
                     logger.exception("%s.on_stop raised while the agent was being cancelled", self.name)
-                self._ended(reason)
+                self._ended(cut_short)
                 raise
             self.discard_queue()
             self.cancel_helpers()
-            reason = self.reason
-            assert reason is not None
+            final = self.reason
+            assert final is not None
+            reason: StopReason = final
             try:
                 await agent.on_stop(reason)
             except Exception as error:
@@ -428,15 +430,15 @@ class Runtime:
             self.interrupt_handled = True
             self.phase = HOOK
             await self.agent.on_interrupt()
-            if self.next is not None:
-                logger.debug("%s: transition %r from on_interrupt ignored after a forced interrupt", self.name, self.next)
-                self.next = None
+            ignored = self.take_next()
+            if ignored is not None:
+                logger.debug("%s: %r from on_interrupt ignored after a forced interrupt", self.name, ignored)
         self.output = None
         self.reason = INTERRUPTED_REASON
 
     async def _body(self) -> None:
         agent = self.agent
-        nxt = agent.begin()
+        nxt: Next[Any] = agent.begin()
         if type(nxt) is not Next:
             raise InvalidTransition(f"{self.name}.begin() must return a Next, got {nxt!r}")
         if self.interrupts and nxt._kind <= PERFORM:
@@ -467,7 +469,9 @@ class Runtime:
                     nxt = self._after_step(nxt)
             elif kind == EVENTS:
                 self.phase = EVENTS_PHASE
-                nxt = await self._loop(False)
+                scheduled = await self._loop(False)
+                assert scheduled is not None  # only a draining loop ends without a transition
+                nxt = scheduled
                 steps = 0
             elif kind == DONE:
                 self.output = nxt._value
@@ -483,20 +487,22 @@ class Runtime:
             else:  # INTERRUPT
                 assert kind == INTERRUPT
                 self.interrupt_handled = True
-                try:
+                with contextlib.suppress(ValueError):
                     self.queue.remove(INTERRUPT_MARK)
-                except ValueError:
-                    pass
                 self.phase = HOOK
                 await agent.on_interrupt()
-                scheduled = self.next
+                scheduled = self.take_next()
                 if scheduled is None:
                     self.output = None
                     self.reason = INTERRUPTED_REASON
                     await self._drain()
                     return
-                self.next = None
                 nxt = scheduled
+
+    def take_next(self) -> Next[Any] | None:
+        nxt = self.next
+        self.next = None
+        return nxt
 
     def _after_step(self, nxt: Next[Any]) -> Next[Any]:
         pending = self.next
@@ -532,29 +538,32 @@ class Runtime:
                 self.next = None
                 return nxt
             if queue:
-                message = popleft()
+                message: object = popleft()
                 if self.room_waiters:
                     reschedule(self.room_waiters.popleft())
                 self.handled += 1
-                handler = table.get(type(message))
+                message_type = type(message)
+                handler = table.get(message_type)
                 if handler is not None:
                     try:
                         await handler(agent, message)
                     except Exception as error:
                         await agent.on_error(error)
-                elif type(message) is RequestCall:
+                elif message_type is RequestCall:
+                    call = cast("RequestCall[Any]", message)
                     try:
-                        value = await message._handler(agent, message._request)
+                        value = await call._handler(agent, call._request)
                     except Exception as error:
-                        message._complete(outcome.Error(error))
+                        call._complete(outcome.Error(error))
                     except BaseException:
-                        message._fail_stopped()
+                        call._fail_stopped()
                         raise
                     else:
-                        message._complete(outcome.Value(value))
-                elif type(message) is Response:
+                        call._complete(outcome.Value(value))
+                elif message_type is Response:
+                    response = cast("Response", message)
                     try:
-                        await message.handler(agent, message.request, message.result)
+                        await response.handler(agent, response.request, response.result)
                     except Exception as error:
                         await agent.on_error(error)
                 elif not draining and not self.interrupt_handled:  # INTERRUPT_MARK
@@ -583,12 +592,7 @@ class Runtime:
                 with trio.fail_after(mods.timeout):
                     return await self._perform_plain(nxt)
             except Exception as error:
-                if (
-                    policy is not None
-                    and tries < policy.attempts
-                    and policy.retries(error)
-                    and not self.interrupts
-                ):
+                if policy is not None and tries < policy.attempts and policy.retries(error) and not self.interrupts:
                     delay = policy.delay(tries)
                     logger.info("%s: state %r failed (%r); retry %d in %.3gs", self.name, nxt, error, tries, delay)
                     await trio.sleep(delay)
@@ -597,18 +601,19 @@ class Runtime:
                     raise
                 chosen: Next[Any] = mods.fallback(error)
                 if type(chosen) is not Next:
-                    raise InvalidTransition(
-                        f"the fallback of {nxt!r} must return a Next, got {chosen!r}"
-                    ) from error
+                    raise InvalidTransition(f"the fallback of {nxt!r} must return a Next, got {chosen!r}") from error
                 return chosen
 
-    async def _perform_plain(self, nxt: Next[Any]) -> Any:
+    async def _perform_plain(self, nxt: Next[Any]) -> Next[Any]:
         kind = nxt._kind
+        result: Next[Any]
         if kind == ASYNC:
-            return await nxt._fn(*nxt._args)
-        if kind == SYNC:
-            return await trio.to_thread.run_sync(nxt._fn, *nxt._args)
-        return await nxt._fn.perform(self.agent)
+            result = await nxt._fn(*nxt._args)
+        elif kind == SYNC:
+            result = await trio.to_thread.run_sync(nxt._fn, *nxt._args)
+        else:
+            result = await nxt._fn.perform(self.agent)
+        return result
 
     # -- results -------------------------------------------------------------
 

@@ -1,0 +1,25 @@
+"""The base class of request messages."""
+
+from __future__ import annotations
+
+from typing import Generic
+
+from typing_extensions import TypeVar
+
+R = TypeVar("R")
+
+
+class Request(Generic[R]):
+    """Base class of request messages; `R` is the type of the answer.
+
+    Example:
+        ```python
+        @attrs.frozen
+        class GetCount(hybrid.Request[int]):
+            pass
+
+        count: int = await address.request(GetCount())
+        ```
+    """
+
+    __slots__ = ()
