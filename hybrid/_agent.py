@@ -229,17 +229,18 @@ def interrupted() -> bool:
         raise LifecycleError("hybrid.interrupted() is for code running inside an agent")
     if rt.interrupts or rt.interrupt_handled:
         return True
-    if rt.scope is not None and rt.scope.cancel_called:
+    if get_ident() == rt.thread_id:
+        return rt.scope is not None and rt.scope.cancel_called
+    # A worker thread (sync state): CancelScope is not thread-safe; ask trio
+    # whether the to_thread call running this thread has been cancelled.
+    try:
+        trio.from_thread.check_cancelled()
+    except trio.Cancelled:
+        # A probe, not a cancellation of ours: trio raises Cancelled in the
+        # waiting task itself once this thread returns.
         return True
-    if get_ident() != rt.thread_id:
-        try:
-            trio.from_thread.check_cancelled()
-        except trio.Cancelled:
-            # A probe, not a cancellation of ours: trio raises Cancelled in the
-            # waiting task itself once this thread returns.
-            return True
-        except RuntimeError:  # a thread that trio did not start
-            return False
+    except RuntimeError:  # a thread that trio did not start
+        return False
     return False
 
 

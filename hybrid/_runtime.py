@@ -611,6 +611,9 @@ class Runtime:
             result = await nxt._fn(*nxt._args)
         elif kind == SYNC:
             result = await trio.to_thread.run_sync(nxt._fn, *nxt._args)
+            # A thread cannot be cancelled: it returns normally after polling
+            # hybrid.interrupted(); a deadline that passed meanwhile still counts.
+            await trio.lowlevel.checkpoint_if_cancelled()
         else:
             result = await nxt._fn.perform(self.agent)
         return result
