@@ -65,7 +65,7 @@ class Timer:
         ```
     """
 
-    __slots__ = ("_deadline", "_event", "_period", "_rt", "_running", "_scope", "_sleep")
+    __slots__ = ("_cancelled", "_deadline", "_event", "_period", "_rt", "_running", "_scope", "_sleep")
 
     def __init__(self, rt: Runtime, event: object, delay: float, period: float | None) -> None:
         self._rt = rt
@@ -75,9 +75,11 @@ class Timer:
         self._scope = trio.CancelScope()
         self._sleep: trio.CancelScope | None = None
         self._running = False
+        self._cancelled = False
 
     def _start(self) -> None:
         self._running = True
+        self._scope = trio.CancelScope()  # a scope is entered once: one per run
         self._rt.start_helper(self._run, name=f"timer {self._event!r} for {self._rt.name}")
 
     async def _run(self) -> None:
@@ -104,7 +106,7 @@ class Timer:
     @property
     def active(self) -> bool:
         """Whether the timer will still fire."""
-        return self._running and not self._scope.cancel_called
+        return self._running and not self._cancelled
 
     @property
     def deadline(self) -> float:
@@ -114,6 +116,7 @@ class Timer:
     @_threadsafe
     def cancel(self) -> None:
         """Stop the timer; the event is not sent (again). Idempotent."""
+        self._cancelled = True
         self._scope.cancel()
 
     @_threadsafe
@@ -127,7 +130,7 @@ class Timer:
             LifecycleError: the timer was cancelled or its agent has ended.
         """
         delay = _check_seconds("Timer.reset", delay, positive=False)
-        if self._scope.cancel_called:
+        if self._cancelled:
             raise LifecycleError("this timer was cancelled; start a new one")
         self._deadline = trio.current_time() + delay
         if self._sleep is not None:

@@ -509,9 +509,9 @@ class Runtime:
         if pending is not None:  # ctx.shutdown() / ctx.stop() during the step
             self.next = None
             return pending
-        if nxt._kind <= EVENTS:  # interrupted: end instead of entering the next state
-            return _INTERRUPT
-        return nxt
+        # Interrupted during the step: end instead of taking the next transition
+        # (on_interrupt runs), unless the step failed: a failure is never lost.
+        return nxt if nxt._kind == FAIL else _INTERRUPT
 
     async def _drain(self) -> bool:
         """Finish: close the mailbox, handle what is queued. False if stopped meanwhile."""
