@@ -13,6 +13,7 @@ from ._exceptions import InvalidTransition
 from ._retry import RetryPolicy
 
 A = TypeVar("A")
+A_co = TypeVar("A_co", covariant=True)
 Ts = TypeVarTuple("Ts")
 
 # Transition kinds. The three state kinds come first so that the run loop can
@@ -80,7 +81,7 @@ _new = object.__new__
 
 
 @final
-class Next(Generic[A]):
+class Next(Generic[A_co]):
     """A transition: what the agent does next.
 
     Build one with the static constructors, never with ``Next(...)``:
@@ -225,7 +226,7 @@ class Next(Generic[A]):
 
     # -- modifiers ---------------------------------------------------------
 
-    def fallback(self, fn: Callable[[Exception], Next[A]]) -> Next[A]:
+    def fallback(self: Next[A], fn: Callable[[Exception], Next[A]]) -> Next[A]:
         """When the state raises, `fn(error)` chooses the next transition.
 
         Without a fallback, a state that raises fails the agent
@@ -236,13 +237,13 @@ class Next(Generic[A]):
             raise InvalidTransition(f"fallback needs a callable, got {fn!r}")
         return self._modified("fallback", fallback=fn)
 
-    def retry(self, policy: RetryPolicy) -> Next[A]:
+    def retry(self, policy: RetryPolicy) -> Next[A_co]:
         """Re-run the state when it raises, waiting by `policy` between tries."""
         if not isinstance(policy, RetryPolicy):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise InvalidTransition(f"retry needs a hybrid.RetryPolicy, got {policy!r}")
         return self._modified("retry", retry=policy)
 
-    def timeout(self, seconds: float) -> Next[A]:
+    def timeout(self, seconds: float) -> Next[A_co]:
         """Each try of the state fails with `trio.TooSlowError` after `seconds`.
 
         A sync state cannot be killed: past the deadline,
@@ -255,10 +256,10 @@ class Next(Generic[A]):
             raise InvalidTransition(f"timeout needs a positive number of seconds, got {seconds!r}")
         return self._modified("timeout", timeout=float(seconds))
 
-    def _modified(self, what: str, **changes: Any) -> Next[A]:
+    def _modified(self, what: str, **changes: Any) -> Next[A_co]:
         if self._kind > PERFORM:
             raise InvalidTransition(f".{what}() applies to a state (do_async, do_sync, perform), not to {self!r}")
-        n: Next[A] = _new(Next)  # pyright: ignore[reportUnknownVariableType]
+        n: Next[A_co] = _new(Next)  # pyright: ignore[reportUnknownVariableType]
         n._kind = self._kind
         n._fn = self._fn
         n._args = self._args

@@ -221,7 +221,16 @@ async def test_done_closes_the_mailbox_and_handles_messages_already_queued() -> 
 
 
 async def test_stop_drops_queued_events_and_fails_queued_requests() -> None:
+    gate = trio.Event()
+
     class Stopper(Recorder):
+        def begin(self) -> Next[Self]:
+            return Next.do_async(self.wait_for_gate)  # the mailbox fills meanwhile
+
+        async def wait_for_gate(self) -> Next[Self]:
+            await gate.wait()
+            return Next.events()
+
         @hybrid.on_event
         async def ping(self, event: Ping) -> None:
             self.log.append(f"ping {event.n}")
@@ -241,6 +250,9 @@ async def test_stop_drops_queued_events_and_fails_queued_requests() -> None:
                 failures.append("request told")
 
         nursery.start_soon(ask)
+        await trio.testing.wait_all_tasks_blocked()
+        assert address.statistics().mailbox_depth == 3
+        gate.set()
         assert await address.join() is None
     assert agent.log == ["ping 1", "on_stop stopped"]
     assert failures == ["request told"]

@@ -1,0 +1,80 @@
+"""Every example in examples/ runs end to end and produces what it promises."""
+
+from __future__ import annotations
+
+import importlib.util
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import trio
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_example_is_covered_by_this_file() -> None:
+    names = {path.stem for path in EXAMPLES.glob("*.py")}
+    tested = {"fsm", "monitor", "server_client", "retry_download", "parallel_cpu"}
+    assert names == tested
+
+
+async def test_fsm_counts_the_embedded_text_and_a_file(tmp_path: Path) -> None:
+    fsm = load("fsm")
+    top = await fsm.main()
+    assert top[0][1] >= 2
+    path = tmp_path / "words.txt"
+    path.write_text("b a b c b a")
+    assert await fsm.main(str(path)) == [("b", 3), ("a", 2), ("c", 1)]
+
+
+async def test_monitor_polls_the_requested_number_of_times() -> None:
+    report = await load("monitor").main(polls=30, interval=0)
+    assert report.polls == 30
+    assert report.healthy + report.degraded + report.down == 30
+
+
+async def test_server_client_sums_answers_and_reports_the_missing_key() -> None:
+    summary: dict[str, Any] = await load("server_client").main()
+    assert summary == {"total": 321, "missing": ["zzz"]}
+
+
+async def test_retry_download_recovers_then_falls_back() -> None:
+    fresh, cached = await load("retry_download").main()
+    assert "body" in fresh
+    assert "(cached)" in cached
+
+
+async def test_parallel_cpu_keeps_the_loop_free_during_the_sync_state() -> None:
+    primes, ticks = await load("parallel_cpu").main(limit=20_000)
+    assert primes == 2262
+    assert ticks >= 0  # ticks depend on the machine's speed; the loop must not deadlock
+
+
+def test_fsm_runs_as_a_script(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["fsm.py"])
+    runpy.run_path(str(EXAMPLES / "fsm.py"), run_name="__main__")
+    assert "nursery" in capsys.readouterr().out
+
+
+def test_an_example_runs_in_a_fresh_interpreter() -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "server_client.py")], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "summer: {'total': 321, 'missing': ['zzz']}" in done.stdout
+
+
+def test_trio_is_the_only_event_loop_used() -> None:
+    assert "asyncio" not in "".join(path.read_text() for path in EXAMPLES.glob("*.py"))
+    assert trio.__name__ == "trio"
