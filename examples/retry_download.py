@@ -49,10 +49,8 @@ class Download(Agent[str]):
 
 
 async def main() -> list[str]:
-    policy = hybrid.RetryPolicy(
-        attempts=4, initial=0.01, factor=2, max_delay=0.05, jitter=0.1, rng=random.Random(1)
-    )
-    results = []
+    policy = hybrid.RetryPolicy(attempts=4, initial=0.01, factor=2, max_delay=0.05, jitter=0.1, rng=random.Random(1))
+    results: list[str] = []
     for failures in (2, 10):
         server = FlakyServer(failures)
         body = await Download(server, "https://example.org/", policy).run()

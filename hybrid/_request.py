@@ -6,11 +6,11 @@ from typing import Generic
 
 from typing_extensions import TypeVar
 
-R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 
 
-class Request(Generic[R]):
-    """Base class of request messages; `R` is the type of the answer.
+class Request(Generic[R_co]):
+    """Base class of request messages; `R_co` is the type of the answer.
 
     Example:
         ```python

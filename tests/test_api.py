@@ -20,15 +20,17 @@ def test_every_public_name_has_a_docstring() -> None:
 
 
 def test_public_methods_and_properties_have_docstrings() -> None:
-    missing = []
+    missing: list[str] = []
     for name in hybrid.__all__:
         obj = getattr(hybrid, name)
         if not inspect.isclass(obj):
             continue
-        for attr, value in vars(obj).items():
-            if attr.startswith("_") or not (inspect.isfunction(value) or isinstance(value, (property, staticmethod))):
+        members: dict[str, object] = dict(vars(obj))
+        for attr, value in members.items():
+            documented = inspect.isfunction(value) or isinstance(value, (property, staticmethod))
+            if attr.startswith("_") or not documented:
                 continue
-            if not inspect.getdoc(value):
+            if not inspect.getdoc(value):  # pyright: ignore[reportUnknownArgumentType]
                 missing.append(f"{name}.{attr}")
     assert missing == []
 
@@ -39,7 +41,8 @@ def test_public_objects_say_they_live_in_hybrid() -> None:
 
 
 def test_the_exception_tree_has_one_root_and_builtin_bases_where_they_fit() -> None:
-    errors = [getattr(hybrid, name) for name in hybrid.__all__ if name.endswith(("Error", "Stopped", "Full", "Message"))]
+    suffixes = ("Error", "Stopped", "Full", "Message")
+    errors = [getattr(hybrid, name) for name in hybrid.__all__ if name.endswith(suffixes)]
     errors += [hybrid.InvalidTransition]
     for error in errors:
         assert issubclass(error, hybrid.HybridError), error

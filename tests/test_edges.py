@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import outcome
 import pytest
 import trio
@@ -10,7 +12,6 @@ from typing_extensions import Self
 
 import hybrid
 from hybrid import Agent, Next, StopReason
-
 from tests.messages import Echo, Ping
 
 
@@ -30,7 +31,6 @@ async def test_an_on_stop_error_during_cancellation_is_logged_and_cancellation_s
 
         async def wait(self) -> Next[Self]:
             await trio.sleep_forever()
-            return Next.done()  # pragma: no cover
 
         async def on_stop(self, reason: StopReason) -> None:
             raise RuntimeError("cleanup")
@@ -136,7 +136,6 @@ async def test_on_interrupt_transitions_are_ignored_after_a_forced_interrupt() -
 
         async def wait(self) -> Next[Self]:
             await trio.sleep_forever()
-            return Next.done()  # pragma: no cover
 
         async def on_interrupt(self) -> None:
             log.append("on_interrupt")
@@ -177,7 +176,7 @@ async def test_stop_overrides_a_scheduled_shutdown_and_late_ending_requests_do_n
 async def test_a_stream_stops_when_the_agent_finishes(autojump_clock: trio.testing.MockClock) -> None:
     produced: list[int] = []
 
-    async def endless():  # type: ignore[no-untyped-def]
+    async def endless() -> AsyncIterator[int]:
         n = 0
         while True:
             produced.append(n)

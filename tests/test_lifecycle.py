@@ -11,7 +11,6 @@ from typing_extensions import Self
 
 import hybrid
 from hybrid import Agent, Next, StopKind, StopReason
-
 from tests.messages import Echo, Ping
 
 
@@ -341,14 +340,14 @@ async def test_an_exception_inside_on_stop_fails_the_agent() -> None:
 
     with pytest.raises(RuntimeError, match="cleanup failed"):
         await BadStop().run()
-    async with trio.open_nursery() as nursery:
-        with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="cleanup failed")):
-            async with trio.open_nursery() as inner:
-                address = hybrid.spawn(inner, BadStop())
-        with pytest.raises(RuntimeError, match="cleanup failed"):
-            await address.join()
-        assert address.statistics().reason is not None
-        nursery.cancel_scope.cancel()
+    addresses: list[hybrid.Address[BadStop]] = []
+    with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="cleanup failed")):
+        async with trio.open_nursery() as nursery:
+            addresses.append(hybrid.spawn(nursery, BadStop()))
+    with pytest.raises(RuntimeError, match="cleanup failed"):
+        await addresses[0].join()
+    reason = addresses[0].statistics().reason
+    assert reason is not None and reason.failed
 
 
 async def test_cancellation_from_outside_propagates_and_on_stop_runs_shielded(
@@ -362,7 +361,6 @@ async def test_cancellation_from_outside_propagates_and_on_stop_runs_shielded(
 
         async def wait(self) -> Next[Self]:
             await trio.sleep_forever()
-            return Next.done()  # pragma: no cover
 
         async def on_stop(self, reason: StopReason) -> None:
             await trio.sleep(1)  # shielded: completes despite the cancellation
@@ -381,7 +379,6 @@ async def test_cancelled_is_never_swallowed_or_wrapped_by_run() -> None:
 
         async def wait(self) -> Next[Self]:
             await trio.sleep_forever()
-            return Next.done()  # pragma: no cover
 
     caught: list[BaseException] = []
     with trio.CancelScope() as scope:
@@ -424,13 +421,14 @@ async def test_a_spawned_agent_that_fails_raises_out_of_its_nursery_and_from_joi
             sibling_cancelled.append(True)
             raise
 
+    addresses: list[hybrid.Address[Crashes]] = []
     with pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="crashed")):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sibling)
-            address = hybrid.spawn(nursery, Crashes())
+            addresses.append(hybrid.spawn(nursery, Crashes()))
     assert sibling_cancelled == [True]
     with pytest.raises(ValueError, match="crashed"):
-        await address.join()
+        await addresses[0].join()
 
 
 async def test_an_agent_instance_runs_only_once() -> None:
@@ -482,7 +480,7 @@ async def test_interrupted_is_false_until_the_agent_is_interrupted_and_refused_o
             seen.append(hybrid.interrupted())
             return Next.done()
 
-    assert await Polls().run() is None
+    await Polls().run()
     assert seen == [False, False, True]
 
 

@@ -12,7 +12,6 @@ from typing_extensions import Self
 
 import hybrid
 from hybrid import Agent, Next
-
 from tests.messages import Echo, Ping
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

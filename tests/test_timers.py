@@ -53,12 +53,13 @@ async def test_send_every_ticks_at_a_fixed_rate_until_cancelled(autojump_clock: 
         address = hybrid.spawn(nursery, agent)
         await trio.sleep(0)
         timer = agent.ctx.send_every(2, Tick())
-        assert timer.active
+        active = [timer.active]
         await trio.sleep(7)
         timer.cancel()
         timer.cancel()  # idempotent
         await trio.sleep(10)
-        assert not timer.active
+        active.append(timer.active)
+        assert active == [True, False]
         address.interrupt()
     assert [t for t, _ in agent.seen] == [2.0, 4.0, 6.0]
 
@@ -82,8 +83,8 @@ async def test_reset_debounces_a_timer_and_rearms_a_fired_one(autojump_clock: tr
         assert timer.deadline == pytest.approx(trio.current_time() - 0.1)
         address.interrupt()
     assert agent.seen == [(3.5, "flush"), (4.75, "flush"), (5.5, "flush")]
+    timer.cancel()
     with pytest.raises(hybrid.LifecycleError, match="was cancelled"):
-        timer.cancel()
         timer.reset(1)
 
 
@@ -290,13 +291,14 @@ async def test_a_helper_error_leaves_the_nursery_and_cancels_the_agent() -> None
 
     with pytest.RaisesGroup(pytest.RaisesExc(KeyError, match="helper")):
         await Spawns().run()
+    addresses: list[hybrid.Address[Spawns]] = []
     with pytest.RaisesGroup(pytest.RaisesExc(KeyError, match="helper")):
         async with trio.open_nursery() as nursery:
-            address = hybrid.spawn(nursery, Spawns())
-    assert address.statistics().reason is not None
-    assert address.statistics().reason.cancelled  # type: ignore[union-attr]
+            addresses.append(hybrid.spawn(nursery, Spawns()))
+    reason = addresses[0].statistics().reason
+    assert reason is not None and reason.cancelled
     with pytest.raises(hybrid.LifecycleError, match="has ended"):
-        address._rt.ctx.start_soon(broken)
+        addresses[0]._rt.ctx.start_soon(broken)
 
 
 async def test_timers_work_from_a_sync_state(autojump_clock: trio.testing.MockClock) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import threading
@@ -88,7 +89,7 @@ async def test_self_transitions_yield_to_other_tasks_at_least_every_64_steps() -
         nursery.start_soon(observer)
         await trio.lowlevel.checkpoint()
         await Busy().run()
-    gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(seen)]
     assert len(seen) >= 1000 // 128
     # trio runs each batch of runnable tasks in random order, so the observer
     # can see two of the agent's turns (of at most 64 steps each) in a row.
