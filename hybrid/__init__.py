@@ -3,15 +3,17 @@
 Package map (the implementation modules are private; everything public is
 re-exported here):
 
-- ``_agent.py``: `Agent`, `spawn`, `interrupted`
+- ``_agent.py``: `Agent`, `AgentRunner`, `spawn`, `interrupted`
 - ``_next.py``: `Next`, `Performer`
-- ``_retry.py``: `RetryPolicy`
+- ``_retry.py``: `Backoff`, `RetryPolicy`
 - ``_runtime.py``: the mailbox and the run loop of one agent
 - ``_address.py``: `Address`, `RequestCall`, `AgentStatistics`
 - ``_request.py``: `Request`
-- ``_context.py``: `Context`, `Timer`, `Stream`, `StreamEnded`
+- ``_context.py``: `Context`, `Timer`, `Stream`, `StreamEnded`, `Monitor`, `Ended`
 - ``_handlers.py``: `on_event`, `on_request`, `on_response` and dispatch
 - ``_stop.py``: `StopReason`, `StopKind`
+- ``_supervisor.py``: `Supervisor`, `SupervisorContext`, `Restart`, `Strategy`,
+  `RestartIntensityExceeded` (built on the public agent API only)
 - ``_exceptions.py``: the exception tree
 """
 
@@ -19,9 +21,12 @@ from ._address import Address as Address
 from ._address import AgentStatistics as AgentStatistics
 from ._address import RequestCall as RequestCall
 from ._agent import Agent as Agent
+from ._agent import AgentRunner as AgentRunner
 from ._agent import interrupted as interrupted
 from ._agent import spawn as spawn
 from ._context import Context as Context
+from ._context import Ended as Ended
+from ._context import Monitor as Monitor
 from ._context import Stream as Stream
 from ._context import StreamEnded as StreamEnded
 from ._context import Timer as Timer
@@ -38,32 +43,47 @@ from ._handlers import on_response as on_response
 from ._next import Next as Next
 from ._next import Performer as Performer
 from ._request import Request as Request
+from ._retry import Backoff as Backoff
 from ._retry import RetryPolicy as RetryPolicy
 from ._stop import StopKind as StopKind
 from ._stop import StopReason as StopReason
+from ._supervisor import Restart as Restart
+from ._supervisor import RestartIntensityExceeded as RestartIntensityExceeded
+from ._supervisor import Strategy as Strategy
+from ._supervisor import Supervisor as Supervisor
+from ._supervisor import SupervisorContext as SupervisorContext
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Address",
     "Agent",
+    "AgentRunner",
     "AgentStatistics",
     "AgentStopped",
+    "Backoff",
     "Context",
+    "Ended",
     "HandlerDefinitionError",
     "HybridError",
     "InvalidTransition",
     "LifecycleError",
     "MailboxFull",
+    "Monitor",
     "Next",
     "Performer",
     "Request",
     "RequestCall",
+    "Restart",
+    "RestartIntensityExceeded",
     "RetryPolicy",
     "StopKind",
     "StopReason",
+    "Strategy",
     "Stream",
     "StreamEnded",
+    "Supervisor",
+    "SupervisorContext",
     "Timer",
     "UnhandledMessage",
     "interrupted",

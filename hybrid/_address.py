@@ -151,7 +151,9 @@ class Address(Generic[A_co]):
 
     Returned by [`hybrid.spawn`][hybrid.spawn] and available as
     ``self.ctx.address`` inside the agent. Hashable, comparable and cheap to
-    copy: copies are the same address.
+    copy: copies are the same address. An address reused for a fresh agent
+    ([`AgentRunner(agent, address=...)`][hybrid.AgentRunner], as supervisors
+    do when they restart a child) reaches the new agent from then on.
 
     Every method that queues a message checks its type at once, in the
     sender: a message the agent has no handler for raises `UnhandledMessage`
@@ -263,11 +265,8 @@ class Address(Generic[A_co]):
         """A snapshot of the agent: phase, mailbox depth, counters."""
         return self._rt.statistics()
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Address) and other._rt is self._rt
-
-    def __hash__(self) -> int:
-        return id(self._rt)
+    # Equality and hashing are by identity: one Address object per agent (and
+    # per restartable child, across its restarts); copies return the same object.
 
     def __copy__(self) -> Address[A_co]:
         return self

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import logging
 from threading import get_ident
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, final
 
 import trio
-from typing_extensions import TypeVar
+from typing_extensions import Self, TypeVar
 
+from ._context import Context
 from ._exceptions import LifecycleError
 from ._handlers import Table, build_tables, defining_namespace
 from ._next import Next
-from ._runtime import Runtime, current_runtime
+from ._runtime import STARTING, Runtime, current_runtime
+from ._stop import StopReason
 
 if TYPE_CHECKING:
     from ._address import Address
-    from ._context import Context
-    from ._stop import StopReason
 
 T_co = TypeVar("T_co", covariant=True, default=None)
 A = TypeVar("A", bound="Agent[Any]")
@@ -63,6 +63,8 @@ class Agent(Generic[T_co]):
         mailbox_capacity: the bound of the agent's mailbox (None: unbounded).
             A class attribute; `hybrid.spawn(..., mailbox_capacity=n)`
             overrides it for one agent.
+        context_class: the class of ``self.ctx``: `Context`, or a subclass
+            that adds operations (`Supervisor` uses `SupervisorContext`).
 
     Example:
         ```python
@@ -85,6 +87,7 @@ class Agent(Generic[T_co]):
     """
 
     mailbox_capacity: ClassVar[int | None] = None
+    context_class: ClassVar[type[Context]] = Context
 
     if TYPE_CHECKING:
         ctx: Context
@@ -137,7 +140,83 @@ class Agent(Generic[T_co]):
         (timers, `consume`, `ctx.start_soon`) run in a nursery that this call
         opens, and an error of theirs leaves it as an `ExceptionGroup`.
         """
-        rt = Runtime(self, type(self).mailbox_capacity, None)
+        runner = AgentRunner(self)
+        await runner.run()
+        result: T_co = runner._rt.result()
+        return result
+
+
+_DEFAULT: Any = Agent
+
+
+@final
+class AgentRunner(Generic[A]):
+    """Run an agent in the current task and get how it ended as a value.
+
+    The building block of supervisors (and of your own): the address exists
+    as soon as the runner is made, before the agent runs, and `run()` returns
+    the agent's [`StopReason`][hybrid.StopReason] instead of raising its
+    failure. `Agent.run()` and `hybrid.spawn` are built on it.
+
+    Args:
+        agent: a new agent instance.
+        mailbox_capacity: bound the mailbox (an int >= 1) or None for
+            unbounded; by default the class's `mailbox_capacity`.
+        address: reuse the address of an agent that has ended: from now on
+            it reaches this agent (how a supervisor restarts a child without
+            changing its address).
+
+    Raises:
+        LifecycleError: the agent was already started, or `address` still
+            reaches a running agent.
+
+    Example:
+        ```python
+        runner = hybrid.AgentRunner(Worker())
+        runner.address.send(Job(1))          # queued until the agent runs
+        reason = await runner.run()          # never raises the agent's failure
+        if reason.failed:
+            log.warning("worker failed: %r", reason.error)
+        ```
+    """
+
+    __slots__ = ("_rt",)
+
+    def __init__(
+        self,
+        agent: A,
+        *,
+        mailbox_capacity: int | type[Any] | None = _DEFAULT,
+        address: Address[A] | None = None,
+    ) -> None:
+        if not isinstance(agent, Agent):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"AgentRunner needs an Agent instance, got {agent!r}")
+        self._rt = Runtime(agent, _capacity(agent, mailbox_capacity), None, address)
+
+    @property
+    def address(self) -> Address[A]:
+        """The agent's address, usable before `run()`."""
+        return self._rt.address
+
+    @property
+    def output(self) -> Any:
+        """The value the agent gave to ``Next.done`` (None until then, or if it did not finish so)."""
+        return self._rt.output
+
+    async def run(self) -> StopReason:
+        """Run the agent in the current task until it ends; return how it ended.
+
+        The agent's failure is returned in the reason (``reason.error``), not
+        raised. Cancellation from outside propagates unchanged. The agent's
+        helper tasks (timers, `consume`, `ctx.start_soon`) run in a nursery
+        this call opens; an error of theirs leaves it as an `ExceptionGroup`.
+
+        Raises:
+            LifecycleError: the runner was already run.
+        """
+        rt = self._rt
+        if rt.phase != STARTING or rt.host is not None:
+            raise LifecycleError("an AgentRunner runs once")
         escaped: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -145,7 +224,8 @@ class Agent(Generic[T_co]):
                 try:
                     await rt.main()
                 finally:
-                    nursery.cancel_scope.cancel()
+                    if rt.helpers is not None:
+                        nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # Only the agent's own task raised (cancellation from outside, or
             # KeyboardInterrupt): give trio back the exception it raised, as an
@@ -158,15 +238,22 @@ class Agent(Generic[T_co]):
             escaped = rt.escaped
         if escaped is not None:
             raise escaped
-        result: T_co = rt.result()
-        return result
+        reason = rt.reason
+        assert reason is not None
+        return reason
+
+
+def _capacity(agent: Agent[Any], mailbox_capacity: object) -> int | None:
+    if mailbox_capacity is _DEFAULT:
+        return type(agent).mailbox_capacity
+    return _check_capacity(mailbox_capacity, "mailbox_capacity")
 
 
 def spawn(
     nursery: trio.Nursery,
     agent: A,
     *,
-    mailbox_capacity: int | type[Any] | None = Agent,
+    mailbox_capacity: int | type[Any] | None = _DEFAULT,
 ) -> Address[A]:
     """Start `agent` as a task in `nursery` and return its address at once.
 
@@ -192,12 +279,7 @@ def spawn(
     """
     if not isinstance(agent, Agent):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"hybrid.spawn needs an Agent instance, got {agent!r}")
-    capacity = (
-        type(agent).mailbox_capacity
-        if mailbox_capacity is Agent
-        else _check_capacity(mailbox_capacity, "mailbox_capacity")
-    )
-    rt = Runtime(agent, capacity, nursery)
+    rt = Runtime(agent, _capacity(agent, mailbox_capacity), nursery)
     nursery.start_soon(rt.run_spawned, name=f"hybrid agent {rt.name}")
     return rt.address
 

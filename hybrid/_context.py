@@ -18,6 +18,7 @@ from ._next import Next
 if TYPE_CHECKING:
     from ._address import Address
     from ._runtime import Runtime
+    from ._stop import StopReason
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -154,6 +155,35 @@ class StreamEnded:
     error: Exception | None = None
 
 
+@attrs.frozen(eq=False)
+class Ended:
+    """The event a monitor delivers when the agent it watches has ended.
+
+    Attributes:
+        address: the address that was monitored.
+        reason: how the agent ended.
+    """
+
+    address: Address[Any]
+    reason: StopReason
+
+
+@final
+class Monitor:
+    """A handle on a monitor from [`Context.monitor`][hybrid.Context.monitor]."""
+
+    __slots__ = ("_notify", "_target")
+
+    def __init__(self, target: Runtime, notify: Callable[[Runtime], None]) -> None:
+        self._target = target
+        self._notify = notify
+
+    @_threadsafe
+    def cancel(self) -> None:
+        """Stop watching: no `Ended` event follows. Idempotent."""
+        self._target.remove_monitor(self._notify)
+
+
 @final
 class Stream:
     """A handle on an async iterable consumed by an agent (`Context.consume`)."""
@@ -174,13 +204,15 @@ class Stream:
         self._scope.cancel()
 
 
-@final
 class Context:
     """The agent's handle on its runtime: ``self.ctx`` in states and handlers.
 
     It exists from the moment the agent is started (`run()` or `hybrid.spawn`).
     Every method is safe to call from a sync state's worker thread: the call
     is carried out on the trio thread.
+
+    An agent class can extend its context by setting `Agent.context_class`
+    to a subclass (as `Supervisor` does with `SupervisorContext`).
     """
 
     __slots__ = ("_rt",)
@@ -258,6 +290,20 @@ class Context:
         if not hasattr(source, "__aiter__"):
             raise TypeError(f"consume needs an async iterable, got {source!r}")
         return self._rt.start_stream(source)
+
+    @_threadsafe
+    def monitor(self, address: Address[Any]) -> Monitor:
+        """Be told, with an [`Ended`][hybrid.Ended] event, when the agent at `address` ends.
+
+        The event arrives in this agent's mailbox (past any bound), once. If
+        that agent has already ended, it arrives at once. The monitor watches
+        the agent that `address` reaches now: if a supervisor later restarts
+        it behind the same address, monitor again.
+
+        Raises:
+            UnhandledMessage: this agent has no handler for `Ended`.
+        """
+        return self._rt.watch(address._rt)
 
     @_threadsafe
     def start_soon(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts, name: str | None = None) -> None:

@@ -32,7 +32,7 @@ from trio.lowlevel import (
 )
 
 from ._address import Address, AgentStatistics, RequestCall
-from ._context import Context, Stream, StreamEnded, Timer
+from ._context import Ended, Monitor, Stream, StreamEnded, Timer
 from ._exceptions import AgentStopped, InvalidTransition, LifecycleError, MailboxFull
 from ._handlers import EVENT, lookup
 from ._next import (
@@ -115,6 +115,7 @@ class Runtime:
         "interrupt_handled",
         "interrupts",
         "limit",
+        "monitors",
         "name",
         "next",
         "output",
@@ -133,7 +134,13 @@ class Runtime:
         "transitions",
     )
 
-    def __init__(self, agent: Agent[Any], capacity: int | None, host: trio.Nursery | None) -> None:
+    def __init__(
+        self,
+        agent: Agent[Any],
+        capacity: int | None,
+        host: trio.Nursery | None,
+        address: Address[Any] | None = None,
+    ) -> None:
         if "ctx" in agent.__dict__:
             raise LifecycleError(
                 f"{type(agent).__qualname__} instance was already started; an agent runs once: create a new instance"
@@ -168,8 +175,16 @@ class Runtime:
         self.error: BaseException | None = None
         self.escaped: BaseException | None = None
         self.ended: trio.Event | None = None
-        self.address: Address[Any] = Address(self)
-        self.ctx = Context(self)
+        self.monitors: list[Callable[[Runtime], None]] | None = None
+        if address is None:
+            address = Address(self)
+        else:
+            old = address._rt
+            if old.reason is None:
+                raise LifecycleError(f"{address!r} still reaches a running agent; it can be reused once that ended")
+            address._rt = self
+        self.address = address
+        self.ctx = cls.context_class(self)
         agent.ctx = self.ctx
 
     # -- the mailbox -------------------------------------------------------
@@ -397,10 +412,12 @@ class Runtime:
                 self._ended(cut_short)
                 raise
             self.discard_queue()
-            self.cancel_helpers()
             final = self.reason
             assert final is not None
             reason: StopReason = final
+            # on_stop runs before helper tasks are cancelled, so that it can end
+            # them (or a supervisor's children) gracefully; timers that fire
+            # meanwhile find the mailbox closed and stop.
             try:
                 await agent.on_stop(reason)
             except Exception as error:
@@ -408,9 +425,11 @@ class Runtime:
                 self.output = None
                 reason = StopReason(StopKind.FAILED, error)
             except BaseException as exc:
+                self.cancel_helpers()
                 self.escaped = exc
                 self._ended(CANCELLED_REASON if isinstance(exc, trio.Cancelled) else StopReason(StopKind.FAILED, exc))
                 raise
+            self.cancel_helpers()
             self._ended(reason)
         finally:
             current_runtime.reset(token)
@@ -421,6 +440,37 @@ class Runtime:
         self.parked = None
         if self.ended is not None:
             self.ended.set()
+        monitors = self.monitors
+        if monitors:
+            self.monitors = None
+            for notify in monitors:
+                notify(self)
+
+    def add_monitor(self, notify: Callable[[Runtime], None]) -> None:
+        """Call ``notify(self)`` when the agent ends (at once if it has ended)."""
+        if self.reason is not None:
+            notify(self)
+            return
+        if self.monitors is None:
+            self.monitors = []
+        self.monitors.append(notify)
+
+    def watch(self, target: Runtime) -> Monitor:
+        """Deliver `Ended` to this agent when `target` ends."""
+        self.event_handler(Ended)
+        address = target.address
+
+        def notify(ended: Runtime) -> None:
+            if self.limit != CLOSED and ended.reason is not None:
+                self.deliver(Ended(address, ended.reason))
+
+        target.add_monitor(notify)
+        return Monitor(target, notify)
+
+    def remove_monitor(self, notify: Callable[[Runtime], None]) -> None:
+        if self.monitors is not None:
+            with contextlib.suppress(ValueError):
+                self.monitors.remove(notify)
 
     async def _forced_interrupt(self) -> None:
         """The scope was cancelled by a second interrupt: end as interrupted."""
@@ -486,12 +536,14 @@ class Runtime:
                 raise nxt._value
             else:  # INTERRUPT
                 assert kind == INTERRUPT
-                self.interrupt_handled = True
                 with contextlib.suppress(ValueError):
                     self.queue.remove(INTERRUPT_MARK)
-                self.phase = HOOK
-                await agent.on_interrupt()
-                scheduled = self.take_next()
+                scheduled = None
+                if not self.interrupt_handled:  # the hook runs once per agent
+                    self.interrupt_handled = True
+                    self.phase = HOOK
+                    await agent.on_interrupt()
+                    scheduled = self.take_next()
                 if scheduled is None:
                     self.output = None
                     self.reason = INTERRUPTED_REASON
