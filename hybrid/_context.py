@@ -172,16 +172,16 @@ class Ended:
 class Monitor:
     """A handle on a monitor from [`Context.monitor`][hybrid.Context.monitor]."""
 
-    __slots__ = ("_notify", "_target")
+    __slots__ = ("_notify", "_rt")
 
     def __init__(self, target: Runtime, notify: Callable[[Runtime], None]) -> None:
-        self._target = target
+        self._rt = target  # the watched agent's runtime
         self._notify = notify
 
     @_threadsafe
     def cancel(self) -> None:
         """Stop watching: no `Ended` event follows. Idempotent."""
-        self._target.remove_monitor(self._notify)
+        self._rt.remove_monitor(self._notify)
 
 
 @final

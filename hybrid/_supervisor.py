@@ -97,13 +97,13 @@ class _Child:
     shutdown_timeout: float | None
     order: int
     address: Address[Any]
-    pending: Agent[Any] | None = None
     runner: AgentRunner[Any] | None = None
     scope: trio.CancelScope | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
     running: bool = False
     interrupted: bool = False
     in_restart: bool = False
+    prepared: bool = False
     restarts: deque[float] = attrs.field(factory=deque[float])
 
 
@@ -349,6 +349,7 @@ class Supervisor(Agent[T_co]):
     def _hybrid_start(self, child: _Child, runner: AgentRunner[Any]) -> None:
         state = self._hybrid_sup()
         child.runner = runner
+        child.prepared = False
         child.scope = trio.CancelScope()
         child.done = trio.Event()
         child.running = True
@@ -466,26 +467,41 @@ class Supervisor(Agent[T_co]):
             affected = [other for other in state.children if other.order >= child.order]
         for other in affected:
             other.in_restart = True
+        # The address reaches the next instance at once: what is sent to it
+        # while the child waits out its backoff is queued for that instance.
+        try:
+            self._hybrid_prepare(child)
+        except Exception as error:  # the factory failed: the supervisor cannot do its job
+            self.ctx.do_next(Next.fail(error))
+            return
         self.ctx.start_soon(self._hybrid_restart, affected, delay)
+
+    def _hybrid_prepare(self, child: _Child) -> None:
+        if child.factory is not None and child.restart is not Restart.TEMPORARY:
+            child.runner = AgentRunner(_make(child.factory), address=child.address)
+            child.prepared = True
 
     async def _hybrid_restart(self, children: list[_Child], delay: float) -> None:
         state = self._hybrid_sup()
         await self._hybrid_stop([child for child in children if child.running])
+        try:
+            for child in children:
+                if not child.prepared:
+                    self._hybrid_prepare(child)
+        except Exception as error:
+            self.ctx.address.send(_StartFailed(error))
+            return
         await trio.sleep(delay)
         for child in sorted(children, key=lambda c: c.order):
             child.in_restart = False
             if state.stopping:
                 return
-            if child.factory is None or child.restart is Restart.TEMPORARY:
-                if child in state.children:  # stopped with the others, not restarted
+            if not child.prepared:  # temporary: stopped with the others, not restarted
+                if child in state.children:
                     state.children.remove(child)
                 continue
-            try:
-                runner = AgentRunner(_make(child.factory), address=child.address)
-            except Exception as error:
-                self.ctx.address.send(_StartFailed(error))
-                return
-            self._hybrid_start(child, runner)
+            assert child.runner is not None
+            self._hybrid_start(child, child.runner)
 
     @on_event
     async def _hybrid_start_failed(self, event: _StartFailed) -> None:
