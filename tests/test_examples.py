@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import runpy
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ def load(name: str) -> ModuleType:
 
 def test_every_example_is_covered_by_this_file() -> None:
     names = {path.stem for path in EXAMPLES.glob("*.py")}
-    tested = {"fsm", "monitor", "server_client", "retry_download", "parallel_cpu"}
+    tested = {"fsm", "monitor", "server_client", "retry_download", "parallel_cpu", "service"}
     assert names == tested
 
 
@@ -73,6 +74,31 @@ def test_an_example_runs_in_a_fresh_interpreter() -> None:
         [sys.executable, str(EXAMPLES / "server_client.py")], capture_output=True, text=True, timeout=60, check=True
     )
     assert "summer: {'total': 321, 'missing': ['zzz']}" in done.stdout
+
+
+def test_service_shuts_down_in_group_order_on_ctrl_c() -> None:
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "service.py")], stderr=subprocess.PIPE, text=True, bufsize=1
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    for line in process.stderr:
+        lines.append(line)
+        if "service: ready" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == 0, rest
+    lines += rest.splitlines()
+    order = [line.split("ms ", 1)[1].split(":")[0] for line in lines if "stopped" in line]
+    assert order[0] == "http"
+    assert sorted(order[1:5]) == [f"worker-{i}" for i in range(4)]
+    assert order[5:] == ["storage", "service"]
+    assert any("SIGINT received: graceful shutdown" in line for line in lines)
+
+
+async def test_service_stops_by_itself_after_its_duration() -> None:
+    assert await load("service").main(0.2) == 0
 
 
 def test_trio_is_the_only_event_loop_used() -> None:
