@@ -55,7 +55,9 @@ class Timer:
 
     All timers of an agent are cancelled when the agent ends.
 
-    Example (debounce: flush one second after the last change):
+    Example:
+        Debounce: flush one second after the last change.
+
         ```python
         @hybrid.on_event
         async def changed(self, event: Changed) -> None:

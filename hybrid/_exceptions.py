@@ -15,9 +15,11 @@ exception means the same thing, the hybrid error subclasses it too, so
      ├── InvalidTransition(TypeError)  something that is not a `Next` was returned where a
      │                                 transition was expected, or a modifier was used on
      │                                 a transition it does not apply to
-     └── LifecycleError(RuntimeError)  an operation the agent's lifecycle forbids now: an
-                                       agent started twice, `ctx` used before the start,
-                                       a transition scheduled while the agent finishes
+     ├── LifecycleError(RuntimeError)  an operation the agent's lifecycle forbids now: an
+     │                                 agent started twice, `ctx` used before the start,
+     │                                 a transition scheduled while the agent finishes
+     └── RestartIntensityExceeded      a supervisor restarted its children too often
+                                       (defined with the supervisor, in `_supervisor.py`)
 
 `trio.Cancelled` is never caught, wrapped or translated by hybrid.
 """

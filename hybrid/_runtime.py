@@ -128,6 +128,7 @@ class Runtime:
         "room_waiters",
         "scope",
         "state",
+        "steps",
         "task",
         "thread_id",
         "token",
@@ -165,7 +166,7 @@ class Runtime:
         self.scope: trio.CancelScope | None = None
         self.host = host
         self.helpers: set[trio.CancelScope] | None = None
-        self.room_waiters: deque[Task] = deque()
+        self.room_waiters: deque[Task] | None = None  # created when a sender first waits
         self.handled = 0
         self.dropped = 0
         self.transitions = 0
@@ -176,6 +177,9 @@ class Runtime:
         self.escaped: BaseException | None = None
         self.ended: trio.Event | None = None
         self.monitors: list[Callable[[Runtime], None]] | None = None
+        # Messages and transitions since the last yield, across states and
+        # actor mode: the loop yields at least every FAIRNESS of them.
+        self.steps = 0
         if address is None:
             address = Address(self)
         else:
@@ -241,6 +245,8 @@ class Runtime:
     async def _wait_for_room(self) -> None:
         task = current_task()
         waiters = self.room_waiters
+        if waiters is None:
+            waiters = self.room_waiters = deque()
         waiters.append(task)
 
         def abort(raise_cancel: Any) -> Abort:
@@ -402,6 +408,7 @@ class Runtime:
             except BaseException as exc:
                 self.discard_queue()
                 self.cancel_helpers()
+                self.output = None
                 cut_short = CANCELLED_REASON if isinstance(exc, trio.Cancelled) else StopReason(StopKind.FAILED, exc)
                 self.escaped = exc
                 try:
@@ -493,7 +500,7 @@ class Runtime:
             raise InvalidTransition(f"{self.name}.begin() must return a Next, got {nxt!r}")
         if self.interrupts and nxt._kind <= PERFORM:
             nxt = _INTERRUPT  # interrupted before its first state: never enters it
-        steps = 0
+        steps = self.steps
         while True:
             kind = nxt._kind
             if kind <= PERFORM:
@@ -519,13 +526,15 @@ class Runtime:
                     nxt = self._after_step(nxt)
             elif kind == EVENTS:
                 self.phase = EVENTS_PHASE
+                self.steps = steps
                 scheduled = await self._loop(False)
                 assert scheduled is not None  # only a draining loop ends without a transition
                 nxt = scheduled
-                steps = 0
+                steps = self.steps
             elif kind == DONE:
                 self.output = nxt._value
                 self.reason = DONE_REASON
+                self.steps = steps
                 await self._drain()
                 return
             elif kind == STOP:
@@ -547,6 +556,7 @@ class Runtime:
                 if scheduled is None:
                     self.output = None
                     self.reason = INTERRUPTED_REASON
+                    self.steps = steps
                     await self._drain()
                     return
                 nxt = scheduled
@@ -583,16 +593,20 @@ class Runtime:
         popleft = queue.popleft
         agent = self.agent
         table = self.events
-        count = 0
+        count = self.steps
         while True:
             nxt = self.next
             if nxt is not None:
                 self.next = None
+                if draining and nxt._kind != STOP:
+                    continue  # ctx.shutdown() while finishing: it is finishing already
+                self.steps = count
                 return nxt
             if queue:
                 message: object = popleft()
-                if self.room_waiters:
-                    reschedule(self.room_waiters.popleft())
+                waiters = self.room_waiters
+                if waiters:
+                    reschedule(waiters.popleft())
                 self.handled += 1
                 message_type = type(message)
                 handler = table.get(message_type)
@@ -625,6 +639,7 @@ class Runtime:
                     count = 0
                     await checkpoint()
             elif draining:
+                self.steps = count
                 return None
             else:
                 count = 0
@@ -702,7 +717,7 @@ class Runtime:
             state=None if self.state is None else repr(self.state),
             mailbox_depth=sum(1 for m in self.queue if m is not INTERRUPT_MARK),
             mailbox_capacity=self.capacity,
-            senders_waiting=len(self.room_waiters),
+            senders_waiting=len(self.room_waiters or ()),
             messages_handled=self.handled,
             messages_dropped=self.dropped,
             transitions=self.transitions,

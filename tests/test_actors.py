@@ -589,3 +589,34 @@ async def test_send_and_interrupt_are_safe_from_a_worker_thread() -> None:
         assert server.pings == [1, 2]
         await trio.to_thread.run_sync(address.interrupt)
         await address.join()
+
+
+async def test_fairness_counts_messages_and_transitions_together_across_modes() -> None:
+    progress: list[int] = []
+
+    class Bouncer(Agent):
+        @hybrid.on_event
+        async def ping(self, event: Ping) -> None:
+            progress.append(event.n)
+            self.ctx.do_next(Next.do_async(self.back))  # a state that returns at once
+
+        async def back(self) -> Next[Self]:
+            return Next.events()
+
+    seen: list[int] = []
+    async with trio.open_nursery() as nursery:
+        address = hybrid.spawn(nursery, Bouncer())
+        for n in range(1000):
+            address.send(Ping(n))
+
+        async def observer() -> None:
+            while len(progress) < 1000:
+                seen.append(len(progress))
+                await trio.lowlevel.checkpoint()
+
+        nursery.start_soon(observer)
+        await trio.testing.wait_all_tasks_blocked()
+        address.interrupt()
+    gaps = [b - a for a, b in itertools.pairwise(seen)]
+    assert len(seen) >= 1000 // 64
+    assert max(gaps) <= 64  # two steps per message; at most two turns of 64 steps in a row

@@ -19,6 +19,8 @@ from pathlib import Path
 import attrs
 import pytest
 
+import hybrid
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
@@ -51,6 +53,12 @@ def _markdown_files() -> list[Path]:
     return sorted(DOCS.rglob("*.md"))
 
 
+def _closes(line: str, indent: str, fence: str) -> bool:
+    """Whether `line` closes a block opened by `fence` at `indent`."""
+    bare = line.strip()
+    return line.startswith(indent) and bare.startswith(fence) and bare.strip(fence[0]) == ""
+
+
 def _blocks(path: Path) -> list[Block | str]:
     """The fenced blocks of `path`, with the non-blank prose lines between them."""
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -67,9 +75,7 @@ def _blocks(path: Path) -> list[Block | str]:
         language = match["info"].strip().split(" ", 1)[0].lower() if match["info"].strip() else ""
         start = i + 1
         i = start
-        while i < len(lines) and not (
-            lines[i].startswith(indent) and lines[i].strip().startswith(fence) and lines[i].strip().strip(fence[0]) == ""
-        ):
+        while i < len(lines) and not _closes(lines[i], indent, fence):
             i += 1
         body = [line[len(indent) :] if line.startswith(indent) else line.lstrip() for line in lines[start:i]]
         items.append(Block(path, start, language, textwrap.dedent("\n".join(body)) + "\n"))
@@ -141,3 +147,19 @@ def test_every_snippet_include_in_the_docs_names_a_file_that_exists(where: str, 
 def test_the_include_parser_finds_the_examples_page_includes() -> None:
     """The examples page is built from includes; the include test would be vacuous without them."""
     assert any(where.startswith("examples.md:") for where, _ in INCLUDES)
+
+
+def test_every_public_name_has_a_reference_entry() -> None:
+    """Each name in hybrid.__all__ is documented by a `::: hybrid.NAME` block under docs/reference/."""
+    documented: set[str] = set()
+    for path in sorted((DOCS / "reference").glob("*.md")):
+        documented.update(re.findall(r"^::: hybrid\.(\w+)\s*$", path.read_text(encoding="utf-8"), re.MULTILINE))
+    assert sorted(set(hybrid.__all__) - documented) == []
+    assert sorted(documented - set(hybrid.__all__)) == []
+
+
+def test_every_example_program_is_shown_on_the_examples_page() -> None:
+    """Each examples/*.py file is included in docs/examples.md, so the docs show all the examples."""
+    included = {target for where, target in INCLUDES if where.startswith("examples.md:")}
+    examples = {f"examples/{path.name}" for path in (ROOT / "examples").glob("*.py")}
+    assert sorted(examples - included) == []

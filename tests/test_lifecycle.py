@@ -530,3 +530,44 @@ def test_stop_reason_properties_and_text() -> None:
     assert StopReason(StopKind.STOPPED).stopped
     assert StopReason(StopKind.CANCELLED).cancelled
     assert str(StopReason(StopKind.INTERRUPTED)) == "interrupted"
+
+
+async def test_shutdown_while_finishing_keeps_the_output_and_the_queued_messages() -> None:
+    class Finisher(Recorder):
+        @hybrid.on_event
+        async def ping(self, event: Ping) -> None:
+            self.log.append(f"ping {event.n}")
+            if event.n == 1:
+                self.ctx.do_next(Next.done(5))
+            else:
+                self.ctx.shutdown()  # already finishing: nothing changes
+
+    agent = Finisher()
+    async with trio.open_nursery() as nursery:
+        address = hybrid.spawn(nursery, agent)
+        for n in (1, 2, 3):
+            address.send(Ping(n))
+        assert await address.join() == 5
+    assert agent.log == ["ping 1", "ping 2", "ping 3", "on_stop done"]
+
+
+async def test_an_agent_cancelled_while_finishing_has_no_output() -> None:
+    class SlowDrain(Recorder):
+        @hybrid.on_event
+        async def ping(self, event: Ping) -> None:
+            if event.n == 1:
+                self.ctx.do_next(Next.done(5))
+            else:
+                await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as inner:
+            address = hybrid.spawn(inner, SlowDrain())
+            address.send(Ping(1))
+            address.send(Ping(2))
+            await trio.testing.wait_all_tasks_blocked()
+            inner.cancel_scope.cancel()
+        assert await address.join() is None
+        reason = address.statistics().reason
+        assert reason is not None and reason.cancelled
+        nursery.cancel_scope.cancel()
