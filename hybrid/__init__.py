@@ -14,6 +14,8 @@ re-exported here):
 - ``_stop.py``: `StopReason`, `StopKind`
 - ``_supervisor.py``: `Supervisor`, `SupervisorContext`, `Restart`, `Strategy`,
   `RestartIntensityExceeded` (built on the public agent API only)
+- ``_pipeline.py``: `Pipeline`, `Stage`, `open_pipeline`, `open_merge` and their
+  records (built on the public agent API only)
 - ``_exceptions.py``: the exception tree
 """
 
@@ -42,6 +44,13 @@ from ._handlers import on_request as on_request
 from ._handlers import on_response as on_response
 from ._next import Next as Next
 from ._next import Performer as Performer
+from ._pipeline import Pipeline as Pipeline
+from ._pipeline import PipelineRun as PipelineRun
+from ._pipeline import SkippedItem as SkippedItem
+from ._pipeline import Stage as Stage
+from ._pipeline import StageStatistics as StageStatistics
+from ._pipeline import open_merge as open_merge
+from ._pipeline import open_pipeline as open_pipeline
 from ._request import Request as Request
 from ._retry import Backoff as Backoff
 from ._retry import RetryPolicy as RetryPolicy
@@ -72,11 +81,16 @@ __all__ = [
     "Monitor",
     "Next",
     "Performer",
+    "Pipeline",
+    "PipelineRun",
     "Request",
     "RequestCall",
     "Restart",
     "RestartIntensityExceeded",
     "RetryPolicy",
+    "SkippedItem",
+    "Stage",
+    "StageStatistics",
     "StopKind",
     "StopReason",
     "Strategy",
@@ -90,6 +104,8 @@ __all__ = [
     "on_event",
     "on_request",
     "on_response",
+    "open_merge",
+    "open_pipeline",
     "spawn",
 ]
 

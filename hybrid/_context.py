@@ -307,6 +307,30 @@ class Context:
         """
         return self._rt.watch(address._rt)
 
+    async def wait_interrupted(self) -> None:
+        """Wait until the agent is interrupted (returns at once if it already was).
+
+        For long async states that should stop early: race the work against
+        this in a nursery. (A sync state polls
+        [`hybrid.interrupted()`][hybrid.interrupted] instead.)
+
+        Example:
+            ```python
+            async def crawl(self, urls: list[str]) -> Next[Self]:
+                async with trio.open_nursery() as nursery:
+
+                    async def stop_early() -> None:
+                        await self.ctx.wait_interrupted()
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(stop_early)
+                    await self.fetch_all(urls)
+                    nursery.cancel_scope.cancel()
+                return Next.done()
+            ```
+        """
+        await self._rt.wait_interrupted()
+
     @_threadsafe
     def start_soon(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts, name: str | None = None) -> None:
         """Run ``fn(*args)`` as a helper task beside the agent.

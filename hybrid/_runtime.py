@@ -112,6 +112,7 @@ class Runtime:
         "handled",
         "helpers",
         "host",
+        "interrupt_event",
         "interrupt_handled",
         "interrupts",
         "limit",
@@ -163,6 +164,7 @@ class Runtime:
         self.phase = STARTING
         self.interrupts = 0
         self.interrupt_handled = False
+        self.interrupt_event: trio.Event | None = None  # created by ctx.wait_interrupted()
         self.scope: trio.CancelScope | None = None
         self.host = host
         self.helpers: set[trio.CancelScope] | None = None
@@ -294,6 +296,8 @@ class Runtime:
         if self.phase == ENDED:
             return
         self.interrupts += 1
+        if self.interrupt_event is not None:
+            self.interrupt_event.set()
         if self.interrupts == 1:
             self.deliver(INTERRUPT_MARK)
         elif self.scope is not None:
@@ -691,6 +695,14 @@ class Runtime:
         if self.error is not None:
             raise self.error
         return self.output
+
+    async def wait_interrupted(self) -> None:
+        if self.interrupts or self.interrupt_handled:
+            await checkpoint()
+            return
+        if self.interrupt_event is None:
+            self.interrupt_event = trio.Event()
+        await self.interrupt_event.wait()
 
     async def join(self) -> Any:
         if self.phase != ENDED:

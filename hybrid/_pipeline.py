@@ -1,0 +1,588 @@
+"""Pipelines: agents (and functions) composed as reusable blocks.
+
+Built only on the public agent API: a `Pipeline` is an agent whose single
+async state runs one task group per stage, linked by bounded trio memory
+channels; agent stages run each item's agent through an `AgentRunner`.
+
+Per stage::
+
+    input channel ──> [reader] ──(at most `concurrency` in flight)──> [workers]
+                                                                          │
+    output channel <── [emitter: input order, or completion order] <──────┘
+
+A worker's slot is released only once its outputs have been sent downstream,
+so a slow stage fills its input buffer, which blocks the stage before it, and
+so on up to the source: memory stays bounded by the buffers and the
+concurrency limits.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, Literal, final
+
+import attrs
+import trio
+from typing_extensions import Self
+
+from ._agent import Agent, AgentRunner, spawn
+from ._exceptions import AgentStopped, LifecycleError
+from ._next import Next
+from ._retry import RetryPolicy
+
+logger = logging.getLogger("hybrid.pipeline")
+
+
+def _check_concurrency(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"concurrency must be an int >= 1, got {value!r}")
+
+
+def _check_callable(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not callable(value):
+        raise TypeError(f"a stage needs a callable (an agent class or factory, or a function), got {value!r}")
+
+
+def _check_on_error(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in ("fail", "skip"):
+        raise ValueError(f'on_error must be "fail" or "skip", got {value!r}')
+
+
+@attrs.frozen
+class Stage:
+    """One step of a [`Pipeline`][hybrid.Pipeline]: turns an input item into output items.
+
+    `fn` is called with the item and may return:
+
+    - an agent (an `Agent` class is the simplest factory): the agent runs, and
+      the value it gives to ``Next.done`` is the output. An agent that ends in
+      another way (stopped, interrupted, failed) is an error of this item.
+    - an awaitable (an ``async def`` function): its result is the output.
+    - anything else (a plain function): the value is the output. With
+      ``in_thread=True`` a plain function runs in a worker thread.
+
+    Attributes:
+        fn: the agent class or factory, or the function, called with each item.
+        concurrency: items processed at once by this stage (>= 1).
+        split: the output is an iterable (or async iterable) of items, sent on
+            one by one: one input, several outputs (or none).
+        filter: `fn` is a predicate: the item itself goes on if it returns a
+            true value, and is dropped otherwise.
+        retry: retry an item that fails, with this backoff, before `on_error`.
+        on_error: ``"fail"`` fails the whole pipeline with the item's error;
+            ``"skip"`` drops the item, logs it (WARNING, ``hybrid.pipeline``)
+            and reports it in `Pipeline.skipped` and the statistics.
+        in_thread: run a plain function in a worker thread (`trio.to_thread`).
+        name: the stage's name in statistics and logs (default: `fn`'s name).
+
+    Example:
+        ```python
+        Pipeline(
+            Stage(Fetch, concurrency=8, retry=hybrid.RetryPolicy(attempts=3), on_error="skip"),
+            Stage(extract_links, split=True),
+            Stage(is_new, filter=True),
+            Stage(store),
+        )
+        ```
+    """
+
+    fn: Callable[[Any], Any] = attrs.field(validator=_check_callable)
+    concurrency: int = attrs.field(default=1, validator=_check_concurrency, kw_only=True)
+    split: bool = attrs.field(default=False, kw_only=True)
+    filter: bool = attrs.field(default=False, kw_only=True)
+    retry: RetryPolicy | None = attrs.field(default=None, kw_only=True)
+    on_error: Literal["fail", "skip"] = attrs.field(default="fail", validator=_check_on_error, kw_only=True)
+    in_thread: bool = attrs.field(default=False, kw_only=True)
+    name: str = attrs.field(default="", kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if self.split and self.filter:
+            raise ValueError("a stage either splits or filters, not both")
+        if self.retry is not None and not isinstance(self.retry, RetryPolicy):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"retry needs a hybrid.RetryPolicy, got {self.retry!r}")
+        if not self.name:
+            object.__setattr__(self, "name", getattr(self.fn, "__qualname__", None) or repr(self.fn))
+
+    async def _call(self, item: object) -> list[object]:
+        """Process one item once: the list of its outputs."""
+        fn = self.fn
+        if self.in_thread:
+            result = await trio.to_thread.run_sync(fn, item)
+        else:
+            result = fn(item)
+        if isinstance(result, Agent):
+            agent: Agent[Any] = result  # pyright: ignore[reportUnknownVariableType]
+            runner = AgentRunner(agent)
+            reason = await runner.run()
+            if reason.error is not None:
+                raise reason.error
+            if not reason.done:
+                raise AgentStopped(f"stage {self.name}: {type(agent).__qualname__} ended {reason} without an output")
+            result = runner.output
+        elif inspect.isawaitable(result):
+            result = await result
+        if self.filter:
+            return [item] if result else []
+        if self.split:
+            if isinstance(result, AsyncIterable):
+                return [output async for output in result]  # pyright: ignore[reportUnknownVariableType]
+            if not isinstance(result, Iterable):
+                raise TypeError(f"stage {self.name} splits its output, but returned {result!r}, not an iterable")
+            return list(result)  # pyright: ignore[reportUnknownArgumentType]
+        return [result]
+
+
+@attrs.frozen
+class SkippedItem:
+    """An item that a stage with ``on_error="skip"`` dropped.
+
+    Attributes:
+        stage: the stage's name.
+        item: the input item that failed.
+        error: why (the last error, after any retries).
+    """
+
+    stage: str
+    item: object
+    error: BaseException
+
+
+@attrs.frozen
+class StageStatistics:
+    """A snapshot of one stage, from [`Pipeline.statistics()`][hybrid.Pipeline.statistics].
+
+    Attributes:
+        name: the stage's name.
+        items_in: items taken from the input buffer.
+        items_out: items sent on (after split and filter).
+        failed: items whose processing raised (each try counts).
+        skipped: items dropped by ``on_error="skip"``.
+        in_flight: items being processed, or processed and waiting to be sent on.
+        buffer_depth: items waiting in the stage's input buffer.
+        buffer_size: the bound of that buffer.
+        latency_mean: mean processing time of one item, in seconds (0 before any).
+        latency_max: the longest processing time seen, in seconds.
+    """
+
+    name: str
+    items_in: int
+    items_out: int
+    failed: int
+    skipped: int
+    in_flight: int
+    buffer_depth: int
+    buffer_size: float
+    latency_mean: float
+    latency_max: float
+
+
+@attrs.define
+class _Counters:
+    items_in: int = 0
+    items_out: int = 0
+    failed: int = 0
+    skipped: int = 0
+    in_flight: int = 0
+    latency_total: float = 0.0
+    latency_max: float = 0.0
+    finished: int = 0
+    buffer: trio.MemoryReceiveChannel[Any] | None = None
+
+
+_END: Any = object()
+
+
+class Pipeline(Agent["list[Any] | None"]):
+    """Stages composed into one agent: each stage's outputs are the next stage's inputs.
+
+    Run it as any agent: ``await Pipeline(...stages, source=items).run()``
+    returns the list of the last stage's outputs (in input order when
+    `ordered`). To stream results, or to feed items one by one, use
+    [`open_pipeline`][hybrid.open_pipeline]. A pipeline is an agent, so it can
+    be a supervisor's child, or the agent a stage of another pipeline makes.
+
+    Buffers between stages hold at most `buffer` items: a slow stage slows
+    the ones before it, down to the source, instead of growing memory.
+
+    Interrupting a pipeline stops it from taking new input; the items already
+    in it finish (or fail, by their stages' policies). A second interrupt
+    cancels them: they are counted as in flight in `statistics()` at the end.
+    As with any agent, an interrupted pipeline's output is None (the results
+    are in `results` when they were collected).
+
+    Args:
+        *stages: the stages, in order (at least one).
+        source: the input items (an iterable or an async iterable); None to
+            feed them through `open_pipeline` instead.
+        buffer: the bound of each buffer between stages (>= 1).
+        ordered: outputs in input order (True), or as they finish (False).
+
+    Attributes:
+        results: the outputs collected so far (not when streaming).
+        skipped: the items dropped by ``on_error="skip"`` stages (the last 1,000).
+
+    Example:
+        ```python
+        pipeline = Pipeline(Stage(fetch, concurrency=8), Stage(parse), source=urls)
+        pages = await pipeline.run()
+        ```
+    """
+
+    def __init__(
+        self,
+        *stages: Stage,
+        source: Iterable[Any] | AsyncIterable[Any] | None = None,
+        buffer: int = 16,
+        ordered: bool = True,
+    ) -> None:
+        if not stages:
+            raise ValueError("a pipeline needs at least one stage")
+        for stage in stages:
+            if not isinstance(stage, Stage):  # pyright: ignore[reportUnnecessaryIsInstance]
+                raise TypeError(f"pipeline stages are hybrid.Stage objects, got {stage!r}")
+        if source is not None and not isinstance(source, (Iterable, AsyncIterable)):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"source must be an iterable or an async iterable, got {source!r}")
+        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise ValueError(f"buffer must be an int >= 1, got {buffer!r}")
+        self.stages = stages
+        self.source = source
+        self.buffer = buffer
+        self.ordered = ordered
+        self.results: list[Any] = []
+        self.skipped: deque[SkippedItem] = deque(maxlen=1000)
+        self._counters = [_Counters() for _ in stages]
+        # Set by open_pipeline: items fed by the caller, results streamed to it.
+        self._input: trio.MemoryReceiveChannel[Any] | None = None
+        self._feed: trio.MemorySendChannel[Any] | None = None
+        self._output: trio.MemorySendChannel[Any] | None = None
+        self._failure: BaseException | None = None
+        self._feeder = trio.CancelScope()
+        self._scope = trio.CancelScope()
+        self._all_stages_done = trio.Event()
+
+    def begin(self) -> Next[Self]:
+        return Next.do_async(self._process)
+
+    def statistics(self) -> tuple[StageStatistics, ...]:
+        """A snapshot of every stage, in order."""
+        snapshot: list[StageStatistics] = []
+        for stage, counters in zip(self.stages, self._counters, strict=True):
+            buffer = counters.buffer
+            stats = buffer.statistics() if buffer is not None else None
+            snapshot.append(
+                StageStatistics(
+                    name=stage.name,
+                    items_in=counters.items_in,
+                    items_out=counters.items_out,
+                    failed=counters.failed,
+                    skipped=counters.skipped,
+                    in_flight=counters.in_flight,
+                    buffer_depth=stats.current_buffer_used if stats is not None else 0,
+                    buffer_size=stats.max_buffer_size if stats is not None else self.buffer,
+                    latency_mean=counters.latency_total / counters.finished if counters.finished else 0.0,
+                    latency_max=counters.latency_max,
+                )
+            )
+        return tuple(snapshot)
+
+    async def _process(self) -> Next[Self]:
+        async with trio.open_nursery() as nursery:
+            self._scope = nursery.cancel_scope
+            if self._input is None:
+                send, receive = trio.open_memory_channel[Any](self.buffer)
+                nursery.start_soon(self._feed_source, send)
+            else:
+                receive = self._input
+            for index, stage in enumerate(self.stages):
+                self._counters[index].buffer = receive
+                send, next_receive = trio.open_memory_channel[Any](self.buffer)
+                nursery.start_soon(self._run_stage, index, stage, receive, send)
+                receive = next_receive
+            nursery.start_soon(self._sink, receive)
+            nursery.start_soon(self._stop_taking_input_when_interrupted)
+            await self._all_stages_done.wait()
+            nursery.cancel_scope.cancel()  # the interrupt watcher
+        if self._failure is not None:
+            raise self._failure
+        return Next.done(None if self._output is not None else self.results)
+
+    async def _stop_taking_input_when_interrupted(self) -> None:
+        await self.ctx.wait_interrupted()
+        # Close the input, not the first buffer: the items already buffered
+        # still go through, and the stages end one after the other.
+        self._feeder.cancel()
+        if self._feed is not None:
+            self._feed.close()
+
+    async def _feed_source(self, send: trio.MemorySendChannel[Any]) -> None:
+        with self._feeder:
+            async with send:
+                source = self.source
+                if source is None:
+                    return
+                if isinstance(source, AsyncIterable):
+                    async for item in source:
+                        await send.send(item)
+                else:
+                    for item in source:
+                        await send.send(item)
+
+    async def _sink(self, receive: trio.MemoryReceiveChannel[Any]) -> None:
+        output = self._output
+        try:
+            async with receive:
+                async for item in receive:
+                    if output is None:
+                        self.results.append(item)
+                    else:
+                        await output.send(item)
+        except trio.BrokenResourceError:
+            # The consumer of open_pipeline left: nobody wants more results.
+            self._scope.cancel()
+        finally:
+            if output is not None:
+                output.close()
+            self._all_stages_done.set()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+        self._scope.cancel()
+
+    async def _run_stage(
+        self,
+        index: int,
+        stage: Stage,
+        receive: trio.MemoryReceiveChannel[Any],
+        send: trio.MemorySendChannel[Any],
+    ) -> None:
+        counters = self._counters[index]
+        slots = trio.Semaphore(stage.concurrency)
+        done_send, done_receive = trio.open_memory_channel[tuple[int, list[Any]]](math.inf)
+        async with send, trio.open_nursery() as nursery:
+            nursery.start_soon(self._emit, counters, slots, done_receive, send)
+            count = 0
+            async for item in receive:
+                await slots.acquire()
+                counters.items_in += 1
+                counters.in_flight += 1
+                nursery.start_soon(self._work, stage, counters, count, item, done_send)
+                count += 1
+            done_send.send_nowait((count, _END))
+
+    async def _work(
+        self,
+        stage: Stage,
+        counters: _Counters,
+        sequence: int,
+        item: object,
+        done: trio.MemorySendChannel[tuple[int, list[Any]]],
+    ) -> None:
+        tries = 0
+        while True:
+            tries += 1
+            start = trio.current_time()
+            try:
+                outputs = await stage._call(item)
+            except Exception as error:
+                counters.failed += 1
+                policy = stage.retry
+                if policy is not None and tries < policy.attempts and policy.retries(error):
+                    await trio.sleep(policy.delay(tries))
+                    continue
+                if stage.on_error == "fail":
+                    self._fail(error)
+                    return
+                counters.skipped += 1
+                self.skipped.append(SkippedItem(stage.name, item, error))
+                logger.warning("stage %s skipped %r: %r", stage.name, item, error)
+                outputs = []
+            elapsed = trio.current_time() - start
+            counters.finished += 1
+            counters.latency_total += elapsed
+            counters.latency_max = max(counters.latency_max, elapsed)
+            done.send_nowait((sequence, outputs))
+            return
+
+    async def _emit(
+        self,
+        counters: _Counters,
+        slots: trio.Semaphore,
+        done: trio.MemoryReceiveChannel[tuple[int, list[Any]]],
+        send: trio.MemorySendChannel[Any],
+    ) -> None:
+        pending: dict[int, list[Any]] = {}
+        next_sequence = 0
+        total = -1
+        emitted = 0
+        async for sequence, outputs in done:
+            if outputs is _END:
+                total = sequence
+            elif self.ordered:
+                pending[sequence] = outputs
+            else:
+                await self._send_all(counters, slots, send, outputs)
+                emitted += 1
+            while next_sequence in pending:
+                await self._send_all(counters, slots, send, pending.pop(next_sequence))
+                next_sequence += 1
+                emitted += 1
+            if emitted == total:
+                return
+
+    async def _send_all(
+        self, counters: _Counters, slots: trio.Semaphore, send: trio.MemorySendChannel[Any], outputs: list[Any]
+    ) -> None:
+        for output in outputs:
+            await send.send(output)
+            counters.items_out += 1
+        counters.in_flight -= 1
+        slots.release()
+
+
+@final
+class PipelineRun:
+    """A running pipeline from [`open_pipeline`][hybrid.open_pipeline]: feed it, iterate its results.
+
+    ``async for result in run`` yields the last stage's outputs as they come
+    (in input order when the pipeline is `ordered`); the iteration ends when
+    the pipeline has finished.
+    """
+
+    __slots__ = ("_feed", "_pipeline", "_results", "address")
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        address: Any,
+        feed: trio.MemorySendChannel[Any] | None,
+        results: trio.MemoryReceiveChannel[Any],
+    ) -> None:
+        self._pipeline = pipeline
+        self.address = address
+        self._feed = feed
+        self._results = results
+
+    async def feed(self, item: object) -> None:
+        """Send `item` into the pipeline, waiting for room in its first buffer.
+
+        Raises:
+            AgentStopped: the pipeline takes no more input (closed, interrupted or ended).
+            LifecycleError: the pipeline was opened with a `source`.
+        """
+        if self._feed is None:
+            raise LifecycleError("this pipeline reads its own source; it cannot be fed")
+        try:
+            await self._feed.send(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise AgentStopped(f"the pipeline takes no more input; {item!r} was not fed") from None
+
+    def close(self) -> None:
+        """No more input: the pipeline finishes once the items in it are through. Idempotent."""
+        if self._feed is not None:
+            self._feed.close()
+
+    def statistics(self) -> tuple[StageStatistics, ...]:
+        """A snapshot of every stage (see `Pipeline.statistics`)."""
+        return self._pipeline.statistics()
+
+    @property
+    def skipped(self) -> deque[SkippedItem]:
+        """The items dropped by ``on_error="skip"`` stages (the last 1,000)."""
+        return self._pipeline.skipped
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._results.__aiter__()
+
+
+@asynccontextmanager
+async def open_pipeline(
+    *stages: Stage,
+    source: Iterable[Any] | AsyncIterable[Any] | None = None,
+    buffer: int = 16,
+    ordered: bool = True,
+) -> AsyncGenerator[PipelineRun]:
+    """Run a pipeline for the duration of an ``async with`` block; stream its results.
+
+    Without a `source`, feed items with ``await run.feed(item)`` and call
+    ``run.close()`` when there are no more. Results arrive through
+    ``async for result in run``, through a buffer of `buffer` items: a
+    consumer that lags slows the whole pipeline down (backpressure).
+
+    Leaving the block stops the pipeline (cancelling what is still in it). If
+    the pipeline fails, its error leaves the block, as a trio task's would
+    (in an `ExceptionGroup`).
+
+    Example:
+        ```python
+        async with hybrid.open_pipeline(Stage(fetch, concurrency=4), Stage(parse)) as run:
+            async with trio.open_nursery() as nursery:
+
+                async def feeder() -> None:
+                    for url in urls:
+                        await run.feed(url)
+                    run.close()
+
+                nursery.start_soon(feeder)
+                async for page in run:
+                    print(page)
+        ```
+    """
+    pipeline = Pipeline(*stages, source=source, buffer=buffer, ordered=ordered)
+    feed: trio.MemorySendChannel[Any] | None = None
+    if source is None:
+        feed, pipeline._input = trio.open_memory_channel[Any](buffer)
+        pipeline._feed = feed
+    output, results = trio.open_memory_channel[Any](buffer)
+    pipeline._output = output
+    async with trio.open_nursery() as nursery:
+        address = spawn(nursery, pipeline)
+        try:
+            yield PipelineRun(pipeline, address, feed, results)
+        finally:
+            results.close()
+            if feed is not None:
+                feed.close()
+            if not pipeline._all_stages_done.is_set():
+                # Left before the end: stop what is still in the pipeline.
+                address.interrupt()
+                address.interrupt()
+
+
+@asynccontextmanager
+async def open_merge(*sources: AsyncIterable[Any], buffer: int = 16) -> AsyncGenerator[AsyncIterator[Any]]:
+    """Merge several async iterables (pipelines' results, say) into one: a fan-in.
+
+    Items arrive as they come from any source; the merged iteration ends when
+    every source is exhausted. An error in a source leaves the block (in an
+    `ExceptionGroup`), as a trio task's would.
+
+    Example:
+        ```python
+        async with hybrid.open_pipeline(Stage(fetch), source=news) as a, \\
+                   hybrid.open_pipeline(Stage(fetch), source=blogs) as b, \\
+                   hybrid.open_merge(a, b) as merged:
+            async for page in merged:
+                index(page)
+        ```
+    """
+    send, receive = trio.open_memory_channel[Any](buffer)
+
+    async def forward(source: AsyncIterable[Any], send: trio.MemorySendChannel[Any]) -> None:
+        async with send:
+            async for item in source:
+                await send.send(item)
+
+    async with trio.open_nursery() as nursery:
+        async with send:
+            for source in sources:
+                nursery.start_soon(forward, source, send.clone())
+        try:
+            yield receive.__aiter__()
+        finally:
+            nursery.cancel_scope.cancel()
