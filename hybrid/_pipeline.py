@@ -367,8 +367,14 @@ class Pipeline(Agent["list[Any] | None"]):
         async with send, trio.open_nursery() as nursery:
             nursery.start_soon(self._emit, counters, slots, done_receive, send)
             count = 0
-            async for item in receive:
+            while True:
+                # A slot first, then an item: no item waits outside the buffers.
                 await slots.acquire()
+                try:
+                    item = await receive.receive()
+                except trio.EndOfChannel:
+                    slots.release()
+                    break
                 counters.items_in += 1
                 counters.in_flight += 1
                 nursery.start_soon(self._work, stage, counters, count, item, done_send)

@@ -27,7 +27,7 @@ def load(name: str) -> ModuleType:
 
 def test_every_example_is_covered_by_this_file() -> None:
     names = {path.stem for path in EXAMPLES.glob("*.py")}
-    tested = {"fsm", "monitor", "server_client", "retry_download", "parallel_cpu", "service"}
+    tested = {"fsm", "monitor", "server_client", "retry_download", "parallel_cpu", "service", "crawler"}
     assert names == tested
 
 
@@ -99,6 +99,15 @@ def test_service_shuts_down_in_group_order_on_ctrl_c() -> None:
 
 async def test_service_stops_by_itself_after_its_duration() -> None:
     assert await load("service").main(0.2) == 0
+
+
+async def test_crawler_indexes_every_reachable_page_and_shows_progress(capsys: pytest.CaptureFixture[str]) -> None:
+    crawler = load("crawler")
+    postings = await crawler.main(pages=50, latency=0.001, progress=0.001)
+    assert {url for urls in postings.values() for url in urls} == {f"/{n}" for n in range(50)}
+    captured = capsys.readouterr()
+    assert "indexed 50 pages" in captured.out
+    assert "Fetch: " in captured.err
 
 
 def test_trio_is_the_only_event_loop_used() -> None:
