@@ -23,26 +23,14 @@ from typing_extensions import Self
 import hybrid
 from hybrid import Agent, Next, Stage
 
-WORDS = [
-    "trio",
-    "nursery",
-    "agent",
-    "actor",
-    "state",
-    "supervisor",
-    "pipeline",
-    "message",
-    "channel",
-    "cancel",
-    "scope",
-    "task",
-]
+WORDS: list[str] = "trio nursery agent actor state supervisor pipeline message channel cancel scope task".split()  # noqa: SIM905
+Web = dict[str, tuple[list[str], list[str]]]
 
 
-def synthetic_web(pages: int, seed: int = 7) -> dict[str, tuple[list[str], list[str]]]:
+def synthetic_web(pages: int, seed: int = 7) -> Web:
     """url -> (words, links): every page is reachable from /0."""
     rng = random.Random(seed)
-    web: dict[str, tuple[list[str], list[str]]] = {}
+    web: Web = {}
     for n in range(pages):
         words = rng.sample(WORDS, 3)
         links = {f"/{(n + 1) % pages}"} | {f"/{rng.randrange(pages)}" for _ in range(2)}
@@ -66,11 +54,10 @@ class Page:
 class Fetch(Agent[Html]):
     """An agent per URL: in a real crawler, the HTTP client with its retries lives here."""
 
-    web: dict[str, tuple[list[str], list[str]]] = {}
-    latency = 0.01
-
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, web: Web, latency: float) -> None:
         self.url = url
+        self.web = web
+        self.latency = latency
 
     def begin(self) -> Next[Self]:
         return Next.do_async(self.get).timeout(5)
@@ -110,8 +97,7 @@ async def show_progress(run: hybrid.PipelineRun, every: float) -> None:
 
 
 async def main(pages: int = 60, latency: float = 0.01, progress: float = 0.25) -> dict[str, set[str]]:
-    Fetch.web = synthetic_web(pages)
-    Fetch.latency = latency
+    web = synthetic_web(pages)
     index = Index()
     seen = {"/0"}
     to_feed: deque[str] = deque(["/0"])
@@ -120,7 +106,7 @@ async def main(pages: int = 60, latency: float = 0.01, progress: float = 0.25) -
 
     async with (
         hybrid.open_pipeline(
-            Stage(Fetch, concurrency=8),
+            Stage(lambda url: Fetch(url, web, latency), concurrency=8, name="Fetch"),
             Stage(parse),
             Stage(index.store, concurrency=2),
             buffer=8,

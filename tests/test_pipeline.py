@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -268,8 +269,6 @@ async def test_open_merge_fans_in_several_pipelines(autojump_clock: trio.testing
 
 
 async def test_a_sync_stage_can_run_in_a_worker_thread_and_sources_can_be_async() -> None:
-    import threading
-
     main_thread = threading.get_ident()
 
     def where(item: int) -> bool:
