@@ -23,7 +23,7 @@ from typing_extensions import Self
 import hybrid
 from hybrid import Agent, Next, Stage
 
-WORDS: list[str] = "trio nursery agent actor state supervisor pipeline message channel cancel scope task".split()  # noqa: SIM905
+WORDS: list[str] = ["trio", "nursery", "agent", "actor", "state", "supervisor", "pipeline", "message"]
 Web = dict[str, tuple[list[str], list[str]]]
 
 
