@@ -40,6 +40,8 @@ W4_EVENTS = 1_000
 W5_STEPS = 1_000
 W6_TRANSITIONS = 100_000
 W7_RUNS = 10_000
+W8_ITEMS = 20_000
+W8_BUFFER = 16
 
 
 # -- messages: the same objects go to both sides --------------------------------
@@ -770,6 +772,105 @@ def run_w7(size: float, rounds: int, warmup: int) -> dict[str, Any]:
     }
 
 
+# -- W8 a 3-stage pipeline ------------------------------------------------------------------
+
+
+async def _increment(x: int) -> int:
+    return x + 1
+
+
+async def _double(x: int) -> int:
+    return x * 2
+
+
+async def _decrement(x: int) -> int:
+    return x - 1
+
+
+def hybrid_pipeline(n: int) -> Sample:
+    """`n` items through ``Pipeline(Stage(+1), Stage(*2), Stage(-1))`` with buffers of W8_BUFFER."""
+
+    async def main() -> Sample:
+        pipeline = hybrid.Pipeline(
+            hybrid.Stage(_increment),
+            hybrid.Stage(_double),
+            hybrid.Stage(_decrement),
+            source=range(n),
+            buffer=W8_BUFFER,
+        )
+        start = perf_counter()
+        results = await pipeline.run()
+        seconds = perf_counter() - start
+        assert results is not None
+        return {"seconds": seconds, "items_per_s": n / seconds, "total": sum(results), "count": len(results)}
+
+    sample = trio.run(main)
+    check("W8 hybrid items", sample["count"], n)
+    check("W8 hybrid total", sample["total"], n * n)
+    return sample
+
+
+def trio_pipeline(n: int) -> Sample:
+    """The same three stages hand-written: a task each, linked by memory channels of W8_BUFFER."""
+
+    async def stage(
+        fn: Callable[[int], Any], receive: trio.MemoryReceiveChannel[int], send: trio.MemorySendChannel[int]
+    ) -> None:
+        async with receive, send:
+            async for item in receive:
+                await send.send(await fn(item))
+
+    async def main() -> Sample:
+        results: list[int] = []
+        start = perf_counter()
+        async with trio.open_nursery() as nursery:
+            source_send, receive = trio.open_memory_channel[int](W8_BUFFER)
+            for fn in (_increment, _double, _decrement):
+                send, next_receive = trio.open_memory_channel[int](W8_BUFFER)
+                nursery.start_soon(stage, fn, receive, send)
+                receive = next_receive
+
+            async def feed() -> None:
+                async with source_send:
+                    for item in range(n):
+                        await source_send.send(item)
+
+            nursery.start_soon(feed)
+            async with receive:
+                async for item in receive:
+                    results.append(item)
+        seconds = perf_counter() - start
+        return {"seconds": seconds, "items_per_s": n / seconds, "total": sum(results), "count": len(results)}
+
+    sample = trio.run(main)
+    check("W8 trio items", sample["count"], n)
+    check("W8 trio total", sample["total"], n * n)
+    return sample
+
+
+def run_w8(size: float, rounds: int, warmup: int) -> dict[str, Any]:
+    n = scaled(W8_ITEMS, size)
+    samples = alternate({"hybrid": lambda: hybrid_pipeline(n), "trio": lambda: trio_pipeline(n)}, rounds, warmup)
+    h = summary(samples["hybrid"], ["items_per_s", "seconds"])
+    t = summary(samples["trio"], ["items_per_s", "seconds"])
+    return {
+        "title": "pipeline: 3 stages (+1, *2, -1) vs the same stages as trio tasks and channels",
+        "short": "3-stage pipeline",
+        "params": {"items": n, "buffer": W8_BUFFER},
+        "hybrid": h,
+        "trio": t,
+        "metrics": {
+            "throughput": _metric(
+                "items/s",
+                h["items_per_s"],
+                t["items_per_s"],
+                "hybrid throughput / trio throughput",
+                higher_is_better=True,
+            ),
+        },
+    }
+
+
 # -- registry -------------------------------------------------------------------------------
 
 
@@ -831,5 +932,6 @@ WORKLOADS: dict[str, Callable[[float, int, int], dict[str, Any]]] = {
     "W5": run_w5,
     "W6": run_w6,
     "W7": run_w7,
+    "W8": run_w8,
 }
 """Workload key -> ``run(size, rounds, warmup)`` returning its results entry."""

@@ -293,11 +293,10 @@ class Pipeline(Agent["list[Any] | None"]):
     async def _process(self) -> Next[Self]:
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
-            if self._input is None:
-                send, receive = trio.open_memory_channel[Any](self.buffer)
-                nursery.start_soon(self._feed_source, send)
-            else:
-                receive = self._input
+            # One feeder task numbers the items, from the source or from what
+            # open_pipeline's caller feeds.
+            send, receive = trio.open_memory_channel[Any](self.buffer)
+            nursery.start_soon(self._feed_source, send)
             for index, stage in enumerate(self.stages):
                 self._counters[index].buffer = receive
                 send, next_receive = trio.open_memory_channel[Any](self.buffer)
@@ -322,21 +321,24 @@ class Pipeline(Agent["list[Any] | None"]):
     async def _feed_source(self, send: trio.MemorySendChannel[Any]) -> None:
         with self._feeder:
             async with send:
-                source = self.source
+                source = self.source if self._input is None else self._input
                 if source is None:
                     return
+                sequence = 0
                 if isinstance(source, AsyncIterable):
                     async for item in source:
-                        await send.send(item)
+                        await send.send((sequence, item))
+                        sequence += 1
                 else:
                     for item in source:
-                        await send.send(item)
+                        await send.send((sequence, item))
+                        sequence += 1
 
     async def _sink(self, receive: trio.MemoryReceiveChannel[Any]) -> None:
         output = self._output
         try:
             async with receive:
-                async for item in receive:
+                async for _, item in receive:
                     if output is None:
                         self.results.append(item)
                     else:
@@ -358,43 +360,78 @@ class Pipeline(Agent["list[Any] | None"]):
         self,
         index: int,
         stage: Stage,
-        receive: trio.MemoryReceiveChannel[Any],
-        send: trio.MemorySendChannel[Any],
+        receive: trio.MemoryReceiveChannel[tuple[int, Any]],
+        send: trio.MemorySendChannel[tuple[int, Any]],
     ) -> None:
+        # Items travel as (sequence, item): the sender numbers them, because
+        # workers waiting in receive() wake in no particular order.
         counters = self._counters[index]
+        if stage.concurrency == 1:
+            await self._serial(stage, counters, receive, send)
+            return
         slots = trio.Semaphore(stage.concurrency)
-        done_send, done_receive = trio.open_memory_channel[tuple[int, list[Any]]](math.inf)
+        done_send, done_receive = trio.open_memory_channel[tuple[int, Any]](math.inf)
         async with send, trio.open_nursery() as nursery:
             nursery.start_soon(self._emit, counters, slots, done_receive, send)
-            count = 0
-            while True:
-                # A slot first, then an item: no item waits outside the buffers.
-                await slots.acquire()
-                try:
-                    item = await receive.receive()
-                except trio.EndOfChannel:
-                    slots.release()
-                    break
-                counters.items_in += 1
-                counters.in_flight += 1
-                nursery.start_soon(self._work, stage, counters, count, item, done_send)
-                count += 1
-            done_send.send_nowait((count, _END))
+            async with trio.open_nursery() as pool:
+                for _ in range(stage.concurrency):
+                    pool.start_soon(self._worker, stage, counters, slots, receive, done_send)
+            done_send.send_nowait((counters.items_in, _END))
 
-    async def _work(
+    async def _serial(
         self,
         stage: Stage,
         counters: _Counters,
-        sequence: int,
-        item: object,
-        done: trio.MemorySendChannel[tuple[int, list[Any]]],
+        receive: trio.MemoryReceiveChannel[tuple[int, Any]],
+        send: trio.MemorySendChannel[tuple[int, Any]],
     ) -> None:
+        sent = 0
+        async with send:
+            async for _, item in receive:
+                counters.items_in += 1
+                counters.in_flight += 1
+                outputs = await self._process_item(stage, counters, item)
+                if outputs is None:
+                    return
+                for output in outputs:
+                    await send.send((sent, output))
+                    sent += 1
+                counters.items_out += len(outputs)
+                counters.in_flight -= 1
+
+    async def _worker(
+        self,
+        stage: Stage,
+        counters: _Counters,
+        slots: trio.Semaphore,
+        receive: trio.MemoryReceiveChannel[tuple[int, Any]],
+        done: trio.MemorySendChannel[tuple[int, Any]],
+    ) -> None:
+        while True:
+            # A slot first, then an item: no item waits outside the buffers,
+            # and a slot is given back only once the item's outputs went on.
+            await slots.acquire()
+            try:
+                sequence, item = await receive.receive()
+            except trio.EndOfChannel:
+                slots.release()
+                return
+            counters.items_in += 1
+            counters.in_flight += 1
+            outputs = await self._process_item(stage, counters, item)
+            if outputs is None:
+                return
+            done.send_nowait((sequence, outputs))
+
+    async def _process_item(self, stage: Stage, counters: _Counters, item: object) -> list[Any] | None:
+        """The outputs of one item, after retries and the error policy; None if the pipeline failed."""
         tries = 0
+        start = trio.current_time()
         while True:
             tries += 1
-            start = trio.current_time()
             try:
                 outputs = await stage._call(item)
+                break
             except Exception as error:
                 counters.failed += 1
                 policy = stage.retry
@@ -403,52 +440,60 @@ class Pipeline(Agent["list[Any] | None"]):
                     continue
                 if stage.on_error == "fail":
                     self._fail(error)
-                    return
+                    return None
                 counters.skipped += 1
                 self.skipped.append(SkippedItem(stage.name, item, error))
                 logger.warning("stage %s skipped %r: %r", stage.name, item, error)
                 outputs = []
-            elapsed = trio.current_time() - start
-            counters.finished += 1
-            counters.latency_total += elapsed
-            counters.latency_max = max(counters.latency_max, elapsed)
-            done.send_nowait((sequence, outputs))
-            return
+                break
+        elapsed = trio.current_time() - start
+        counters.finished += 1
+        counters.latency_total += elapsed
+        counters.latency_max = max(counters.latency_max, elapsed)
+        return outputs
 
     async def _emit(
         self,
         counters: _Counters,
         slots: trio.Semaphore,
-        done: trio.MemoryReceiveChannel[tuple[int, list[Any]]],
-        send: trio.MemorySendChannel[Any],
+        done: trio.MemoryReceiveChannel[tuple[int, Any]],
+        send: trio.MemorySendChannel[tuple[int, Any]],
     ) -> None:
         pending: dict[int, list[Any]] = {}
         next_sequence = 0
         total = -1
         emitted = 0
+        sent = 0
         async for sequence, outputs in done:
             if outputs is _END:
                 total = sequence
             elif self.ordered:
                 pending[sequence] = outputs
             else:
-                await self._send_all(counters, slots, send, outputs)
+                sent = await self._send_all(counters, slots, send, outputs, sent)
                 emitted += 1
             while next_sequence in pending:
-                await self._send_all(counters, slots, send, pending.pop(next_sequence))
+                sent = await self._send_all(counters, slots, send, pending.pop(next_sequence), sent)
                 next_sequence += 1
                 emitted += 1
             if emitted == total:
                 return
 
     async def _send_all(
-        self, counters: _Counters, slots: trio.Semaphore, send: trio.MemorySendChannel[Any], outputs: list[Any]
-    ) -> None:
+        self,
+        counters: _Counters,
+        slots: trio.Semaphore,
+        send: trio.MemorySendChannel[tuple[int, Any]],
+        outputs: list[Any],
+        sent: int,
+    ) -> int:
         for output in outputs:
-            await send.send(output)
-            counters.items_out += 1
+            await send.send((sent, output))
+            sent += 1
+        counters.items_out += len(outputs)
         counters.in_flight -= 1
         slots.release()
+        return sent
 
 
 @final
@@ -542,7 +587,8 @@ async def open_pipeline(
     pipeline = Pipeline(*stages, source=source, buffer=buffer, ordered=ordered)
     feed: trio.MemorySendChannel[Any] | None = None
     if source is None:
-        feed, pipeline._input = trio.open_memory_channel[Any](buffer)
+        # Unbuffered: the pipeline's own first buffer holds what is fed.
+        feed, pipeline._input = trio.open_memory_channel[Any](0)
         pipeline._feed = feed
     output, results = trio.open_memory_channel[Any](buffer)
     pipeline._output = output

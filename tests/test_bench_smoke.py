@@ -24,7 +24,7 @@ if str(REPO_ROOT) not in sys.path:  # bench/ is a top-level package of the repo,
 from bench import peers, run, workloads  # noqa: E402
 from bench._harness import BenchError, alternate, check, percentile, scaled  # noqa: E402
 
-WORKLOAD_KEYS = ["W1", "W2", "W3", "W4", "W5", "W6", "W7"]
+WORKLOAD_KEYS = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"]
 
 
 def test_w1_tell_handles_every_event_on_both_sides() -> None:
@@ -71,6 +71,11 @@ def test_w6_transitions_take_every_step_on_both_sides() -> None:
 def test_w7_machine_runs_produce_every_output_on_both_sides() -> None:
     assert workloads.hybrid_machine(20)["total"] == 120
     assert workloads.trio_machine(20)["total"] == 120
+
+
+def test_w8_pipelines_deliver_every_item_on_both_sides() -> None:
+    assert workloads.hybrid_pipeline(50)["total"] == 50 * 50
+    assert workloads.trio_pipeline(50)["total"] == 50 * 50
 
 
 def test_peers_that_are_installed_tell_and_ask_and_the_others_are_skipped_with_a_note() -> None:
