@@ -139,6 +139,7 @@ class Next(Generic[A_co]):
         Arguments are positional only (trio's ``fn, *args`` convention); pass
         mutable state as an argument: ``Next.do_async(self.poll, Counters())``.
         """
+        # Inlined rather than shared with do_sync: this runs on every transition.
         if not callable(fn):
             raise InvalidTransition(f"Next.do_async needs a callable, got {fn!r}")
         n: Next[A] = _new(Next)  # pyright: ignore[reportUnknownVariableType]
@@ -159,13 +160,7 @@ class Next(Generic[A_co]):
         """
         if not callable(fn):
             raise InvalidTransition(f"Next.do_sync needs a callable, got {fn!r}")
-        n: Next[A] = _new(Next)  # pyright: ignore[reportUnknownVariableType]
-        n._kind = SYNC
-        n._fn = fn
-        n._args = args
-        n._value = None
-        n._mods = None
-        return n
+        return _state(SYNC, fn, args)
 
     @staticmethod
     def perform(performer: Performer[A]) -> Next[A]:
@@ -174,13 +169,7 @@ class Next(Generic[A_co]):
             raise InvalidTransition(
                 f"Next.perform needs an object with an async perform(agent) method, got {performer!r}"
             )
-        n: Next[A] = _new(Next)  # pyright: ignore[reportUnknownVariableType]
-        n._kind = PERFORM
-        n._fn = performer
-        n._args = ()
-        n._value = None
-        n._mods = None
-        return n
+        return _state(PERFORM, performer, ())
 
     @staticmethod
     def events() -> Next[Any]:
@@ -259,11 +248,7 @@ class Next(Generic[A_co]):
     def _modified(self, what: str, **changes: Any) -> Next[A_co]:
         if self._kind > PERFORM:
             raise InvalidTransition(f".{what}() applies to a state (do_async, do_sync, perform), not to {self!r}")
-        n: Next[A_co] = _new(Next)  # pyright: ignore[reportUnknownVariableType]
-        n._kind = self._kind
-        n._fn = self._fn
-        n._args = self._args
-        n._value = None
+        n: Next[A_co] = _state(self._kind, self._fn, self._args)
         n._mods = attrs.evolve(self._mods or _NO_MODS, **changes)
         return n
 
@@ -302,6 +287,16 @@ class Next(Generic[A_co]):
 
 def _callable_name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _state(kind: int, fn: Any, args: tuple[Any, ...]) -> Next[Any]:
+    n: Next[Any] = _new(Next)  # pyright: ignore[reportUnknownVariableType]
+    n._kind = kind
+    n._fn = fn
+    n._args = args
+    n._value = None
+    n._mods = None
+    return n
 
 
 def _make(kind: int, value: object = None) -> Next[Any]:
