@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import enum
+from typing import ClassVar
 
 import attrs
 
 
-class StopKind(enum.Enum):
-    """The ways an agent can end; see [`StopReason`][hybrid.StopReason]."""
+class StopKind(enum.StrEnum):
+    """The ways an agent can end; see [`StopReason`][hybrid.StopReason].
+
+    A string enum: ``StopKind.DONE == "done"``, handy in logs and JSON.
+    """
 
     DONE = "done"
     """It finished with `Next.done(value)` (or `ctx.shutdown()`)."""
@@ -30,6 +34,9 @@ class StopReason:
         kind: the way it ended.
         error: the error of a failed agent, else None.
 
+    The reasons without an error are also class constants, for comparisons:
+    ``reason == StopReason.DONE``.
+
     Example:
         ```python
         async def on_stop(self, reason: hybrid.StopReason) -> None:
@@ -40,6 +47,15 @@ class StopReason:
 
     kind: StopKind
     error: BaseException | None = None
+
+    DONE: ClassVar[StopReason]
+    """Finished with ``Next.done``."""
+    INTERRUPTED: ClassVar[StopReason]
+    """Interrupted."""
+    STOPPED: ClassVar[StopReason]
+    """Ended with ``Next.stop()``."""
+    CANCELLED: ClassVar[StopReason]
+    """Cancelled from outside."""
 
     @property
     def done(self) -> bool:
@@ -72,7 +88,7 @@ class StopReason:
         return self.kind.value
 
 
-DONE_REASON = StopReason(StopKind.DONE)
-INTERRUPTED_REASON = StopReason(StopKind.INTERRUPTED)
-STOPPED_REASON = StopReason(StopKind.STOPPED)
-CANCELLED_REASON = StopReason(StopKind.CANCELLED)
+DONE_REASON = StopReason.DONE = StopReason(StopKind.DONE)
+INTERRUPTED_REASON = StopReason.INTERRUPTED = StopReason(StopKind.INTERRUPTED)
+STOPPED_REASON = StopReason.STOPPED = StopReason(StopKind.STOPPED)
+CANCELLED_REASON = StopReason.CANCELLED = StopReason(StopKind.CANCELLED)

@@ -522,6 +522,14 @@ async def test_interrupted_turns_true_in_a_sync_state_when_the_agent_is_interrup
     assert address.statistics().reason == StopReason(StopKind.INTERRUPTED)
 
 
+def test_stop_reasons_compare_with_their_constants_and_kinds_with_strings() -> None:
+    assert StopReason(StopKind.DONE) == StopReason.DONE
+    assert StopReason.INTERRUPTED.interrupted
+    assert StopReason.STOPPED.kind == "stopped"
+    assert StopReason.CANCELLED != StopReason.DONE
+    assert StopReason(StopKind.FAILED, ValueError()).kind == "failed"
+
+
 def test_stop_reason_properties_and_text() -> None:
     failed = StopReason(StopKind.FAILED, ValueError("x"))
     assert failed.failed and not failed.done
