@@ -119,6 +119,7 @@ class Runtime:
         "monitors",
         "name",
         "next",
+        "observers",
         "output",
         "parked",
         "phase",
@@ -179,6 +180,9 @@ class Runtime:
         self.escaped: BaseException | None = None
         self.ended: trio.Event | None = None
         self.monitors: list[Callable[[Runtime], None]] | None = None
+        # Test and tracing hooks (hybrid.testing.Recorder): None costs one check
+        # per transition and per message.
+        self.observers: list[Callable[[str, object], None]] | None = agent.__dict__.pop("_hybrid_observers", None)
         # Messages and transitions since the last yield, across states and
         # actor mode: the loop yields at least every FAIRNESS of them.
         self.steps = 0
@@ -445,9 +449,16 @@ class Runtime:
         finally:
             current_runtime.reset(token)
 
+    def observe(self, kind: str, detail: object) -> None:
+        assert self.observers is not None
+        for observer in self.observers:
+            observer(kind, detail)
+
     def _ended(self, reason: StopReason) -> None:
         self.reason = reason
         self.phase = ENDED
+        if self.observers is not None:
+            self.observe("stopped", reason)
         self.parked = None
         if self.ended is not None:
             self.ended.set()
@@ -506,6 +517,8 @@ class Runtime:
             nxt = _INTERRUPT  # interrupted before its first state: never enters it
         steps = self.steps
         while True:
+            if self.observers is not None:
+                self.observe("transition", nxt)
             kind = nxt._kind
             if kind <= PERFORM:
                 self.transitions += 1
@@ -612,6 +625,8 @@ class Runtime:
                 if waiters:
                     reschedule(waiters.popleft())
                 self.handled += 1
+                if self.observers is not None:
+                    self.observe("message", message)
                 message_type = type(message)
                 handler = table.get(message_type)
                 if handler is not None:

@@ -1,6 +1,7 @@
 """The documentation's code runs: every complete program in docs/ is executed.
 
-A fenced ``python`` block in ``docs/**/*.md`` that calls ``trio.run(`` is a complete
+A fenced ``python`` block in ``docs/**/*.md`` that calls ``trio.run(`` (or
+``hybrid.testing.run(``) is a complete
 program: it is executed in a fresh namespace (``__name__ == "__main__"``) and must
 finish without error, quickly. When such a block is followed directly by a ``text``
 block, that block is the program's expected output and must match what it printed.
@@ -90,7 +91,7 @@ def _programs() -> list[Program]:
         for index, item in enumerate(items):
             if not isinstance(item, Block) or item.language not in ("python", "py"):
                 continue
-            if "trio.run(" not in item.code:
+            if "trio.run(" not in item.code and "hybrid.testing.run(" not in item.code:
                 continue
             following = items[index + 1] if index + 1 < len(items) else None
             expected = following.code if isinstance(following, Block) and following.language == "text" else None
