@@ -92,6 +92,8 @@ class RequestCall(Generic[R]):
             raise LifecycleError("a request can be awaited or forwarded only once")
         self._state = _QUEUED
         rt = self._rt
+        # A caller that is already cancelled sends nothing.
+        yield from trio.lowlevel.checkpoint_if_cancelled().__await__()  # noqa: ASYNC105
         # A closed or full bounded mailbox: wait for room (or learn it is closed).
         if len(rt.queue) >= rt.limit and not (yield from rt.put_wait().__await__()):
             raise AgentStopped(f"{rt.name} has ended; request {self._request!r} was not sent")

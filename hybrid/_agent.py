@@ -203,6 +203,19 @@ class AgentRunner(Generic[A]):
         """The value the agent gave to ``Next.done`` (None until then, or if it did not finish so)."""
         return self._rt.output
 
+    def discard(self) -> None:
+        """End the agent without running it: its address then says it is gone.
+
+        Its mailbox closes: queued requests fail with `AgentStopped`, queued
+        events are dropped, and `join()` returns None. `on_stop` is not called
+        (the agent never started). A supervisor discards the agent it had
+        prepared for a restart that will not happen.
+
+        Raises:
+            LifecycleError: the agent has started.
+        """
+        self._rt.discard()
+
     async def run(self) -> StopReason:
         """Run the agent in the current task until it ends; return how it ended.
 

@@ -91,8 +91,11 @@ class Timer:
                 while True:
                     with trio.CancelScope(deadline=self._deadline) as self._sleep:
                         await trio.sleep_forever()
+                    self._sleep = None
                     if not await self._rt.put_wait():
                         return  # the agent is finishing: its timers stop
+                    if trio.current_time() < self._deadline:
+                        continue  # reset() moved the deadline while this tick waited for room
                     self._rt.deliver(self._event)
                     if self._period is None:
                         return
@@ -190,9 +193,10 @@ class Monitor:
 class Stream:
     """A handle on an async iterable consumed by an agent (`Context.consume`)."""
 
-    __slots__ = ("_items", "_scope")
+    __slots__ = ("_items", "_rt", "_scope")
 
-    def __init__(self) -> None:
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
         self._scope = trio.CancelScope()
         self._items = 0
 
@@ -201,8 +205,9 @@ class Stream:
         """How many items were delivered so far."""
         return self._items
 
+    @_threadsafe
     def cancel(self) -> None:
-        """Stop consuming; no `StreamEnded` event follows a cancellation."""
+        """Stop consuming; no `StreamEnded` event follows a cancellation. Safe from a worker thread."""
         self._scope.cancel()
 
 

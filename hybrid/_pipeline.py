@@ -354,6 +354,8 @@ class Pipeline(Agent["list[Any] | None"]):
     def _fail(self, error: BaseException) -> None:
         if self._failure is None:
             self._failure = error
+        else:  # the pipeline already fails with the first error: this one is logged
+            logger.error("another stage failed while the pipeline was failing", exc_info=error)
         self._scope.cancel()
 
     async def _run_stage(

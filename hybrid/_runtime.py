@@ -104,6 +104,7 @@ class Runtime:
         "agent",
         "capacity",
         "ctx",
+        "draining",
         "dropped",
         "ended",
         "error",
@@ -171,6 +172,7 @@ class Runtime:
         self.helpers: set[trio.CancelScope] | None = None
         self.room_waiters: deque[Task] | None = None  # created when a sender first waits
         self.handled = 0
+        self.draining = False
         self.dropped = 0
         self.transitions = 0
         self.state: Next[Any] | None = None
@@ -263,8 +265,14 @@ class Runtime:
         await wait_task_rescheduled(abort)
 
     def deliver_response(self, handler: Any, request: object, result: outcome.Outcome[Any]) -> None:
-        if self.limit == CLOSED:
-            logger.debug("%s has ended; dropped the answer to %r", self.name, request)
+        # Accepted while the agent drains its mailbox (it still handles what is queued).
+        if self.limit == CLOSED and not self.draining:
+            if isinstance(result, outcome.Error):
+                logger.warning(
+                    "%s has ended; the failed answer to %r was dropped", self.name, request, exc_info=result.error
+                )
+            else:
+                logger.debug("%s has ended; dropped the answer to %r", self.name, request)
             return
         self.deliver(Response(handler, request, result))
 
@@ -278,6 +286,14 @@ class Runtime:
         waiters = self.room_waiters
         while waiters:
             reschedule(waiters.popleft())
+
+    def unmark(self) -> None:
+        """The interrupt marker left the mailbox: give its room back."""
+        if self.capacity is not None and self.limit != CLOSED:
+            self.limit -= 1
+            waiters = self.room_waiters
+            if waiters and len(self.queue) < self.limit:
+                reschedule(waiters.popleft())
 
     def discard_queue(self) -> None:
         """Close and empty the mailbox; queued requests fail with `AgentStopped`."""
@@ -303,6 +319,8 @@ class Runtime:
         if self.interrupt_event is not None:
             self.interrupt_event.set()
         if self.interrupts == 1:
+            if self.capacity is not None and self.limit != CLOSED:
+                self.limit += 1  # the marker takes no room from senders
             self.deliver(INTERRUPT_MARK)
         elif self.scope is not None:
             self.scope.cancel()
@@ -328,8 +346,9 @@ class Runtime:
         if self.phase == ENDED:
             return
         current = self.next
-        # Ending requests override a scheduled transition; stop overrides shutdown.
-        if current is None or current._kind != STOP:
+        # Ending requests override a scheduled transition; stop overrides
+        # shutdown; nothing overrides a failure (it is never lost).
+        if current is None or current._kind not in (STOP, FAIL):
             self.next = nxt
         self.wake()
 
@@ -362,7 +381,7 @@ class Runtime:
 
     def start_stream(self, source: AsyncIterable[Any]) -> Stream:
         self.event_handler(StreamEnded)
-        stream = Stream()
+        stream = Stream(self)
         self.start_helper(lambda: self._consume(source, stream), name=f"consume {source!r} for {self.name}")
         return stream
 
@@ -436,6 +455,8 @@ class Runtime:
             try:
                 await agent.on_stop(reason)
             except Exception as error:
+                if self.error is not None and error.__context__ is None:
+                    error.__context__ = self.error  # the failure it replaces stays visible
                 self.error = error
                 self.output = None
                 reason = StopReason(StopKind.FAILED, error)
@@ -448,6 +469,13 @@ class Runtime:
             self._ended(reason)
         finally:
             current_runtime.reset(token)
+
+    def discard(self) -> None:
+        """End an agent that never ran: its address then says it is gone."""
+        if self.phase != STARTING or self.task is not None:
+            raise LifecycleError(f"{self.name} has started; interrupt it instead")
+        self.discard_queue()
+        self._ended(STOPPED_REASON)
 
     def observe(self, kind: str, detail: object) -> None:
         assert self.observers is not None
@@ -562,8 +590,9 @@ class Runtime:
                 raise nxt._value
             else:  # INTERRUPT
                 assert kind == INTERRUPT
-                with contextlib.suppress(ValueError):
+                if INTERRUPT_MARK in self.queue:
                     self.queue.remove(INTERRUPT_MARK)
+                    self.unmark()
                 scheduled = None
                 if not self.interrupt_handled:  # the hook runs once per agent
                     self.interrupt_handled = True
@@ -587,7 +616,7 @@ class Runtime:
         pending = self.next
         if pending is not None:  # ctx.shutdown() / ctx.stop() during the step
             self.next = None
-            return pending
+            return nxt if nxt._kind == FAIL else pending
         # Interrupted during the step: end instead of taking the next transition
         # (on_interrupt runs), unless the step failed: a failure is never lost.
         return nxt if nxt._kind == FAIL else _INTERRUPT
@@ -597,7 +626,11 @@ class Runtime:
         self.phase = FINISHING
         self.close()
         if self.queue:
-            pending = await self._loop(True)
+            self.draining = True
+            try:
+                pending = await self._loop(True)
+            finally:
+                self.draining = False
             if pending is not None:  # ctx.stop() while draining
                 self.output = None
                 self.reason = STOPPED_REASON
@@ -651,8 +684,10 @@ class Runtime:
                         await response.handler(agent, response.request, response.result)
                     except Exception as error:
                         await agent.on_error(error)
-                elif not draining and not self.interrupt_handled:  # INTERRUPT_MARK
-                    self.next = _INTERRUPT
+                else:  # INTERRUPT_MARK
+                    self.unmark()
+                    if not draining and not self.interrupt_handled:
+                        self.next = _INTERRUPT
                 count += 1
                 if count >= FAIRNESS:
                     count = 0
@@ -681,8 +716,11 @@ class Runtime:
                 if policy is not None and tries < policy.attempts and policy.retries(error) and not self.interrupts:
                     delay = policy.delay(tries)
                     logger.info("%s: state %r failed (%r); retry %d in %.3gs", self.name, nxt, error, tries, delay)
-                    await trio.sleep(delay)
-                    continue
+                    with trio.move_on_after(delay):
+                        await self.wait_interrupted()
+                    if not self.interrupts:
+                        continue
+                    # Interrupted while waiting: no more tries; the error goes on.
                 if mods.fallback is None:
                     raise
                 chosen: Next[Any] = mods.fallback(error)

@@ -381,10 +381,18 @@ class Supervisor(Agent[T_co]):
             child.address.interrupt()
 
     async def _hybrid_await_end(self, child: _Child) -> None:
-        if child.shutdown_timeout is None:
+        timeout = child.shutdown_timeout
+        if timeout is None:
             await child.done.wait()
             return
-        with trio.move_on_after(child.shutdown_timeout):
+        with trio.move_on_after(timeout):
+            await child.done.wait()
+            return
+        # Past the timeout: a second interrupt cancels its running step, and it
+        # still ends as interrupted. A child that does not end even then (stuck
+        # in a sync state, say) is cancelled outright after as long again.
+        child.address.interrupt()
+        with trio.move_on_after(timeout):
             await child.done.wait()
             return
         if child.scope is not None:
@@ -397,7 +405,7 @@ class Supervisor(Agent[T_co]):
             self._hybrid_interrupt(child)
             await self._hybrid_await_end(child)
 
-    async def _hybrid_stop_children(self) -> None:
+    async def _hybrid_stop_groups(self) -> None:
         state = self._hybrid_sup()
         state.stopping = True
         if state.stopped is not None:  # another task is stopping them: wait for it
@@ -433,7 +441,10 @@ class Supervisor(Agent[T_co]):
     async def _hybrid_child_exited(self, event: _ChildExited) -> None:
         child = event.child
         state = self._hybrid_sup()
-        await self.on_child_ended(child.address, event.reason)
+        try:
+            await self.on_child_ended(child.address, event.reason)
+        except Exception as error:  # the hook's failure must not cancel the child's restart
+            await self.on_error(error)
         if state.stopping or child.in_restart:
             return
         if not _should_restart(child.restart, event.reason):
@@ -472,6 +483,7 @@ class Supervisor(Agent[T_co]):
         try:
             self._hybrid_prepare(child)
         except Exception as error:  # the factory failed: the supervisor cannot do its job
+            _discard_prepared(affected)
             self.ctx.do_next(Next.fail(error))
             return
         self.ctx.start_soon(self._hybrid_restart, affected, delay)
@@ -483,25 +495,36 @@ class Supervisor(Agent[T_co]):
 
     async def _hybrid_restart(self, children: list[_Child], delay: float) -> None:
         state = self._hybrid_sup()
-        await self._hybrid_stop([child for child in children if child.running])
         try:
-            for child in children:
-                if not child.prepared:
-                    self._hybrid_prepare(child)
-        except Exception as error:
-            self.ctx.address.send(_StartFailed(error))
-            return
-        await trio.sleep(delay)
-        for child in sorted(children, key=lambda c: c.order):
-            child.in_restart = False
-            if state.stopping:
+            await self._hybrid_stop([child for child in children if child.running])
+            try:
+                for child in children:
+                    if not child.prepared:
+                        self._hybrid_prepare(child)
+            except Exception as error:
+                self.ctx.address.send(_StartFailed(error))
                 return
-            if not child.prepared:  # temporary: stopped with the others, not restarted
-                if child in state.children:
-                    state.children.remove(child)
-                continue
-            assert child.runner is not None
-            self._hybrid_start(child, child.runner)
+            await trio.sleep(delay)
+            for child in sorted(children, key=lambda c: c.order):
+                child.in_restart = False
+                if state.stopping:
+                    return
+                if not child.prepared:  # temporary: stopped with the others, not restarted
+                    if child in state.children:
+                        state.children.remove(child)
+                    continue
+                assert child.runner is not None
+                self._hybrid_start(child, child.runner)
+        finally:
+            # Restarts that will not happen (the supervisor stops, fails, or
+            # this task is cancelled): their addresses must say so.
+            _discard_prepared(children)
+
+    async def _hybrid_stop_children(self) -> None:
+        try:
+            await self._hybrid_stop_groups()
+        finally:
+            _discard_prepared(self._hybrid_sup().children)
 
     @on_event
     async def _hybrid_start_failed(self, event: _StartFailed) -> None:
@@ -517,6 +540,13 @@ class _State:
     stopped: trio.Event | None = None
     restarts: deque[float] = attrs.field(factory=deque[float])
     failures: deque[tuple[float, BaseException | None]] = attrs.field(factory=deque[tuple[float, BaseException | None]])
+
+
+def _discard_prepared(children: list[_Child]) -> None:
+    for child in children:
+        if child.prepared and child.runner is not None:
+            child.prepared = False
+            child.runner.discard()
 
 
 def _should_restart(policy: Restart, reason: StopReason) -> bool:

@@ -620,3 +620,104 @@ async def test_fairness_counts_messages_and_transitions_together_across_modes() 
     gaps = [b - a for a, b in itertools.pairwise(seen)]
     assert len(seen) >= 1000 // 64
     assert max(gaps) <= 64  # two steps per message; at most two turns of 64 steps in a row
+
+
+async def test_a_caller_cancelled_before_its_request_is_queued_sends_nothing() -> None:
+    agent = Server()
+    async with trio.open_nursery() as nursery:
+        address = hybrid.spawn(nursery, agent)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await address.request(Echo(1))
+        assert await address.request(Echo(2)) == 2
+        assert address.statistics().messages_handled == 1
+        address.interrupt()
+
+
+async def test_an_interrupt_takes_no_room_in_a_bounded_mailbox() -> None:
+    class Bounded(Server):
+        mailbox_capacity = 1
+
+        def begin(self) -> Next[Self]:
+            return Next.do_async(self.work)
+
+        async def work(self) -> Next[Self]:
+            await trio.sleep(0.01)
+            return Next.events()
+
+        async def on_interrupt(self) -> None:
+            self.ctx.do_next(Next.events())  # keeps running, as a supervisor does
+
+    async with trio.open_nursery() as nursery:
+        agent = Bounded()
+        address = hybrid.spawn(nursery, agent)
+        address.interrupt()  # queued as the marker while in the state
+        address.send(Ping(1))  # the one slot is still free
+        with trio.fail_after(5):
+            await address.send_wait(Ping(2))
+            assert await address.request(Echo(3)) == 3
+        assert agent.pings == [1, 2]
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_answer_forwarded_to_a_client_that_is_finishing_is_still_handled() -> None:
+    class Slow(Agent):
+        @hybrid.on_request
+        async def echo(self, request: Echo) -> int:
+            await trio.sleep(0.01)
+            return request.n
+
+    got: list[int] = []
+
+    class Client(Agent[None]):
+        def __init__(self, server: hybrid.Address[Slow]) -> None:
+            self.server = server
+
+        def begin(self) -> Next[Self]:
+            self.server.request(Echo(7)).forward_to(self.ctx)
+            self.ctx.address.send(Ping())
+            return Next.events()
+
+        @hybrid.on_event
+        async def ping(self, event: Ping) -> None:
+            self.ctx.shutdown()
+            await trio.sleep(0.05)  # still draining when the answer comes
+
+        @hybrid.on_response
+        async def answered(self, request: Echo, response: outcome.Outcome[int]) -> None:
+            got.append(response.unwrap())
+
+    async with trio.open_nursery() as nursery:
+        server = hybrid.spawn(nursery, Slow())
+        client = Client(server)
+        client_address = hybrid.spawn(nursery, client)
+        client_address.send(Ping())  # keeps the client draining
+        await client_address.join()
+        server.interrupt()
+    assert got == [7]
+
+
+async def test_a_failed_answer_to_a_client_that_has_ended_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    class Fails(Agent):
+        @hybrid.on_request
+        async def echo(self, request: Echo) -> int:
+            await trio.sleep(0.01)
+            raise LookupError("late failure")
+
+    class Leaves(Agent[None]):
+        def __init__(self, server: hybrid.Address[Fails]) -> None:
+            self.server = server
+
+        def begin(self) -> Next[Self]:
+            self.server.request(Echo()).forward_to(self.ctx)
+            return Next.done()
+
+        @hybrid.on_response
+        async def answered(self, request: Echo, response: outcome.Outcome[int]) -> None: ...  # pragma: no cover
+
+    async with trio.open_nursery() as nursery:
+        server = hybrid.spawn(nursery, Fails())
+        await Leaves(server).run()
+        await trio.sleep(0.05)
+        server.interrupt()
+    assert any("the failed answer" in r.message and r.levelname == "WARNING" for r in caplog.records)

@@ -579,3 +579,66 @@ async def test_an_agent_cancelled_while_finishing_has_no_output() -> None:
         reason = address.statistics().reason
         assert reason is not None and reason.cancelled
         nursery.cancel_scope.cancel()
+
+
+async def test_a_failure_is_never_replaced_by_a_pending_shutdown_or_stop() -> None:
+    class FailsAfterShutdown(Agent[None]):
+        def begin(self) -> Next[Self]:
+            return Next.do_async(self.step)
+
+        async def step(self) -> Next[Self]:
+            self.ctx.shutdown()
+            return Next.fail(ValueError("kept"))
+
+        @hybrid.on_event
+        async def ping(self, event: Ping) -> None:
+            self.ctx.do_next(Next.fail(KeyError("also kept")))
+            self.ctx.stop()
+
+    with pytest.raises(ValueError, match="kept"):
+        await FailsAfterShutdown().run()
+
+    class HandlerFails(FailsAfterShutdown):
+        def begin(self) -> Next[Self]:
+            self.ctx.address.send(Ping())
+            return Next.events()
+
+    with pytest.raises(KeyError, match="also kept"):
+        await HandlerFails().run()
+
+
+async def test_an_error_in_on_stop_keeps_the_failure_it_replaces_as_its_context() -> None:
+    class Both(Agent[None]):
+        def begin(self) -> Next[Self]:
+            return Next.fail(ValueError("first"))
+
+        async def on_stop(self, reason: StopReason) -> None:
+            raise RuntimeError("second")
+
+    with pytest.raises(RuntimeError, match="second") as caught:
+        await Both().run()
+    assert isinstance(caught.value.__context__, ValueError)
+
+
+async def test_an_interrupt_cuts_a_retry_backoff_short_and_the_last_error_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tries: list[float] = []
+
+    class Retrying(Agent[str]):
+        def begin(self) -> Next[Self]:
+            policy = hybrid.RetryPolicy(attempts=5, initial=100)
+            return Next.do_async(self.fetch).retry(policy).fallback(lambda error: Next.done(f"fallback: {error}"))
+
+        async def fetch(self) -> Next[Self]:
+            tries.append(trio.current_time())
+            raise ConnectionError("down")
+
+    async with trio.open_nursery() as nursery:
+        address = hybrid.spawn(nursery, Retrying())
+        await trio.sleep(1)
+        address.interrupt()
+        start = trio.current_time()
+        assert await address.join() is None  # interrupted: the fallback's done() is not taken
+        assert trio.current_time() - start < 1
+    assert len(tries) == 1

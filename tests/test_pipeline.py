@@ -307,3 +307,21 @@ async def test_a_split_stage_that_returns_no_iterable_is_an_error_of_its_item() 
     pipeline = Pipeline(Stage(lambda n: n, split=True, on_error="skip"), source=[1])
     assert await pipeline.run() == []
     assert "not an iterable" in str(pipeline.skipped[0].error)
+
+
+async def test_a_second_stage_error_while_failing_is_logged_not_lost(caplog: pytest.LogCaptureFixture) -> None:
+    gate = trio.Event()
+
+    async def broken(item: int) -> int:
+        if item == 1:
+            await gate.wait()
+        else:
+            await trio.testing.wait_all_tasks_blocked()  # item 1 waits at the gate
+            gate.set()  # item 1 is rescheduled before the pipeline's cancellation
+        raise ValueError(f"item {item}")
+
+    with pytest.raises(ValueError, match="item 2"):
+        await Pipeline(Stage(broken, concurrency=2), source=[1, 2]).run()
+    [logged] = [r for r in caplog.records if "another stage failed" in r.message]
+    assert logged.exc_info is not None
+    assert str(logged.exc_info[1]) == "item 1"

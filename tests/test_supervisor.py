@@ -158,7 +158,9 @@ async def test_children_spawned_into_a_group_already_stopping_are_interrupted_at
     assert texts[-1] == "app stopped interrupted"
 
 
-async def test_a_child_that_exceeds_its_shutdown_timeout_is_cancelled(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_child_past_its_shutdown_timeout_is_interrupted_again_and_ends_interrupted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     log = Log()
 
     class Stubborn(Supervisor):
@@ -173,8 +175,37 @@ async def test_a_child_that_exceeds_its_shutdown_timeout_is_cancelled(autojump_c
         sup = hybrid.spawn(nursery, Stubborn())
         sup.interrupt()
         await sup.join()
-    assert (2, "slow stopped cancelled") in log.records
+    assert (2, "slow stopped interrupted") in log.records
     assert (0, "quick stopped interrupted") in log.records
+
+
+async def test_a_child_that_a_second_interrupt_cannot_end_is_cancelled_at_last(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log = Log()
+    ended: list[StopReason] = []
+
+    class HangsInOnStop(Member):
+        async def on_stop(self, reason: StopReason) -> None:
+            self.log(f"{self.name} on_stop")
+            await trio.sleep(3600)  # outside the agent's step: a second interrupt cannot cut it
+
+    class Stubborn(Supervisor):
+        shutdown_timeout = 2
+
+        def begin(self) -> Next[Self]:
+            self.ctx.spawn(HangsInOnStop("stuck", log))
+            return Next.events()
+
+        async def on_child_ended(self, address: hybrid.Address[Any], reason: StopReason) -> None:
+            ended.append(reason)
+
+    async with trio.open_nursery() as nursery:
+        sup = hybrid.spawn(nursery, Stubborn())
+        sup.interrupt()
+        await sup.join()
+    assert ended == [StopReason.CANCELLED]
+    assert trio.current_time() - log.start == pytest.approx(4)
 
 
 class Life(Agent[str]):
@@ -644,3 +675,79 @@ async def test_monitoring_an_agent_that_has_ended_delivers_at_once_and_cancel_st
                 return Next.done()
 
         await NoHandler().run()
+
+
+async def test_a_child_whose_restart_is_abandoned_reports_itself_gone(autojump_clock: trio.testing.MockClock) -> None:
+    log = Log()
+
+    class Slow(Supervisor):
+        restart_backoff = hybrid.Backoff(initial=10)
+
+        def begin(self) -> Next[Self]:
+            self.child = self.ctx.spawn(numbered("a", log, [1, None]))
+            return Next.events()
+
+    sup = Slow()
+    async with trio.open_nursery() as nursery:
+        address = hybrid.spawn(nursery, sup)
+        await trio.sleep(2)  # a#1 failed at 1; the restart waits until 11
+        address.interrupt()
+        await address.join()
+    child = sup.child
+    assert not child.is_alive
+    with pytest.raises(hybrid.AgentStopped):
+        child.send(Ping())
+    with trio.fail_after(1):
+        assert await child.join() is None
+    assert "start a#2" not in log.texts()
+
+
+async def test_an_error_in_on_child_ended_goes_to_on_error_and_the_child_still_restarts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log = Log()
+    errors: list[Exception] = []
+
+    class Hooked(Tree):
+        async def on_child_ended(self, address: hybrid.Address[Any], reason: StopReason) -> None:
+            raise RuntimeError("hook broke")
+
+        async def on_error(self, error: Exception) -> None:
+            errors.append(error)
+
+    await run_tree(Hooked([(numbered("a", log, [1, None]), Restart.PERMANENT)], log), 3)
+    assert "start a#2" in log.texts()
+    assert [str(e) for e in errors] == ["hook broke", "hook broke"]  # a#1 failed, a#2 interrupted
+
+
+async def test_a_discarded_runner_never_runs_and_a_started_one_cannot_be_discarded() -> None:
+    class Answers(Agent):
+        @hybrid.on_request
+        async def echo(self, request: Echo) -> int:
+            return request.n  # pragma: no cover - never runs
+
+    log = Log()
+    runner = hybrid.AgentRunner(Answers())
+    failures: list[str] = []
+
+    async def ask() -> None:
+        try:
+            await runner.address.request(Echo())
+        except hybrid.AgentStopped:
+            failures.append("told")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask)
+        await trio.testing.wait_all_tasks_blocked()  # the request is queued
+        runner.discard()
+    assert failures == ["told"]
+    with trio.fail_after(1):
+        await runner.address.join()  # returns at once: the agent has ended
+    assert runner.address.statistics().reason == StopReason.STOPPED
+    started = hybrid.AgentRunner(Life("y", log, None))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(started.run)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(hybrid.LifecycleError, match="has started"):
+            started.discard()
+        started.address.interrupt()

@@ -319,3 +319,64 @@ async def test_timers_work_from_a_sync_state(autojump_clock: trio.testing.MockCl
     agent = FromThread()
     await agent.run()
     assert agent.seen == [(2.0, "from thread")]
+
+
+async def test_reset_is_honoured_while_a_tick_waits_for_room(autojump_clock: trio.testing.MockClock) -> None:
+    class Full(Clocked):
+        mailbox_capacity = 1
+
+        def begin(self) -> Next[Self]:
+            self.start = trio.current_time()
+            self.timer = self.ctx.send_after(0.1, Tick("flush"))
+            self.ctx.address.send(Tick("filler"))  # the timer's tick will wait for room
+            return Next.do_async(self.busy)
+
+        async def busy(self) -> Next[Self]:
+            await trio.sleep(0.2)
+            return Next.events()
+
+    agent = Full()
+    async with trio.open_nursery() as nursery:
+        address = hybrid.spawn(nursery, agent)
+        await trio.sleep(0.15)  # the tick fired at 0.1 and waits for room
+        agent.timer.reset(0.5)  # flush at 0.65 instead
+        await trio.sleep(2)
+        address.interrupt()
+    assert agent.seen == [(0.2, "filler"), (0.65, "flush")]
+
+
+async def test_a_stream_can_be_cancelled_from_a_worker_thread() -> None:
+    closed = trio.Event()
+
+    async def two_then_nothing() -> AsyncIterator[int]:
+        try:
+            yield 0
+            yield 1
+            await trio.Event().wait()  # never set: only a cancellation ends this
+        finally:
+            closed.set()
+
+    class FromThread(Consumer):
+        def begin(self) -> Next[Self]:
+            self.stream = self.ctx.consume(two_then_nothing())
+            return Next.events()
+
+        @hybrid.on_event
+        async def item(self, event: int) -> None:
+            self.items.append(event)
+            if event == 1:
+                self.ctx.do_next(Next.do_sync(self.cancel_it))
+
+        def cancel_it(self) -> Next[Self]:
+            self.stream.cancel()
+            return Next.events()
+
+    agent = FromThread(0)
+    async with trio.open_nursery() as nursery:
+        address = hybrid.spawn(nursery, agent)
+        with trio.fail_after(5):
+            await closed.wait()
+        address.interrupt()
+    assert agent.items == [0, 1]
+    assert agent.stream.items == 2
+    assert address.statistics().reason == hybrid.StopReason.INTERRUPTED  # no StreamEnded came
