@@ -293,7 +293,7 @@ def spawn(
     if not isinstance(agent, Agent):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"hybrid.spawn needs an Agent instance, got {agent!r}")
     rt = Runtime(agent, _capacity(agent, mailbox_capacity), nursery)
-    nursery.start_soon(rt.run_spawned, name=f"hybrid agent {rt.name}")
+    nursery.start_soon(rt.main, True, name=f"hybrid agent {rt.name}")
     return rt.address
 
 

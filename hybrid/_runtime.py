@@ -409,11 +409,13 @@ class Runtime:
 
     # -- the run loop --------------------------------------------------------
 
-    async def main(self) -> None:
+    async def main(self, spawned: bool = False) -> None:
         """Run the agent to its end, then `on_stop`.
 
-        The agent's own failure is recorded (``self.error``), not raised;
-        cancellation and other BaseExceptions propagate unchanged.
+        The agent's own failure is recorded (``self.error``), and raised only
+        for a spawned agent (its task's error leaves the nursery, as a trio
+        task's would); cancellation and other BaseExceptions propagate
+        unchanged. One coroutine frame less per spawned agent than a wrapper.
         """
         self.task = current_task()
         token = current_runtime.set(self)
@@ -469,6 +471,8 @@ class Runtime:
             self._ended(reason)
         finally:
             current_runtime.reset(token)
+        if spawned and self.error is not None:
+            raise self.error
 
     def discard(self) -> None:
         """End an agent that never ran: its address then says it is gone."""
@@ -765,11 +769,6 @@ class Runtime:
         else:
             await checkpoint()
         return self.result()
-
-    async def run_spawned(self) -> None:
-        await self.main()
-        if self.error is not None:
-            raise self.error
 
     @property
     def phase_name(self) -> str:
