@@ -17,6 +17,7 @@ re-exported here):
 - ``_pipeline.py``: `Pipeline`, `Stage`, `open_pipeline`, `open_merge` and their
   records (built on the public agent API only)
 - ``_exceptions.py``: the exception tree
+- ``testing/``: `hybrid.testing`, helpers for tests (simulated time, recordings)
 """
 
 from ._address import Address as Address
