@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import copy
-import itertools
 from typing import Any
 
 import attrs
@@ -18,6 +17,7 @@ from typing_extensions import Self
 
 import hybrid
 from hybrid import Agent, Next
+from tests.fairness import gaps, sample_progress
 from tests.messages import Boom, Echo, Ping
 
 
@@ -559,18 +559,11 @@ async def test_the_message_loop_yields_at_least_every_64_messages() -> None:
         address = hybrid.spawn(nursery, Counter())
         for n in range(1000):
             address.send(Ping(n))
-
-        async def observer() -> None:
-            while len(progress) < 1000:
-                seen.append(len(progress))
-                await trio.lowlevel.checkpoint()
-
-        nursery.start_soon(observer)
+        nursery.start_soon(sample_progress, progress, 1000, seen)
         await trio.testing.wait_all_tasks_blocked()
         address.interrupt()
-    gaps = [b - a for a, b in itertools.pairwise(seen)]
     assert len(seen) >= 1000 // 128
-    assert max(gaps) <= 2 * 64  # see the note in test_transitions about batch order
+    assert max(gaps(seen)) <= 2 * 64  # see the note in test_transitions about batch order
 
 
 async def test_send_and_interrupt_are_safe_from_a_worker_thread() -> None:
@@ -608,18 +601,11 @@ async def test_fairness_counts_messages_and_transitions_together_across_modes() 
         address = hybrid.spawn(nursery, Bouncer())
         for n in range(1000):
             address.send(Ping(n))
-
-        async def observer() -> None:
-            while len(progress) < 1000:
-                seen.append(len(progress))
-                await trio.lowlevel.checkpoint()
-
-        nursery.start_soon(observer)
+        nursery.start_soon(sample_progress, progress, 1000, seen)
         await trio.testing.wait_all_tasks_blocked()
         address.interrupt()
-    gaps = [b - a for a, b in itertools.pairwise(seen)]
     assert len(seen) >= 1000 // 64
-    assert max(gaps) <= 64  # two steps per message; at most two turns of 64 steps in a row
+    assert max(gaps(seen)) <= 64  # two steps per message; at most two turns of 64 steps in a row
 
 
 async def test_a_caller_cancelled_before_its_request_is_queued_sends_nothing() -> None:

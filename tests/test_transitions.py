@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 import threading
@@ -16,6 +15,7 @@ from typing_extensions import Self
 
 import hybrid
 from hybrid import Agent, Next
+from tests.fairness import gaps, sample_progress
 
 
 class ThreeStates(Agent[int]):
@@ -79,21 +79,14 @@ async def test_self_transitions_yield_to_other_tasks_at_least_every_64_steps() -
             return Next.done() if i == 1000 else Next.do_async(self.step, i + 1)
 
     seen: list[int] = []
-
-    async def observer() -> None:
-        while not progress or progress[-1] < 1000:
-            seen.append(len(progress))
-            await trio.lowlevel.checkpoint()
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(observer)
+        nursery.start_soon(sample_progress, progress, 1001, seen)  # steps 0 to 1000
         await trio.lowlevel.checkpoint()
         await Busy().run()
-    gaps = [b - a for a, b in itertools.pairwise(seen)]
     assert len(seen) >= 1000 // 128
     # trio runs each batch of runnable tasks in random order, so the observer
     # can see two of the agent's turns (of at most 64 steps each) in a row.
-    assert max(gaps) <= 2 * 64
+    assert max(gaps(seen)) <= 2 * 64
 
 
 class Stopper(Agent[int | None]):
