@@ -129,13 +129,11 @@ class Service(Supervisor):
 
     async def on_interrupt(self) -> None:
         log.info("service: shutting down in group order")
-        await super().on_interrupt()
 
     async def on_child_ended(self, address: hybrid.Address[Any], reason: StopReason) -> None:
         log.debug("service: child %r ended (%s)", address, reason)
 
     async def on_stop(self, reason: StopReason) -> None:
-        await super().on_stop(reason)
         log.info("service: stopped (%s)", reason)
 
 

@@ -22,17 +22,11 @@ re-exported here):
 
 from ._address import Address as Address
 from ._address import AgentStatistics as AgentStatistics
-from ._address import RequestCall as RequestCall
 from ._agent import Agent as Agent
 from ._agent import AgentRunner as AgentRunner
 from ._agent import interrupted as interrupted
 from ._agent import spawn as spawn
 from ._context import Context as Context
-from ._context import Ended as Ended
-from ._context import Monitor as Monitor
-from ._context import Stream as Stream
-from ._context import StreamEnded as StreamEnded
-from ._context import Timer as Timer
 from ._exceptions import AgentStopped as AgentStopped
 from ._exceptions import HandlerDefinitionError as HandlerDefinitionError
 from ._exceptions import HybridError as HybridError
@@ -43,6 +37,13 @@ from ._exceptions import UnhandledMessage as UnhandledMessage
 from ._handlers import on_event as on_event
 from ._handlers import on_request as on_request
 from ._handlers import on_response as on_response
+from ._instrument import Instrument as Instrument
+from ._instrument import add_instrument as add_instrument
+from ._instrument import instruments as instruments
+from ._instrument import remove_instrument as remove_instrument
+from ._mailbox import RequestCall as RequestCall
+from ._monitors import Ended as Ended
+from ._monitors import Monitor as Monitor
 from ._next import Next as Next
 from ._next import Performer as Performer
 from ._pipeline import Pipeline as Pipeline
@@ -57,11 +58,14 @@ from ._retry import Backoff as Backoff
 from ._retry import RetryPolicy as RetryPolicy
 from ._stop import StopKind as StopKind
 from ._stop import StopReason as StopReason
+from ._streams import Stream as Stream
+from ._streams import StreamEnded as StreamEnded
 from ._supervisor import Restart as Restart
 from ._supervisor import RestartIntensityExceeded as RestartIntensityExceeded
 from ._supervisor import Strategy as Strategy
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import SupervisorContext as SupervisorContext
+from ._timers import Timer as Timer
 
 __version__ = "0.1.0"
 
@@ -76,6 +80,7 @@ __all__ = [
     "Ended",
     "HandlerDefinitionError",
     "HybridError",
+    "Instrument",
     "InvalidTransition",
     "LifecycleError",
     "MailboxFull",
@@ -101,12 +106,15 @@ __all__ = [
     "SupervisorContext",
     "Timer",
     "UnhandledMessage",
+    "add_instrument",
+    "instruments",
     "interrupted",
     "on_event",
     "on_request",
     "on_response",
     "open_merge",
     "open_pipeline",
+    "remove_instrument",
     "spawn",
 ]
 

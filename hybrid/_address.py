@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, Generic, final
 
 import attrs
-import outcome
 import trio
-from trio.lowlevel import Abort, current_task, reschedule, wait_task_rescheduled
+from trio.lowlevel import reschedule
 from typing_extensions import TypeVar
 
-from ._exceptions import AgentStopped, LifecycleError
-from ._handlers import REQUEST, RESPONSE, lookup
+from ._exceptions import AgentStopped
+from ._handlers import REQUEST, lookup
+from ._mailbox import CLOSED, Mailbox, RequestCall
 from ._request import Request
+from ._runtime import ENDED, Runtime
 from ._stop import StopReason
+from ._thread import at_home, check_awaited_at_home
 
 if TYPE_CHECKING:
     from ._agent import Agent
-    from ._context import Context
-    from ._runtime import Runtime
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -32,7 +31,7 @@ class AgentStatistics:
     """A snapshot of one agent, from [`Address.statistics()`][hybrid.Address.statistics].
 
     Attributes:
-        name: the agent's class name.
+        name: the agent's name (`Address.name`).
         phase: ``"starting"``, ``"state"``, ``"events"``, ``"hook"``,
             ``"finishing"`` or ``"ended"``.
         state: the current (or last) state transition, as text, or None.
@@ -58,95 +57,6 @@ class AgentStatistics:
     reason: StopReason | None
 
 
-_NEW, _QUEUED, _USED = 0, 1, 2
-
-
-@final
-class RequestCall(Generic[R]):
-    """A request on its way: await it for the answer, or forward the answer.
-
-    Returned by [`Address.request`][hybrid.Address.request]; use it exactly once:
-
-    - ``await call`` sends the request and waits for the answer; the handler's
-      exception is re-raised here, and `AgentStopped` is raised if the agent
-      ends before answering. Cancel the wait with trio:
-      ``with trio.fail_after(1): await call``. An answer that arrives after the
-      caller gave up is dropped.
-    - ``call.forward_to(self.ctx)`` sends it now; the answer arrives later at
-      the caller's `@hybrid.on_response` handler for this request type.
-    """
-
-    __slots__ = ("_handler", "_reply_to", "_request", "_response_handler", "_rt", "_state", "_task")
-
-    def __init__(self, rt: Runtime, request: Request[R], handler: Callable[..., Any]) -> None:
-        self._rt = rt
-        self._request = request
-        self._handler = handler
-        self._state = _NEW
-        self._task: trio.lowlevel.Task | None = None
-        self._reply_to: Runtime | None = None
-        self._response_handler: Callable[..., Any] | None = None
-
-    def __await__(self) -> Generator[Any, Any, R]:
-        if self._state != _NEW:
-            raise LifecycleError("a request can be awaited or forwarded only once")
-        self._state = _QUEUED
-        rt = self._rt
-        # A caller that is already cancelled sends nothing.
-        yield from trio.lowlevel.checkpoint_if_cancelled().__await__()  # noqa: ASYNC105
-        # A closed or full bounded mailbox: wait for room (or learn it is closed).
-        if len(rt.queue) >= rt.limit and not (yield from rt.put_wait().__await__()):
-            raise AgentStopped(f"{rt.name} has ended; request {self._request!r} was not sent")
-        self._task = current_task()
-        rt.deliver(self)
-        result: R = yield from wait_task_rescheduled(self._abandon).__await__()  # noqa: ASYNC105
-        return result
-
-    def _abandon(self, raise_cancel: Any) -> Abort:
-        # The caller gave up (timeout, cancellation): the answer will be dropped.
-        self._task = None
-        return Abort.SUCCEEDED
-
-    def forward_to(self, ctx: Context) -> None:
-        """Send the request now; deliver the answer to `ctx`'s agent later.
-
-        The answer arrives as a message, in order with the others, at the
-        ``@hybrid.on_response`` handler of `ctx`'s agent for this request type,
-        as an `outcome.Outcome`: `outcome.Error` if the server raised or ended
-        before answering.
-
-        Raises:
-            UnhandledMessage: `ctx`'s agent has no `on_response` handler for
-                this request type.
-            AgentStopped: the server has ended.
-            MailboxFull: the server's bounded mailbox is full.
-            LifecycleError: the request was already awaited or forwarded.
-        """
-        client = ctx._rt
-        if get_ident() != client.thread_id:
-            trio.from_thread.run_sync(self.forward_to, ctx, trio_token=client.token)
-            return
-        if self._state != _NEW:
-            raise LifecycleError("a request can be awaited or forwarded only once")
-        self._response_handler = lookup(client.responses, type(self._request), RESPONSE, type(client.agent))
-        self._rt.check_room(self._request)
-        self._state = _QUEUED
-        self._reply_to = client
-        self._rt.deliver(self)
-
-    def _complete(self, result: outcome.Outcome[Any]) -> None:
-        self._state = _USED
-        task = self._task
-        if task is not None:
-            self._task = None
-            reschedule(task, result)
-        elif self._reply_to is not None:
-            self._reply_to.deliver_response(self._response_handler, self._request, result)
-
-    def _fail_stopped(self) -> None:
-        self._complete(outcome.Error(AgentStopped(f"{self._rt.name} ended before answering {self._request!r}")))
-
-
 @final
 class Address(Generic[A_co]):
     """How to reach an agent: send events, make requests, interrupt, join.
@@ -155,7 +65,8 @@ class Address(Generic[A_co]):
     ``self.ctx.address`` inside the agent. Hashable, comparable and cheap to
     copy: copies are the same address. An address reused for a fresh agent
     ([`AgentRunner(agent, address=...)`][hybrid.AgentRunner], as supervisors
-    do when they restart a child) reaches the new agent from then on.
+    do when they restart a child) reaches the new agent from then on, with
+    the same name and the same mailbox.
 
     Every method that queues a message checks its type at once, in the
     sender: a message the agent has no handler for raises `UnhandledMessage`
@@ -173,10 +84,29 @@ class Address(Generic[A_co]):
         ```
     """
 
-    __slots__ = ("_rt",)
+    __slots__ = ("_mailbox", "_rt")
 
-    def __init__(self, rt: Runtime) -> None:
-        self._rt = rt
+    _mailbox: Mailbox  # the queue: the same object across restarts
+    _rt: Runtime  # the run the address reaches now; replaced when a successor takes over
+
+    def __init__(self) -> None:
+        raise TypeError("Address has no public constructor: hybrid.spawn and AgentRunner make addresses")
+
+    @classmethod
+    def _make(cls, mailbox: Mailbox, rt: Runtime) -> Address[Any]:
+        address: Address[Any] = object.__new__(cls)
+        address._mailbox = mailbox
+        address._rt = rt
+        return address
+
+    @property
+    def name(self) -> str:
+        """The agent's name: unique among the agents alive in its trio run.
+
+        ``"{ClassName}-{n}"`` unless given to `spawn`; a supervisor's child is
+        ``"{supervisor name}/{child name}"`` and keeps its name across restarts.
+        """
+        return self._mailbox.name
 
     def send(self, event: object) -> None:
         """Queue `event` for the agent's `@hybrid.on_event` handler (tell). Never blocks.
@@ -189,16 +119,21 @@ class Address(Generic[A_co]):
             AgentStopped: the agent has ended or is finishing.
             MailboxFull: the agent's bounded mailbox is full; see `send_wait`.
         """
-        rt = self._rt
-        q = rt.queue
-        if type(event) in rt.events and len(q) < rt.limit and get_ident() == rt.thread_id:
-            q.append(event)
-            task = rt.parked
+        mailbox = self._mailbox
+        queue = mailbox.queue
+        if (
+            queue is not None
+            and type(event) in mailbox.events
+            and len(queue) < mailbox.limit
+            and get_ident() == mailbox.home.thread_id
+        ):
+            queue.append(event)
+            task = mailbox.parked
             if task is not None:
-                rt.parked = None
+                mailbox.parked = None
                 reschedule(task)
         else:
-            rt.send_slow(event)
+            mailbox.send(event)
 
     async def send_wait(self, event: object) -> None:
         """Queue `event`, waiting for room if the agent's bounded mailbox is full.
@@ -210,13 +145,15 @@ class Address(Generic[A_co]):
             UnhandledMessage: the agent has no handler for ``type(event)``.
             AgentStopped: the agent has ended or is finishing (also when it
                 ends while this call waits).
+            LifecycleError: awaited outside the agent's trio run.
         """
-        rt = self._rt
-        rt.event_handler(type(event))
+        mailbox = self._mailbox
+        check_awaited_at_home(mailbox.home, "send_wait")
+        mailbox.event_handler(type(event))
         await trio.lowlevel.checkpoint_if_cancelled()
-        if not await rt.put_wait():
-            raise AgentStopped(f"{rt.name} has ended; {event!r} was not sent")
-        rt.deliver(event)
+        if not await mailbox.put_wait():
+            raise AgentStopped(f"{mailbox.name} has ended; {event!r} was not sent")
+        mailbox.put(event)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     def request(self, request: Request[R]) -> RequestCall[R]:
@@ -230,11 +167,11 @@ class Address(Generic[A_co]):
             UnhandledMessage: the agent has no `@hybrid.on_request` handler for
                 ``type(request)``.
         """
-        rt = self._rt
-        handler = rt.requests.get(type(request))
+        mailbox = self._mailbox
+        handler = mailbox.requests.get(type(request))
         if handler is None:
-            handler = lookup(rt.requests, type(request), REQUEST, type(rt.agent))
-        return RequestCall(rt, request, handler)
+            handler = lookup(mailbox.requests, type(request), REQUEST, mailbox.agent_type)
+        return RequestCall._make(mailbox, request, handler)
 
     def interrupt(self) -> None:
         """Ask the agent to end gracefully.
@@ -247,25 +184,51 @@ class Address(Generic[A_co]):
         Interrupting an agent that has ended does nothing. Never blocks; safe
         from a worker thread.
         """
+        at_home(self._mailbox.home, self._interrupt)
+
+    def _interrupt(self) -> None:
         self._rt.interrupt()
 
     async def join(self: Address[Agent[T]]) -> T:
         """Wait until the agent ends and return its output.
 
         Returns None for an agent that ended by interrupt, stop or
-        cancellation. Re-raises the error of an agent that failed.
+        cancellation. Re-raises the error of an agent that failed (also a
+        BaseException such as KeyboardInterrupt that ended it). For a
+        supervised child, this is the run the address reaches now.
+
+        Raises:
+            LifecycleError: awaited outside the agent's trio run.
         """
+        check_awaited_at_home(self._mailbox.home, "join")
         result: T = await self._rt.join()
         return result
 
     @property
     def is_alive(self) -> bool:
-        """Whether the agent has not ended yet (it may be finishing)."""
-        return self._rt.reason is None
+        """Whether the agent has not ended yet (it may be finishing its queued messages).
+
+        Also true while a supervisor restarts the child behind this address:
+        messages sent meanwhile wait for the next instance.
+        """
+        return self._rt.phase != ENDED or self._mailbox.limit != CLOSED
 
     def statistics(self) -> AgentStatistics:
         """A snapshot of the agent: phase, mailbox depth, counters."""
-        return self._rt.statistics()
+        rt = self._rt
+        mailbox = self._mailbox
+        return AgentStatistics(
+            name=mailbox.name,
+            phase=rt.phase_name,
+            state=None if rt.state is None else repr(rt.state),
+            mailbox_depth=mailbox.depth(),
+            mailbox_capacity=mailbox.capacity,
+            senders_waiting=len(mailbox.room_waiters or ()),
+            messages_handled=rt.handled,
+            messages_dropped=mailbox.dropped,
+            transitions=rt.transitions,
+            reason=rt.reason,
+        )
 
     # Equality and hashing are by identity: one Address object per agent (and
     # per restartable child, across its restarts); copies return the same object.
@@ -277,4 +240,4 @@ class Address(Generic[A_co]):
         return self
 
     def __repr__(self) -> str:
-        return f"<Address of {self._rt.name} ({self._rt.phase_name})>"
+        return f"<Address of {self._mailbox.name} ({self._rt.phase_name})>"

@@ -9,15 +9,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, final
 import trio
 from typing_extensions import Self, TypeVar
 
+from . import _validate
+from ._address import Address
 from ._context import Context
 from ._exceptions import LifecycleError
 from ._handlers import Table, build_tables, defining_namespace
+from ._mailbox import Mailbox
 from ._next import Next
-from ._runtime import STARTING, Runtime, current_runtime
+from ._registry import current_names
+from ._runtime import ENDED, STARTING, Runtime, TaskStatus, current_runtime
 from ._stop import StopReason
-
-if TYPE_CHECKING:
-    from ._address import Address
 
 T_co = TypeVar("T_co", covariant=True, default=None)
 A = TypeVar("A", bound="Agent[Any]")
@@ -38,11 +39,7 @@ class _NotStarted:
 
 
 def _check_capacity(capacity: object, where: str) -> int | None:
-    if capacity is None:
-        return None
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-        raise ValueError(f"{where} must be None (unbounded) or an int >= 1, got {capacity!r}")
-    return capacity
+    return _validate.count(where, capacity, minimum=1, optional=True)
 
 
 class Agent(Generic[T_co]):
@@ -140,13 +137,74 @@ class Agent(Generic[T_co]):
         (timers, `consume`, `ctx.start_soon`) run in a nursery that this call
         opens, and an error of theirs leaves it as an `ExceptionGroup`.
         """
-        runner = AgentRunner(self)
-        await runner.run()
-        result: T_co = runner._rt.result()
+        rt = start_runtime(self, caller="Agent.run", host=None)
+        await run_hosted(rt, None)
+        result: T_co = rt.result()
         return result
 
 
-_DEFAULT: Any = Agent
+class _Default:
+    """The default of an optional argument (never shown in a signature as a real value)."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+DEFAULT: Any = _Default()
+
+
+def start_runtime(
+    agent: Agent[Any],
+    *,
+    caller: str,
+    host: trio.Nursery | None,
+    mailbox_capacity: object = DEFAULT,
+    address: Address[Any] | None = None,
+    name: str | None = None,
+) -> Runtime:
+    """Make the runtime of `agent`: its mailbox (or the one of `address`), address and context."""
+    if not isinstance(agent, Agent):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise TypeError(f"{caller} needs an Agent instance, got {agent!r}")
+    if "ctx" in agent.__dict__:
+        raise LifecycleError(
+            f"{type(agent).__qualname__} instance was already started; an agent runs once: create a new instance"
+        )
+    cls = type(agent)
+    tables = (cls._hybrid_events, cls._hybrid_requests, cls._hybrid_responses)
+    if address is None:
+        if mailbox_capacity is DEFAULT:
+            capacity = cls.mailbox_capacity
+        else:
+            capacity = _check_capacity(mailbox_capacity, "mailbox_capacity")
+        mailbox = Mailbox(current_names().claim(name, cls.__qualname__), cls, capacity, tables)
+        rt = Runtime(agent, mailbox, host)
+        address = Address._make(mailbox, rt)
+        interrupts = 0
+    else:
+        if name is not None and name != address.name:
+            raise ValueError(f"{address!r} keeps its name {address.name!r}; it cannot be renamed {name!r}")
+        old: Runtime = address._rt  # noqa: SLF001 - the run the address reached until now
+        if old.phase != ENDED:
+            raise LifecycleError(f"{address!r} still reaches a running agent; it can be reused once that ended")
+        mailbox = address._mailbox  # noqa: SLF001
+        if mailbox_capacity is not DEFAULT and mailbox_capacity != mailbox.capacity:
+            raise ValueError("a reused address keeps its mailbox and its capacity")
+        if old.keep_address:
+            old.keep_address = False
+        else:  # given up: take the name and the mailbox back
+            current_names().claim(mailbox.name, cls.__qualname__)
+            mailbox.reopen()
+        interrupts = mailbox.hand_over(cls, tables)
+        rt = Runtime(agent, mailbox, host)
+        address._rt = rt  # noqa: SLF001 - from now on the address reaches this run
+    rt.address = address
+    if interrupts:
+        rt.interrupts = 1
+        mailbox.put_interrupt_mark()
+    ctx = cls.context_class._make(rt)
+    rt.ctx = ctx
+    agent.ctx = ctx
+    return rt
 
 
 @final
@@ -156,19 +214,27 @@ class AgentRunner(Generic[A]):
     The building block of supervisors (and of your own): the address exists
     as soon as the runner is made, before the agent runs, and `run()` returns
     the agent's [`StopReason`][hybrid.StopReason] instead of raising its
-    failure. `Agent.run()` and `hybrid.spawn` are built on it.
+    failure. `Agent.run()` is built on it.
 
     Args:
         agent: a new agent instance.
         mailbox_capacity: bound the mailbox (an int >= 1) or None for
             unbounded; by default the class's `mailbox_capacity`.
         address: reuse the address of an agent that has ended: from now on
-            it reaches this agent (how a supervisor restarts a child without
-            changing its address).
+            it reaches this agent, with the same name and mailbox (how a
+            supervisor restarts a child without changing its address).
+        name: the agent's name (see `Address.name`); by default
+            ``"{ClassName}-{n}"``.
+        keep_address: when this run ends, keep the address open for a
+            successor instead of closing it: messages sent meanwhile wait in
+            its mailbox for the next ``AgentRunner(next_agent, address=...)``,
+            until `discard()` gives the address up.
 
     Raises:
         LifecycleError: the agent was already started, or `address` still
             reaches a running agent.
+        ValueError: the name is in use by a live agent, or `mailbox_capacity`
+            is invalid.
 
     Example:
         ```python
@@ -186,17 +252,21 @@ class AgentRunner(Generic[A]):
         self,
         agent: A,
         *,
-        mailbox_capacity: int | type[Any] | None = _DEFAULT,
+        mailbox_capacity: int | None = DEFAULT,
         address: Address[A] | None = None,
+        name: str | None = None,
+        keep_address: bool = False,
     ) -> None:
-        if not isinstance(agent, Agent):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise TypeError(f"AgentRunner needs an Agent instance, got {agent!r}")
-        self._rt = Runtime(agent, _capacity(agent, mailbox_capacity), None, address)
+        self._rt = start_runtime(
+            agent, caller="AgentRunner", host=None, mailbox_capacity=mailbox_capacity, address=address, name=name
+        )
+        self._rt.keep_address = keep_address
 
     @property
     def address(self) -> Address[A]:
         """The agent's address, usable before `run()`."""
-        return self._rt.address
+        address: Address[A] = self._rt.address
+        return address
 
     @property
     def output(self) -> Any:
@@ -204,19 +274,21 @@ class AgentRunner(Generic[A]):
         return self._rt.output
 
     def discard(self) -> None:
-        """End the agent without running it: its address then says it is gone.
+        """Give the address up without running the agent (or after it, if kept for a successor).
 
-        Its mailbox closes: queued requests fail with `AgentStopped`, queued
-        events are dropped, and `join()` returns None. `on_stop` is not called
-        (the agent never started). A supervisor discards the agent it had
-        prepared for a restart that will not happen.
+        Before `run()`: the agent ends without running (`on_stop` is not
+        called). After a run with ``keep_address=True``: the address stops
+        waiting for a successor. Either way its mailbox closes: queued
+        requests fail with `AgentStopped`, queued events are dropped, and the
+        address says the agent is gone. A supervisor discards the runner of a
+        restart that will not happen.
 
         Raises:
-            LifecycleError: the agent has started.
+            LifecycleError: the agent is running.
         """
         self._rt.discard()
 
-    async def run(self) -> StopReason:
+    async def run(self, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED) -> StopReason:
         """Run the agent in the current task until it ends; return how it ended.
 
         The agent's failure is returned in the reason (``reason.error``), not
@@ -224,49 +296,54 @@ class AgentRunner(Generic[A]):
         helper tasks (timers, `consume`, `ctx.start_soon`) run in a nursery
         this call opens; an error of theirs leaves it as an `ExceptionGroup`.
 
+        Works with ``await nursery.start(runner.run)``, which returns the
+        address once the agent's `begin()` has run (or once the agent ended,
+        if `begin()` raised).
+
         Raises:
-            LifecycleError: the runner was already run.
+            LifecycleError: the runner was already run, or discarded.
         """
         rt = self._rt
         if rt.phase != STARTING or rt.host is not None:
             raise LifecycleError("an AgentRunner runs once")
-        escaped: BaseException | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-                rt.host = nursery
-                try:
-                    await rt.main()
-                finally:
-                    if rt.helpers is not None:
-                        nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # Only the agent's own task raised (cancellation from outside, or
-            # KeyboardInterrupt): give trio back the exception it raised, as an
-            # await without a nursery would.
-            if rt.escaped is None:
-                raise
-            rest = group.split(lambda exc: exc is rt.escaped or isinstance(exc, trio.Cancelled))[1]
-            if rest is not None:
-                raise
-            escaped = rt.escaped
-        if escaped is not None:
-            raise escaped
+        status = None if task_status is trio.TASK_STATUS_IGNORED else task_status
+        await run_hosted(rt, status)
         reason = rt.reason
         assert reason is not None
         return reason
 
 
-def _capacity(agent: Agent[Any], mailbox_capacity: object) -> int | None:
-    if mailbox_capacity is _DEFAULT:
-        return type(agent).mailbox_capacity
-    return _check_capacity(mailbox_capacity, "mailbox_capacity")
+async def run_hosted(rt: Runtime, status: TaskStatus | None) -> None:
+    """Run the agent of `rt` in the current task, its helper tasks in a nursery of its own."""
+    escaped: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            rt.host = nursery
+            try:
+                await rt.main(False, status)
+            finally:
+                if rt.helpers is not None:
+                    nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Only the agent's own task raised (cancellation from outside, or
+        # KeyboardInterrupt): give trio back the exception it raised, as an
+        # await without a nursery would.
+        if rt.escaped is None:
+            raise
+        rest = group.split(lambda exc: exc is rt.escaped or isinstance(exc, trio.Cancelled))[1]
+        if rest is not None:
+            raise
+        escaped = rt.escaped
+    if escaped is not None:
+        raise escaped
 
 
 def spawn(
     nursery: trio.Nursery,
     agent: A,
     *,
-    mailbox_capacity: int | type[Any] | None = _DEFAULT,
+    mailbox_capacity: int | None = DEFAULT,
+    name: str | None = None,
 ) -> Address[A]:
     """Start `agent` as a task in `nursery` and return its address at once.
 
@@ -279,22 +356,25 @@ def spawn(
         agent: a new agent instance (an instance runs once).
         mailbox_capacity: bound the agent's mailbox (an int >= 1), or None for
             unbounded; by default, the class's `mailbox_capacity`.
+        name: the agent's name, unique among the live agents of the run;
+            by default ``"{ClassName}-{n}"``.
 
     Raises:
         LifecycleError: the agent was already started.
-        ValueError: `mailbox_capacity` is invalid.
+        ValueError: `mailbox_capacity` is invalid, or `name` is in use.
 
     Example:
         ```python
         async with trio.open_nursery() as nursery:
-            server = hybrid.spawn(nursery, Server(), mailbox_capacity=100)
+            server = hybrid.spawn(nursery, Server(), mailbox_capacity=100, name="server")
         ```
     """
-    if not isinstance(agent, Agent):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise TypeError(f"hybrid.spawn needs an Agent instance, got {agent!r}")
-    rt = Runtime(agent, _capacity(agent, mailbox_capacity), nursery)
+    if not isinstance(nursery, trio.Nursery):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise TypeError(f"hybrid.spawn needs a trio nursery to run the agent in, got {nursery!r}")
+    rt = start_runtime(agent, caller="hybrid.spawn", host=nursery, mailbox_capacity=mailbox_capacity, name=name)
     nursery.start_soon(rt.main, True, name=f"hybrid agent {rt.name}")
-    return rt.address
+    address: Address[A] = rt.address
+    return address
 
 
 def interrupted() -> bool:
@@ -324,7 +404,7 @@ def interrupted() -> bool:
         raise LifecycleError("hybrid.interrupted() is for code running inside an agent")
     if rt.interrupts or rt.interrupt_handled:
         return True
-    if get_ident() == rt.thread_id:
+    if get_ident() == rt.mailbox.home.thread_id:
         return rt.scope is not None and rt.scope.cancel_called
     # A worker thread (sync state): CancelScope is not thread-safe; ask trio
     # whether the to_thread call running this thread has been cancelled.
@@ -339,5 +419,5 @@ def interrupted() -> bool:
     return False
 
 
-Agent._hybrid_events, Agent._hybrid_requests, Agent._hybrid_responses = {}, {}, {}
-Agent._hybrid_handler_names = {"event": {}, "request": {}, "response": {}}  # type: ignore[attr-defined]
+Agent._hybrid_events, Agent._hybrid_requests, Agent._hybrid_responses = {}, {}, {}  # noqa: SLF001 - the base's own tables
+Agent._hybrid_handler_names = {"event": {}, "request": {}, "response": {}}  # type: ignore[attr-defined]  # noqa: SLF001

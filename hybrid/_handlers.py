@@ -155,7 +155,7 @@ def defining_namespace() -> dict[str, Any]:
     message class defined in a function body is only visible in that
     function's locals, so they are searched too.
     """
-    frame: types.FrameType | None = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)  # noqa: SLF001 - CPython's documented frame access
     while frame is not None and frame.f_code.co_name in ("__init_subclass__", "defining_namespace"):
         frame = frame.f_back
     return dict(frame.f_locals) if frame is not None else {}

@@ -33,7 +33,7 @@ from typing_extensions import Self
 from ._agent import Agent, AgentRunner, spawn
 from ._exceptions import AgentStopped, LifecycleError
 from ._next import Next
-from ._retry import RetryPolicy
+from ._retry import RetryPolicy, retrying
 
 logger = logging.getLogger("hybrid.pipeline")
 
@@ -197,6 +197,11 @@ class _Counters:
 _END: Any = object()
 
 
+async def _sleep(delay: float) -> bool:
+    await trio.sleep(delay)
+    return True
+
+
 class Pipeline(Agent["list[Any] | None"]):
     """Stages composed into one agent: each stage's outputs are the next stage's inputs.
 
@@ -313,10 +318,13 @@ class Pipeline(Agent["list[Any] | None"]):
     async def _stop_taking_input_when_interrupted(self) -> None:
         await self.ctx.wait_interrupted()
         # Close the input, not the first buffer: the items already buffered
-        # still go through, and the stages end one after the other.
-        self._feeder.cancel()
+        # still go through, and the stages end one after the other. Items fed
+        # through open_pipeline were accepted: the feeder still hands on the
+        # one it holds; feed() calls still waiting raise AgentStopped.
         if self._feed is not None:
             self._feed.close()
+        else:
+            self._feeder.cancel()
 
     async def _feed_source(self, send: trio.MemorySendChannel[Any]) -> None:
         with self._feeder:
@@ -325,14 +333,27 @@ class Pipeline(Agent["list[Any] | None"]):
                 if source is None:
                     return
                 sequence = 0
-                if isinstance(source, AsyncIterable):
-                    async for item in source:
-                        await send.send((sequence, item))
-                        sequence += 1
-                else:
-                    for item in source:
-                        await send.send((sequence, item))
-                        sequence += 1
+                held: Any = _END
+                try:
+                    if isinstance(source, AsyncIterable):
+                        async for item in source:
+                            held = item
+                            await send.send((sequence, item))
+                            held = _END
+                            sequence += 1
+                    else:
+                        for item in source:
+                            held = item
+                            await send.send((sequence, item))
+                            held = _END
+                            sequence += 1
+                finally:
+                    if held is not _END and self._input is not None:
+                        # A fed item that never entered the first stage (the
+                        # pipeline was cancelled or failed): reported, not lost.
+                        error = AgentStopped("the pipeline ended before this fed item entered it")
+                        self.skipped.append(SkippedItem("<input>", held, error))
+                        logger.warning("pipeline ended before the fed item %r entered it", held)
 
     async def _sink(self, receive: trio.MemoryReceiveChannel[Any]) -> None:
         output = self._output
@@ -427,27 +448,28 @@ class Pipeline(Agent["list[Any] | None"]):
 
     async def _process_item(self, stage: Stage, counters: _Counters, item: object) -> list[Any] | None:
         """The outputs of one item, after retries and the error policy; None if the pipeline failed."""
-        tries = 0
         start = trio.current_time()
-        while True:
-            tries += 1
-            try:
-                outputs = await stage._call(item)
-                break
-            except Exception as error:
-                counters.failed += 1
-                policy = stage.retry
-                if policy is not None and tries < policy.attempts and policy.retries(error):
-                    await trio.sleep(policy.delay(tries))
-                    continue
-                if stage.on_error == "fail":
-                    self._fail(error)
-                    return None
-                counters.skipped += 1
-                self.skipped.append(SkippedItem(stage.name, item, error))
-                logger.warning("stage %s skipped %r: %r", stage.name, item, error)
-                outputs = []
-                break
+
+        def failed(error: Exception) -> None:
+            counters.failed += 1
+
+        try:
+            outputs = await retrying(
+                lambda: stage._call(item),  # noqa: SLF001 - the stage is this module's
+                stage.retry,
+                what=f"stage {stage.name} on {item!r}",
+                logger=logger,
+                wait=_sleep,
+                failed=failed,
+            )
+        except Exception as error:
+            if stage.on_error == "fail":
+                self._fail(error)
+                return None
+            counters.skipped += 1
+            self.skipped.append(SkippedItem(stage.name, item, error))
+            logger.warning("stage %s skipped %r: %r", stage.name, item, error)
+            outputs = []
         elapsed = trio.current_time() - start
         counters.finished += 1
         counters.latency_total += elapsed
@@ -590,10 +612,10 @@ async def open_pipeline(
     feed: trio.MemorySendChannel[Any] | None = None
     if source is None:
         # Unbuffered: the pipeline's own first buffer holds what is fed.
-        feed, pipeline._input = trio.open_memory_channel[Any](0)
-        pipeline._feed = feed
+        feed, pipeline._input = trio.open_memory_channel[Any](0)  # noqa: SLF001 - this module's pipeline
+        pipeline._feed = feed  # noqa: SLF001
     output, results = trio.open_memory_channel[Any](buffer)
-    pipeline._output = output
+    pipeline._output = output  # noqa: SLF001
     async with trio.open_nursery() as nursery:
         address = spawn(nursery, pipeline)
         try:
@@ -602,7 +624,7 @@ async def open_pipeline(
             results.close()
             if feed is not None:
                 feed.close()
-            if not pipeline._all_stages_done.is_set():
+            if not pipeline._all_stages_done.is_set():  # noqa: SLF001
                 # Left before the end: stop what is still in the pipeline.
                 address.interrupt()
                 address.interrupt()

@@ -1,60 +1,35 @@
-"""The runtime of one agent: its mailbox, its run loop, its ending.
+"""The run of one agent: its run loop, its phases, its ending.
 
-Hot paths (``Address.send``, the message loop, requests, transitions) avoid
-per-message allocation beyond the message itself: the mailbox is a deque
-parked on with `trio.lowlevel.wait_task_rescheduled`, the loop handles the
-queued messages of a turn without a scheduler round trip each (yielding at
-least every `FAIRNESS` messages or transitions), and dispatch is one dict
-lookup by exact type.
+This module knows the mailbox below it and none of the handles above it
+(`Address`, `Context`, timers, streams, monitors): they call in here, never
+the reverse. The handles it must name (the address given to instruments and
+monitors, the context) are stored as opaque objects by `_agent.py`.
+
+Hot paths (the message loop, transitions) avoid per-message allocation beyond
+the message itself: the loop handles the queued messages of a turn without a
+scheduler round trip each (yielding at least every `FAIRNESS` messages or
+transitions), and dispatch is one dict lookup by exact type.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sys
-from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from threading import get_ident
-from typing import TYPE_CHECKING, Any, Final, cast, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast, final
 
 import outcome
 import trio
-from trio.lowlevel import (
-    Abort,
-    Task,
-    checkpoint,
-    current_task,
-    current_trio_token,
-    reschedule,
-    wait_task_rescheduled,
-)
+from trio.lowlevel import Task, checkpoint, current_task, reschedule, wait_task_rescheduled
 
-from ._address import Address, AgentStatistics, RequestCall
-from ._context import Ended, Monitor, Stream, StreamEnded, Timer
-from ._exceptions import AgentStopped, InvalidTransition, LifecycleError, MailboxFull
-from ._handlers import EVENT, lookup
-from ._next import (
-    _INTERRUPT,
-    ASYNC,
-    DONE,
-    EVENTS,
-    FAIL,
-    INTERRUPT,
-    PERFORM,
-    STOP,
-    SYNC,
-    Next,
-)
-from ._stop import (
-    CANCELLED_REASON,
-    DONE_REASON,
-    INTERRUPTED_REASON,
-    STOPPED_REASON,
-    StopKind,
-    StopReason,
-)
+from . import _retry
+from ._exceptions import InvalidTransition, LifecycleError
+from ._instrument import Instruments, current_instruments
+from ._mailbox import CLOSED, INTERRUPT_MARK, Mailbox, RequestCall, Response
+from ._next import _INTERRUPT, ASYNC, DONE, EVENTS, FAIL, INTERRUPT, PERFORM, STOP, SYNC, Next
+from ._registry import current_names
+from ._stop import CANCELLED_REASON, DONE_REASON, INTERRUPTED_REASON, STOPPED_REASON, StopKind, StopReason
 
 if TYPE_CHECKING:
     from ._agent import Agent
@@ -65,267 +40,158 @@ FAIRNESS: Final = 64
 """The loop yields to other tasks at least every this many messages or transitions."""
 
 current_runtime: ContextVar[Runtime | None] = ContextVar("hybrid_current_agent", default=None)
+"""The runtime of the agent whose code runs in this task (or worker thread)."""
 
+# Phases, in the order an agent goes through them (HOOK: on_interrupt runs).
 STARTING, STATE, EVENTS_PHASE, HOOK, FINISHING, ENDED = range(6)
 PHASE_NAMES: Final = ("starting", "state", "events", "hook", "finishing", "ended")
-UNBOUNDED: Final = sys.maxsize
-CLOSED: Final = -1
+
+
+class TaskStatus(Protocol):
+    def started(self, value: Any = None, /) -> None: ...
 
 
 @final
-class _InterruptMark:
-    __slots__ = ()
+class _Starter:
+    """Calls ``task_status.started(address)`` once: after `begin()`, or at the end if begin() never returned."""
 
-    def __repr__(self) -> str:
-        return "<interrupt>"
+    __slots__ = ("status", "value")
+
+    def __init__(self, status: TaskStatus, value: Any) -> None:
+        self.status: TaskStatus | None = status
+        self.value = value
+
+    def fire(self) -> None:
+        status = self.status
+        if status is not None:
+            self.status = None
+            status.started(self.value)
 
 
-INTERRUPT_MARK: Final = _InterruptMark()
+class Hooks(Protocol):
+    """What the runtime calls on the agent's context for its lifecycle hooks."""
 
-
-@final
-class Response:
-    """An answer on its way to an ``on_response`` handler."""
-
-    __slots__ = ("handler", "request", "result")
-
-    def __init__(self, handler: Callable[..., Awaitable[Any]], request: object, result: outcome.Outcome[Any]) -> None:
-        self.handler = handler
-        self.request = request
-        self.result = result
+    async def call_on_interrupt(self) -> None: ...
+    async def call_on_stop(self, reason: StopReason) -> None: ...
 
 
 @final
 class Runtime:
-    """Everything the runtime keeps about one running agent."""
+    """Everything the runtime keeps about one run of one agent.
+
+    Unless said otherwise, a field is written only by the agent's own task,
+    on the trio thread. Handles (address, context, timers) call the methods
+    below from the trio thread; calls from worker threads are carried over by
+    `_thread.py` first.
+    """
 
     __slots__ = (
         "address",
         "agent",
-        "capacity",
         "ctx",
-        "draining",
-        "dropped",
         "ended",
+        "ending",
         "error",
         "escaped",
-        "events",
         "handled",
         "helpers",
         "host",
         "interrupt_event",
         "interrupt_handled",
         "interrupts",
-        "limit",
+        "keep_address",
+        "mailbox",
         "monitors",
-        "name",
         "next",
-        "observers",
         "output",
-        "parked",
         "phase",
-        "queue",
+        "probe",
         "reason",
-        "requests",
-        "responses",
-        "room_waiters",
         "scope",
         "state",
         "steps",
         "task",
-        "thread_id",
-        "token",
         "transitions",
     )
 
-    def __init__(
-        self,
-        agent: Agent[Any],
-        capacity: int | None,
-        host: trio.Nursery | None,
-        address: Address[Any] | None = None,
-    ) -> None:
-        if "ctx" in agent.__dict__:
-            raise LifecycleError(
-                f"{type(agent).__qualname__} instance was already started; an agent runs once: create a new instance"
-            )
-        cls = type(agent)
+    def __init__(self, agent: Agent[Any], mailbox: Mailbox, host: trio.Nursery | None) -> None:
         self.agent = agent
-        self.name = cls.__qualname__
-        self.events = cls._hybrid_events
-        self.requests = cls._hybrid_requests
-        self.responses = cls._hybrid_responses
-        self.queue: deque[Any] = deque()
-        self.capacity = capacity
-        self.limit = UNBOUNDED if capacity is None else capacity
-        self.parked: Task | None = None
-        self.task: Task | None = None
-        self.thread_id = get_ident()
-        self.token = current_trio_token()
-        self.next: Next[Any] | None = None
-        self.phase = STARTING
-        self.interrupts = 0
-        self.interrupt_handled = False
-        self.interrupt_event: trio.Event | None = None  # created by ctx.wait_interrupted()
-        self.scope: trio.CancelScope | None = None
+        """The agent instance; it runs once."""
+        self.mailbox = mailbox
+        """The address's mailbox, read only by this run's loop."""
+        self.address: Any = None
+        """The `Address` (set by `_agent.py` before the run starts; opaque here)."""
+        self.ctx: Hooks = cast("Hooks", None)
+        """The agent's `Context` (set by `_agent.py` with the address)."""
         self.host = host
-        self.helpers: set[trio.CancelScope] | None = None
-        self.room_waiters: deque[Task] | None = None  # created when a sender first waits
-        self.handled = 0
-        self.draining = False
-        self.dropped = 0
-        self.transitions = 0
-        self.state: Next[Any] | None = None
+        """The nursery helper tasks run in: the spawner's, or the runner's own."""
+        self.phase = STARTING
+        """Where the agent is; ``phase == ENDED`` is the one test of "has ended"."""
+        self.next: Next[Any] | None = None
+        """A transition scheduled by a handler or hook (``do_next``, ``shutdown``,
+        ``stop``) and not yet taken; written by handlers, taken by the loop."""
+        self.ending: StopReason | None = None
+        """The ending chosen so far (done, interrupted, stopped, failed), while the
+        agent finishes; `on_stop` sees it. Not the final reason."""
         self.reason: StopReason | None = None
+        """The final reason: set once, together with ``phase = ENDED``, by `finish`."""
         self.output: Any = None
+        """The value given to ``Next.done`` (None for any other ending)."""
         self.error: BaseException | None = None
+        """The failure `join()` and `run()` re-raise (None unless failed)."""
         self.escaped: BaseException | None = None
-        self.ended: trio.Event | None = None
-        self.monitors: list[Callable[[Runtime], None]] | None = None
-        # Test and tracing hooks (hybrid.testing.Recorder): None costs one check
-        # per transition and per message.
-        self.observers: list[Callable[[str, object], None]] | None = agent.__dict__.pop("_hybrid_observers", None)
-        # Messages and transitions since the last yield, across states and
-        # actor mode: the loop yields at least every FAIRNESS of them.
+        """A BaseException (cancellation, KeyboardInterrupt...) that left the agent's task."""
+        self.interrupts = 0
+        """How many times `interrupt()` was called (any thread, via the hop)."""
+        self.interrupt_handled = False
+        """`on_interrupt` has run (or started): it runs once per agent."""
+        self.interrupt_event: trio.Event | None = None
+        """Set at the first interrupt; made by the first ``ctx.wait_interrupted()``."""
+        self.scope: trio.CancelScope | None = None
+        """The scope around the agent's steps: a second interrupt cancels it."""
+        self.helpers: set[trio.CancelScope] | None = None
+        """The scopes of running helper tasks (timers, streams, ``start_soon``)."""
+        self.keep_address = False
+        """When this run ends, keep the mailbox open for a successor (restarts)."""
+        self.state: Next[Any] | None = None
+        """The current (or last) state transition."""
+        self.transitions = 0
+        """States entered so far."""
+        self.handled = 0
+        """Messages taken from the mailbox so far."""
         self.steps = 0
-        if address is None:
-            address = Address(self)
-        else:
-            old = address._rt
-            if old.reason is None:
-                raise LifecycleError(f"{address!r} still reaches a running agent; it can be reused once that ended")
-            address._rt = self
-        self.address = address
-        self.ctx = cls.context_class(self)
-        agent.ctx = self.ctx
+        """Messages and transitions since the last yield (fairness, across modes)."""
+        self.task: Task | None = None
+        """The agent's task, once it runs."""
+        self.ended: trio.Event | None = None
+        """Set when the agent ends; made by the first `join()` that waits."""
+        self.monitors: list[Callable[[Runtime], None]] | None = None
+        """Called once when the agent ends (made by the first monitor)."""
+        self.probe: Instruments = current_instruments()
+        """The run's instruments; ``probe.active is None`` while there are none."""
 
-    # -- the mailbox -------------------------------------------------------
-
-    def deliver(self, message: object) -> None:
-        """Queue a message on the trio thread, past any bound, and wake the loop."""
-        self.queue.append(message)
-        task = self.parked
-        if task is not None:
-            self.parked = None
-            reschedule(task)
-
-    def wake(self) -> None:
-        task = self.parked
-        if task is not None:
-            self.parked = None
-            reschedule(task)
-
-    def event_handler(self, message_type: type) -> Callable[..., Awaitable[Any]]:
-        handler = self.events.get(message_type)
-        if handler is None:
-            handler = lookup(self.events, message_type, EVENT, type(self.agent))
-        return handler
-
-    def check_room(self, message: object) -> None:
-        limit = self.limit
-        if len(self.queue) >= limit:
-            if limit == CLOSED:
-                raise AgentStopped(f"{self.name} has ended; {message!r} was not sent")
-            raise MailboxFull(
-                f"{self.name}'s mailbox is full ({self.capacity} messages); "
-                f"{message!r} was not sent (await send_wait() to wait for room)"
-            )
-
-    def send_slow(self, event: object) -> None:
-        """`Address.send` when the fast path does not apply: checks, other threads."""
-        if get_ident() != self.thread_id:
-            trio.from_thread.run_sync(self.send_slow, event, trio_token=self.token)
-            return
-        self.event_handler(type(event))
-        self.check_room(event)
-        self.deliver(event)
-
-    async def put_wait(self) -> bool:
-        """Wait until the mailbox has room; False if it is (or gets) closed."""
-        while True:
-            limit = self.limit
-            if limit == CLOSED:
-                return False
-            if len(self.queue) < limit:
-                return True
-            await self._wait_for_room()
-
-    async def _wait_for_room(self) -> None:
-        task = current_task()
-        waiters = self.room_waiters
-        if waiters is None:
-            waiters = self.room_waiters = deque()
-        waiters.append(task)
-
-        def abort(raise_cancel: Any) -> Abort:
-            with contextlib.suppress(ValueError):  # already woken
-                waiters.remove(task)
-            return Abort.SUCCEEDED
-
-        await wait_task_rescheduled(abort)
-
-    def deliver_response(self, handler: Any, request: object, result: outcome.Outcome[Any]) -> None:
-        # Accepted while the agent drains its mailbox (it still handles what is queued).
-        if self.limit == CLOSED and not self.draining:
-            if isinstance(result, outcome.Error):
-                logger.warning(
-                    "%s has ended; the failed answer to %r was dropped", self.name, request, exc_info=result.error
-                )
-            else:
-                logger.debug("%s has ended; dropped the answer to %r", self.name, request)
-            return
-        self.deliver(Response(handler, request, result))
-
-    def _abort_park(self, raise_cancel: Any) -> Abort:
-        self.parked = None
-        return Abort.SUCCEEDED
-
-    def close(self) -> None:
-        """Close the mailbox: senders get `AgentStopped` from now on; waiters are woken."""
-        self.limit = CLOSED
-        waiters = self.room_waiters
-        while waiters:
-            reschedule(waiters.popleft())
-
-    def unmark(self) -> None:
-        """The interrupt marker left the mailbox: give its room back."""
-        if self.capacity is not None and self.limit != CLOSED:
-            self.limit -= 1
-            waiters = self.room_waiters
-            if waiters and len(self.queue) < self.limit:
-                reschedule(waiters.popleft())
-
-    def discard_queue(self) -> None:
-        """Close and empty the mailbox; queued requests fail with `AgentStopped`."""
-        self.close()
-        queue = self.queue
-        while queue:
-            message = queue.popleft()
-            if type(message) is RequestCall:
-                message._fail_stopped()
-                self.dropped += 1
-            elif message is not INTERRUPT_MARK:
-                self.dropped += 1
+    @property
+    def name(self) -> str:
+        return self.mailbox.name
 
     # -- control from outside ----------------------------------------------
 
     def interrupt(self) -> None:
-        if get_ident() != self.thread_id:
-            trio.from_thread.run_sync(self.interrupt, trio_token=self.token)
-            return
+        """The first interrupt is a message; the next ones cancel the running step."""
         if self.phase == ENDED:
+            if self.mailbox.limit != CLOSED:  # held for a successor: it is interrupted at its start
+                self.mailbox.put_interrupt_mark()
             return
         self.interrupts += 1
         if self.interrupt_event is not None:
             self.interrupt_event.set()
         if self.interrupts == 1:
-            if self.capacity is not None and self.limit != CLOSED:
-                self.limit += 1  # the marker takes no room from senders
-            self.deliver(INTERRUPT_MARK)
+            self.mailbox.put_interrupt_mark()  # past any bound, even while finishing
         elif self.scope is not None:
             self.scope.cancel()
 
     def schedule(self, nxt: Next[Any]) -> None:
+        """``ctx.do_next``: a transition from a handler or `on_interrupt`."""
         if type(nxt) is not Next:
             raise InvalidTransition(f"do_next needs a Next, got {nxt!r}")
         phase = self.phase
@@ -340,9 +206,10 @@ class Runtime:
         if self.next is not None:
             raise LifecycleError(f"a transition is already scheduled: {self.next!r}")
         self.next = nxt
-        self.wake()
+        self.mailbox.wake()
 
     def request_end(self, nxt: Next[Any]) -> None:
+        """``ctx.shutdown()`` / ``ctx.stop()``: end when the current step returns."""
         if self.phase == ENDED:
             return
         current = self.next
@@ -350,14 +217,16 @@ class Runtime:
         # shutdown; nothing overrides a failure (it is never lost).
         if current is None or current._kind not in (STOP, FAIL):
             self.next = nxt
-        self.wake()
+        self.mailbox.wake()
 
-    # -- helpers, timers, streams ------------------------------------------
+    # -- helper tasks ----------------------------------------------------------
 
     def start_helper(self, fn: Callable[[], Awaitable[object]], name: object) -> None:
+        """Run `fn` beside the agent, in its host nursery, until it returns or the agent ends."""
         if self.phase == ENDED:
             raise LifecycleError(f"{self.name} has ended; it cannot start helper tasks")
-        assert self.host is not None
+        if self.host is None:
+            raise LifecycleError(f"{self.name} has not started yet; helper tasks start with it")
         scope = trio.CancelScope()
         helpers = self.helpers
         if helpers is None:
@@ -373,125 +242,47 @@ class Runtime:
 
         self.host.start_soon(helper, name=name)
 
-    def start_timer(self, event: object, delay: float, period: float | None) -> Timer:
-        self.event_handler(type(event))
-        timer = Timer(self, event, delay, period)
-        timer._start()
-        return timer
-
-    def start_stream(self, source: AsyncIterable[Any]) -> Stream:
-        self.event_handler(StreamEnded)
-        stream = Stream(self)
-        self.start_helper(lambda: self._consume(source, stream), name=f"consume {source!r} for {self.name}")
-        return stream
-
-    async def _consume(self, source: AsyncIterable[Any], stream: Stream) -> None:
-        error: Exception | None = None
-        with stream._scope:
-            try:
-                async for item in source:
-                    self.event_handler(type(cast("object", item)))
-                    if not await self.put_wait():
-                        return  # the agent is finishing
-                    self.deliver(item)
-                    stream._items += 1
-            except Exception as exc:
-                error = exc
-            if await self.put_wait():
-                self.deliver(StreamEnded(stream, error))
-            elif error is not None:  # pragma: no cover - the agent ended meanwhile
-                logger.error("%s ended; the error of a consumed stream was dropped", self.name, exc_info=error)
-
     def cancel_helpers(self) -> None:
         if self.helpers:
             for scope in self.helpers:
                 scope.cancel()
 
-    # -- the run loop --------------------------------------------------------
+    # -- monitors ----------------------------------------------------------------
 
-    async def main(self, spawned: bool = False) -> None:
-        """Run the agent to its end, then `on_stop`.
+    def add_monitor(self, notify: Callable[[Runtime], None]) -> None:
+        """Call ``notify(self)`` when the agent has ended (at once if it has)."""
+        if self.phase == ENDED:
+            notify(self)
+            return
+        if self.monitors is None:
+            self.monitors = []
+        self.monitors.append(notify)
 
-        The agent's own failure is recorded (``self.error``), and raised only
-        for a spawned agent (its task's error leaves the nursery, as a trio
-        task's would); cancellation and other BaseExceptions propagate
-        unchanged. One coroutine frame less per spawned agent than a wrapper.
+    def remove_monitor(self, notify: Callable[[Runtime], None]) -> None:
+        monitors = self.monitors
+        if monitors is not None and notify in monitors:
+            monitors.remove(notify)
+
+    # -- the ending --------------------------------------------------------------
+
+    def choose_ending(self, reason: StopReason, output: Any = None) -> None:
+        self.ending = reason
+        self.output = output
+        self.error = reason.error if reason.kind is StopKind.FAILED else None
+
+    def finish(self, reason: StopReason) -> None:
+        """End the agent: the one place where ``phase`` becomes ENDED.
+
+        Its address is given up (name released, mailbox closed) unless it is
+        kept for a successor; joiners, monitors and instruments are told.
         """
-        self.task = current_task()
-        token = current_runtime.set(self)
-        agent = self.agent
-        try:
-            try:
-                with trio.CancelScope() as scope:
-                    self.scope = scope
-                    if self.interrupts > 1:
-                        scope.cancel()
-                    await self._body()
-                if scope.cancelled_caught:
-                    await self._forced_interrupt()
-            except Exception as error:
-                self.discard_queue()
-                self.error = error
-                self.reason = StopReason(StopKind.FAILED, error)
-                self.output = None
-            except BaseException as exc:
-                self.discard_queue()
-                self.cancel_helpers()
-                self.output = None
-                cut_short = CANCELLED_REASON if isinstance(exc, trio.Cancelled) else StopReason(StopKind.FAILED, exc)
-                self.escaped = exc
-                try:
-                    with trio.CancelScope(shield=True):
-                        await agent.on_stop(cut_short)
-                except Exception:
-                    logger.exception("%s.on_stop raised while the agent was being cancelled", self.name)
-                self._ended(cut_short)
-                raise
-            self.discard_queue()
-            final = self.reason
-            assert final is not None
-            reason: StopReason = final
-            # on_stop runs before helper tasks are cancelled, so that it can end
-            # them (or a supervisor's children) gracefully; timers that fire
-            # meanwhile find the mailbox closed and stop.
-            try:
-                await agent.on_stop(reason)
-            except Exception as error:
-                if self.error is not None and error.__context__ is None:
-                    error.__context__ = self.error  # the failure it replaces stays visible
-                self.error = error
-                self.output = None
-                reason = StopReason(StopKind.FAILED, error)
-            except BaseException as exc:
-                self.cancel_helpers()
-                self.escaped = exc
-                self._ended(CANCELLED_REASON if isinstance(exc, trio.Cancelled) else StopReason(StopKind.FAILED, exc))
-                raise
-            self.cancel_helpers()
-            self._ended(reason)
-        finally:
-            current_runtime.reset(token)
-        if spawned and self.error is not None:
-            raise self.error
-
-    def discard(self) -> None:
-        """End an agent that never ran: its address then says it is gone."""
-        if self.phase != STARTING or self.task is not None:
-            raise LifecycleError(f"{self.name} has started; interrupt it instead")
-        self.discard_queue()
-        self._ended(STOPPED_REASON)
-
-    def observe(self, kind: str, detail: object) -> None:
-        assert self.observers is not None
-        for observer in self.observers:
-            observer(kind, detail)
-
-    def _ended(self, reason: StopReason) -> None:
         self.reason = reason
         self.phase = ENDED
-        if self.observers is not None:
-            self.observe("stopped", reason)
-        self.parked = None
+        self.mailbox.parked = None
+        if self.keep_address:
+            self.mailbox.reopen()
+        else:
+            current_names().release(self.mailbox.name)
         if self.ended is not None:
             self.ended.set()
         monitors = self.monitors
@@ -499,58 +290,120 @@ class Runtime:
             self.monitors = None
             for notify in monitors:
                 notify(self)
+        if self.probe.active is not None:
+            self.probe.agent_stopped(self.address, reason)
 
-    def add_monitor(self, notify: Callable[[Runtime], None]) -> None:
-        """Call ``notify(self)`` when the agent ends (at once if it has ended)."""
-        if self.reason is not None:
-            notify(self)
+    def discard(self) -> None:
+        """Give up an agent that never ran, or the address kept for its successor."""
+        if self.phase == ENDED:
+            if self.mailbox.limit == CLOSED:
+                return
+            self.keep_address = False
+            self.mailbox.discard()
+            current_names().release(self.mailbox.name)
             return
-        if self.monitors is None:
-            self.monitors = []
-        self.monitors.append(notify)
+        if self.phase != STARTING or self.task is not None:
+            raise LifecycleError(f"{self.name} has started; interrupt it instead")
+        self.mailbox.discard()
+        self.choose_ending(STOPPED_REASON)
+        self.finish(STOPPED_REASON)
 
-    def watch(self, target: Runtime) -> Monitor:
-        """Deliver `Ended` to this agent when `target` ends."""
-        self.event_handler(Ended)
-        address = target.address
+    # -- the run ---------------------------------------------------------------
 
-        def notify(ended: Runtime) -> None:
-            if self.limit != CLOSED and ended.reason is not None:
-                self.deliver(Ended(address, ended.reason))
+    async def main(self, spawned: bool = False, task_status: TaskStatus | None = None) -> None:
+        """Run the agent to its end, then `on_stop`; `finish` it whatever happens.
 
-        target.add_monitor(notify)
-        return Monitor(target, notify)
+        The agent's own failure is recorded (``self.error``) and raised only
+        for a spawned agent (its task's error leaves the nursery, as a trio
+        task's would). Cancellation and other BaseExceptions propagate
+        unchanged, after the agent has ended (``on_stop`` runs shielded).
+        """
+        self.task = current_task()
+        token = current_runtime.set(self)
+        starter = None if task_status is None else _Starter(task_status, self.address)
+        stop_hook_started = False
+        try:
+            if self.probe.active is not None:
+                self.probe.agent_started(self.address)
+            try:
+                with trio.CancelScope() as scope:
+                    self.scope = scope
+                    if self.interrupts > 1:
+                        scope.cancel()
+                    await self._body(starter)
+                if scope.cancelled_caught:
+                    await self._forced_interrupt()
+            except Exception as error:
+                self.choose_ending(StopReason(StopKind.FAILED, error))
+            self.mailbox.discard()
+            reason = self.ending
+            assert reason is not None
+            # on_stop runs before helper tasks are cancelled, so that it can
+            # end them (or a supervisor's children) gracefully; timers that
+            # fire meanwhile find the mailbox closed and stop.
+            stop_hook_started = True
+            try:
+                await self.ctx.call_on_stop(reason)
+            except Exception as error:
+                if self.error is not None and error.__context__ is None:
+                    error.__context__ = self.error  # the failure it replaces stays visible
+                reason = StopReason(StopKind.FAILED, error)
+                self.choose_ending(reason)
+            self.cancel_helpers()
+            if starter is not None:
+                starter.fire()
+            self.finish(reason)
+        except BaseException as exc:
+            # Cancelled from outside, or a BaseException (KeyboardInterrupt,
+            # SystemExit...) from the agent's code: the agent ends with it.
+            self.escaped = exc
+            cut_short = CANCELLED_REASON if isinstance(exc, trio.Cancelled) else StopReason(StopKind.FAILED, exc)
+            self.choose_ending(cut_short)
+            self.mailbox.discard()
+            self.cancel_helpers()
+            try:
+                if not stop_hook_started:
+                    with trio.CancelScope(shield=True):
+                        await self.ctx.call_on_stop(cut_short)
+            except Exception:
+                logger.exception("%s.on_stop raised while the agent was being %s", self.name, cut_short)
+            finally:
+                if self.phase != ENDED:
+                    self.finish(cut_short)
+            raise
 
-    def remove_monitor(self, notify: Callable[[Runtime], None]) -> None:
-        if self.monitors is not None:
-            with contextlib.suppress(ValueError):
-                self.monitors.remove(notify)
+        finally:
+            current_runtime.reset(token)
+        if spawned and self.error is not None:
+            raise self.error
 
     async def _forced_interrupt(self) -> None:
         """The scope was cancelled by a second interrupt: end as interrupted."""
-        self.discard_queue()
+        self.mailbox.discard()
         self.next = None
         if not self.interrupt_handled:
             self.interrupt_handled = True
             self.phase = HOOK
-            await self.agent.on_interrupt()
+            await self.ctx.call_on_interrupt()
             ignored = self.take_next()
             if ignored is not None:
                 logger.debug("%s: %r from on_interrupt ignored after a forced interrupt", self.name, ignored)
-        self.output = None
-        self.reason = INTERRUPTED_REASON
+        self.choose_ending(INTERRUPTED_REASON)
 
-    async def _body(self) -> None:
+    async def _body(self, starter: _Starter | None) -> None:
         agent = self.agent
         nxt: Next[Any] = agent.begin()
         if type(nxt) is not Next:
             raise InvalidTransition(f"{self.name}.begin() must return a Next, got {nxt!r}")
+        if starter is not None:
+            starter.fire()
         if self.interrupts and nxt._kind <= PERFORM:
             nxt = _INTERRUPT  # interrupted before its first state: never enters it
+        probe = self.probe
         steps = self.steps
         while True:
-            if self.observers is not None:
-                self.observe("transition", nxt)
+            if probe.active is not None:
+                probe.state_entered(self.address, nxt)
             kind = nxt._kind
             if kind <= PERFORM:
                 self.transitions += 1
@@ -581,31 +434,26 @@ class Runtime:
                 nxt = scheduled
                 steps = self.steps
             elif kind == DONE:
-                self.output = nxt._value
-                self.reason = DONE_REASON
+                self.choose_ending(DONE_REASON, nxt._value)
                 self.steps = steps
                 await self._drain()
                 return
             elif kind == STOP:
-                self.output = None
-                self.reason = STOPPED_REASON
+                self.choose_ending(STOPPED_REASON)
                 return
             elif kind == FAIL:
                 raise nxt._value
             else:  # INTERRUPT
                 assert kind == INTERRUPT
-                if INTERRUPT_MARK in self.queue:
-                    self.queue.remove(INTERRUPT_MARK)
-                    self.unmark()
+                self.mailbox.remove_interrupt_mark()
                 scheduled = None
                 if not self.interrupt_handled:  # the hook runs once per agent
                     self.interrupt_handled = True
                     self.phase = HOOK
-                    await agent.on_interrupt()
+                    await self.ctx.call_on_interrupt()
                     scheduled = self.take_next()
                 if scheduled is None:
-                    self.output = None
-                    self.reason = INTERRUPTED_REASON
+                    self.choose_ending(INTERRUPTED_REASON)
                     self.steps = steps
                     await self._drain()
                     return
@@ -625,28 +473,27 @@ class Runtime:
         # (on_interrupt runs), unless the step failed: a failure is never lost.
         return nxt if nxt._kind == FAIL else _INTERRUPT
 
-    async def _drain(self) -> bool:
-        """Finish: close the mailbox, handle what is queued. False if stopped meanwhile."""
+    async def _drain(self) -> None:
+        """Finish: close the mailbox to senders, handle what is queued."""
         self.phase = FINISHING
-        self.close()
-        if self.queue:
-            self.draining = True
+        mailbox = self.mailbox
+        mailbox.close()
+        if mailbox.queue:
+            mailbox.draining = True
             try:
                 pending = await self._loop(True)
             finally:
-                self.draining = False
+                mailbox.draining = False
             if pending is not None:  # ctx.stop() while draining
-                self.output = None
-                self.reason = STOPPED_REASON
-                return False
-        return True
+                self.choose_ending(STOPPED_REASON)
 
     async def _loop(self, draining: bool) -> Next[Any] | None:
         """Handle mailbox messages until a transition is scheduled (or, draining, the queue is empty)."""
-        queue = self.queue
-        popleft = queue.popleft
+        mailbox = self.mailbox
+        queue = mailbox.queue
         agent = self.agent
-        table = self.events
+        table = mailbox.events
+        probe = self.probe
         count = self.steps
         while True:
             nxt = self.next
@@ -657,41 +504,23 @@ class Runtime:
                 self.steps = count
                 return nxt
             if queue:
-                message: object = popleft()
-                waiters = self.room_waiters
+                message: object = queue.popleft()
+                waiters = mailbox.room_waiters
                 if waiters:
                     reschedule(waiters.popleft())
                 self.handled += 1
-                if self.observers is not None:
-                    self.observe("message", message)
-                message_type = type(message)
-                handler = table.get(message_type)
-                if handler is not None:
-                    try:
-                        await handler(agent, message)
-                    except Exception as error:
-                        await agent.on_error(error)
-                elif message_type is RequestCall:
-                    call = cast("RequestCall[Any]", message)
-                    try:
-                        value = await call._handler(agent, call._request)
-                    except Exception as error:
-                        call._complete(outcome.Error(error))
-                    except BaseException:
-                        call._fail_stopped()
-                        raise
+                if probe.active is not None:
+                    await self._handle_timed(message, draining)
+                else:
+                    message_type = type(message)
+                    handler = table.get(message_type)
+                    if handler is not None:
+                        try:
+                            await handler(agent, message)
+                        except Exception as error:
+                            await agent.on_error(error)
                     else:
-                        call._complete(outcome.Value(value))
-                elif message_type is Response:
-                    response = cast("Response", message)
-                    try:
-                        await response.handler(agent, response.request, response.result)
-                    except Exception as error:
-                        await agent.on_error(error)
-                else:  # INTERRUPT_MARK
-                    self.unmark()
-                    if not draining and not self.interrupt_handled:
-                        self.next = _INTERRUPT
+                        await self._handle_other(message, draining)
                 count += 1
                 if count >= FAIRNESS:
                     count = 0
@@ -701,36 +530,91 @@ class Runtime:
                 return None
             else:
                 count = 0
-                self.parked = self.task
+                mailbox.parked = self.task
                 await wait_task_rescheduled(self._abort_park)
+                queue = mailbox.queue  # made by the first message
+
+    def _abort_park(self, raise_cancel: Any) -> trio.lowlevel.Abort:
+        self.mailbox.parked = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def _handle_other(self, message: object, draining: bool) -> None:
+        """A request, an answer, or the interrupt mark."""
+        message_type = type(message)
+        agent = self.agent
+        if message_type is RequestCall:
+            call = cast("RequestCall[Any]", message)
+            try:
+                value = await call._handler(agent, call._request)
+            except Exception as error:
+                call._complete(outcome.Error(error))
+            except BaseException:
+                call._fail_stopped()
+                raise
+            else:
+                call._complete(outcome.Value(value))
+        elif message_type is Response:
+            response = cast("Response", message)
+            try:
+                await response.handler(agent, response.request, response.result)
+            except Exception as error:
+                await agent.on_error(error)
+        else:
+            assert message is INTERRUPT_MARK, f"{message!r} has no handler in {self.name}"
+            self.mailbox.unmark()
+            if not draining and not self.interrupt_handled:
+                self.next = _INTERRUPT
+
+    async def _handle_timed(self, message: object, draining: bool) -> None:
+        """Handle one message and report it to the instruments, with its time."""
+        start = time.perf_counter()
+        handler = self.mailbox.events.get(type(message))
+        if handler is not None:
+            try:
+                await handler(self.agent, message)
+            except Exception as error:
+                await self.agent.on_error(error)
+            reported: object = message
+        else:
+            await self._handle_other(message, draining)
+            if type(message) is RequestCall:
+                reported = cast("RequestCall[Any]", message)._request
+            elif type(message) is Response:
+                reported = cast("Response", message).request
+            else:
+                return  # the interrupt mark: the "interrupt" transition reports it
+        if self.probe.active is not None:
+            self.probe.message_handled(self.address, reported, time.perf_counter() - start)
 
     async def _perform_modified(self, nxt: Next[Any]) -> Next[Any]:
         mods = nxt._mods
         assert mods is not None
-        policy = mods.retry
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                if mods.timeout is None:
-                    return await self._perform_plain(nxt)
-                with trio.fail_after(mods.timeout):
-                    return await self._perform_plain(nxt)
-            except Exception as error:
-                if policy is not None and tries < policy.attempts and policy.retries(error) and not self.interrupts:
-                    delay = policy.delay(tries)
-                    logger.info("%s: state %r failed (%r); retry %d in %.3gs", self.name, nxt, error, tries, delay)
-                    with trio.move_on_after(delay):
-                        await self.wait_interrupted()
-                    if not self.interrupts:
-                        continue
-                    # Interrupted while waiting: no more tries; the error goes on.
-                if mods.fallback is None:
-                    raise
-                chosen: Next[Any] = mods.fallback(error)
-                if type(chosen) is not Next:
-                    raise InvalidTransition(f"the fallback of {nxt!r} must return a Next, got {chosen!r}") from error
-                return chosen
+
+        async def attempt() -> Next[Any]:
+            if mods.timeout is None:
+                return await self._perform_plain(nxt)
+            with trio.fail_after(mods.timeout):
+                return await self._perform_plain(nxt)
+
+        try:
+            return await _retry.retrying(
+                attempt, mods.retry, what=f"{self.name}: state {nxt!r}", logger=logger, wait=self._wait_to_retry
+            )
+        except Exception as error:
+            if mods.fallback is None:
+                raise
+            chosen: Next[Any] = mods.fallback(error)
+            if type(chosen) is not Next:
+                raise InvalidTransition(f"the fallback of {nxt!r} must return a Next, got {chosen!r}") from error
+            return chosen
+
+    async def _wait_to_retry(self, delay: float) -> bool:
+        """Sleep before a retry; False (no more tries) if the agent is or gets interrupted."""
+        if self.interrupts:
+            return False
+        with trio.move_on_after(delay):
+            await self.wait_interrupted()
+        return not self.interrupts
 
     async def _perform_plain(self, nxt: Next[Any]) -> Next[Any]:
         kind = nxt._kind
@@ -773,17 +657,3 @@ class Runtime:
     @property
     def phase_name(self) -> str:
         return PHASE_NAMES[self.phase]
-
-    def statistics(self) -> AgentStatistics:
-        return AgentStatistics(
-            name=self.name,
-            phase=self.phase_name,
-            state=None if self.state is None else repr(self.state),
-            mailbox_depth=sum(1 for m in self.queue if m is not INTERRUPT_MARK),
-            mailbox_capacity=self.capacity,
-            senders_waiting=len(self.room_waiters or ()),
-            messages_handled=self.handled,
-            messages_dropped=self.dropped,
-            transitions=self.transitions,
-            reason=self.reason,
-        )

@@ -1,41 +1,61 @@
 """Supervisors: ordered groups, restart strategies, restart intensity and backoff.
 
-Built only on the public agent API (`AgentRunner`, `Context.start_soon`,
-messages to itself), the way a third party could build its own.
+Built on public names only (`AgentRunner`, `Context`, messages to itself,
+`hybrid.instruments()`), the way a third party could build its own; the
+shared argument checks and backoff are the only private helpers it uses.
 
-How it works: each child runs in a helper task of the supervisor, through an
-`AgentRunner`, so a child's failure comes back as a `StopReason` instead of an
-exception. When a child ends, its helper sends the supervisor a private
-message; the supervisor handles it in order with its other messages, calls
-`on_child_ended`, and applies the child's restart policy and the supervisor's
-strategy. Restarts reuse the child's address, so whoever holds it keeps using
-it.
+The machinery lives in a `_Tracker` owned by the `SupervisorContext`, beside
+the user's subclass (crb's ``SupervisorSession { tracker }``), so a subclass
+overrides `on_interrupt` and `on_stop` freely, without calling ``super()``.
+
+How a child lives:
+
+- ``ctx.spawn`` records a `_Child` (its spec, its address) and queues its
+  first run. One starter task starts queued runs one at a time, in order,
+  each after the previous one's `begin()` has run.
+- Each run is an `AgentRunner` in a helper task. A restartable child's
+  runner keeps its address open when it ends (``keep_address``), so messages
+  sent from then on wait for the next instance.
+- When a run ends, its task records a `_Exit` (child, incarnation, reason)
+  at once, without awaiting, and tells the supervisor. The supervisor's own
+  task processes exits one at a time, in order: `on_child_ended`, then the
+  restart decision. An exit whose incarnation was already replaced is stale:
+  it is reported, never restarted twice.
+- A restart is a `_Plan` (the children the strategy names), carried out by
+  one helper task: stop those still running, wait the backoff, start them
+  again in start order. A later plan takes over children of an earlier one,
+  so overlapping restarts never start a child twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-import math
+import heapq
+import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, cast, overload
+from typing import TYPE_CHECKING, Any, ClassVar, final, overload
 
 import attrs
 import trio
 from typing_extensions import TypeVar
 
+from . import _validate
 from ._address import Address
-from ._agent import Agent, AgentRunner
-from ._context import Context, _threadsafe
-from ._exceptions import AgentStopped, HybridError
+from ._agent import DEFAULT, Agent, AgentRunner
+from ._context import Context
+from ._exceptions import AgentStopped, HybridError, LifecycleError
 from ._handlers import on_event
+from ._instrument import instruments
 from ._next import Next
 from ._retry import Backoff
 from ._stop import StopKind, StopReason
 
 A = TypeVar("A", bound=Agent[Any])
 T_co = TypeVar("T_co", covariant=True, default=None)
+
+logger = logging.getLogger("hybrid.supervisor")
 
 
 class Restart(enum.Enum):
@@ -65,12 +85,12 @@ class RestartIntensityExceeded(HybridError):
 
     The supervisor fails with this error, and its own parent decides what
     happens next (a parent supervisor applies its policy; a nursery raises it).
-    The errors of the failed children in the window are attached as
-    `errors`, and as an `ExceptionGroup` in ``__cause__`` so tracebacks show
-    them all.
+    The errors of the failed children (and failed restarts) in the window are
+    attached as `errors`, and as an `ExceptionGroup` in ``__cause__`` so
+    tracebacks show them all.
 
     Attributes:
-        supervisor: the name of the supervisor class.
+        supervisor: the name of the supervisor.
         restarts: the number of restarts allowed.
         period: the window, in seconds.
         errors: the errors of the children that failed in the window.
@@ -87,30 +107,72 @@ class RestartIntensityExceeded(HybridError):
         self.errors = errors
 
 
-@attrs.define(eq=False)
-class _Child:
-    """A supervised child: its spec, and its current run."""
+class ChildState(enum.Enum):
+    """Where a supervised child is; one field, never several flags (OTP's ``#child.pid``)."""
 
-    factory: Callable[[], Agent[Any]] | None
+    WAITING = "waiting"
+    """Spawned or prepared for a restart; waiting for the starter."""
+    RUNNING = "running"
+    """Its current run has started."""
+    STOPPING = "stopping"
+    """The supervisor interrupted its current run (shutdown, or the restart of another child)."""
+    RESTARTING = "restarting"
+    """Its run ended and a restart is coming: its address waits for the next instance."""
+    GONE = "gone"
+    """Ended for good; no longer tracked."""
+
+
+@attrs.define(eq=False, slots=True)
+class _Child:
+    """One supervised child: its spec, and where its current run is.
+
+    Written only on the trio thread, by the supervisor's task and its helper
+    tasks; ``incarnation`` counts the runs started so far (1 for the first).
+    """
+
+    factory: Callable[[], Agent[Any]] | None  # None: an instance, started once
     group: int
     restart: Restart
     shutdown_timeout: float | None
-    order: int
+    order: int  # spawn order; restarts keep it
     address: Address[Any]
-    runner: AgentRunner[Any] | None = None
-    scope: trio.CancelScope | None = None
-    done: trio.Event = attrs.field(factory=trio.Event)
-    running: bool = False
-    interrupted: bool = False
-    in_restart: bool = False
-    prepared: bool = False
-    restarts: deque[float] = attrs.field(factory=deque[float])
+    runner: AgentRunner[Any]  # the current (or prepared) run
+    state: ChildState = ChildState.WAITING
+    incarnation: int = 0
+    plan: _Plan | None = None  # the restart that owns it now
+    scope: trio.CancelScope | None = None  # the current run's task: cancelled past the shutdown timeout
+    done: trio.Event | None = None  # set when the current run ends (made by whoever waits)
+    restarts: deque[float] | None = None  # its restart times in the window (for the backoff)
+    last_reason: StopReason | None = None  # how its latest run ended
+
+    @property
+    def restartable(self) -> bool:
+        return self.factory is not None and self.restart is not Restart.TEMPORARY
+
+    @property
+    def running(self) -> bool:
+        return self.state in (ChildState.WAITING, ChildState.RUNNING, ChildState.STOPPING)
+
+
+@attrs.define(eq=False, slots=True)
+class _Plan:
+    """One restart: the children it stops and starts again (those whose ``plan`` is still this one)."""
+
+    children: list[_Child]
+    delay: float
 
 
 @attrs.frozen
-class _ChildExited:
+class _Exit:
     child: _Child
+    incarnation: int
     reason: StopReason
+    own: bool  # it ended by itself, not stopped by the supervisor
+
+
+@attrs.frozen
+class _ExitsPending:
+    pass
 
 
 @attrs.frozen
@@ -119,14 +181,416 @@ class _AllStopped:
 
 
 @attrs.frozen
-class _StartFailed:
+class _GiveUp:
     error: Exception
 
 
-class SupervisorContext(Context):
-    """The context of a [`Supervisor`][hybrid.Supervisor]: a `Context` plus `spawn`."""
+@final
+class _Started:
+    """The ``task_status`` of a child's run: tells the starter that its `begin()` has run."""
 
-    __slots__ = ()
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+
+    def started(self, value: object = None) -> None:
+        self.event.set()
+
+
+class _Tracker:
+    """The supervisor's machinery: its children, the starter, restarts, ordered shutdown.
+
+    Owned by the `SupervisorContext`; every method runs on the trio thread,
+    in the supervisor's task or its helper tasks.
+    """
+
+    def __init__(self, ctx: SupervisorContext) -> None:
+        self.ctx = ctx
+        self.supervisor: Supervisor[Any] = ctx.agent  # type: ignore[assignment]
+        self.children: dict[int, _Child] = {}
+        """The children not gone, by spawn order (insertion order is start order)."""
+        self.next_order = 0
+        self.names = 0
+        """Default child names taken so far."""
+        self.to_start: deque[_Child] = deque()
+        """Runs waiting for the starter, in start order."""
+        self.starting = False
+        """The starter task runs."""
+        self.exits: deque[_Exit] = deque()
+        """Runs that ended, waiting to be reported and decided, in order."""
+        self.exits_signalled = False
+        """An `_ExitsPending` message is on its way to the supervisor."""
+        self.restart_times: deque[float] = deque()
+        self.failures: deque[tuple[float, BaseException]] = deque()
+        self.stopping = False
+        """The supervisor is stopping its children: no more restarts."""
+        self.stopping_group: float = float("inf")
+        """The group being stopped now (greater groups are done)."""
+        self.waiting_groups: dict[int, list[_Child]] = {}
+        self.group_heap: list[int] = []
+        """During the shutdown: the groups still to stop (negated, for a max-heap)."""
+        self.current_wait: trio.Nursery | None = None
+        """Where the members of the group being stopped are awaited."""
+        self.stopped: trio.Event | None = None
+        """Set once every child has ended, at the end of the (one) shutdown."""
+
+    # -- spawning and starting ---------------------------------------------------
+
+    def spawn(
+        self,
+        agent: object,
+        *,
+        group: int,
+        restart: Restart | None,
+        shutdown_timeout: object,
+        mailbox_capacity: Any,
+        name: str | None,
+    ) -> Address[Any]:
+        if isinstance(agent, Agent):
+            instance: Agent[Any] = agent  # pyright: ignore[reportUnknownVariableType]
+            if restart not in (None, Restart.TEMPORARY):
+                raise ValueError(
+                    f"{type(instance).__qualname__}: an agent instance runs once; pass a factory "
+                    f"(the class, or functools.partial(Class, arg)) to restart it ({restart})"
+                )
+            factory = None
+            restart = Restart.TEMPORARY
+        elif callable(agent):
+            factory = agent
+            instance = _make(factory)  # pyright: ignore[reportUnknownArgumentType]
+            restart = Restart.PERMANENT if restart is None else restart
+        else:
+            raise TypeError(f"spawn needs an agent instance or a factory of agents, got {agent!r}")
+        if not isinstance(restart, Restart):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"restart must be a hybrid.Restart, got {restart!r}")
+        if isinstance(group, bool) or not isinstance(group, int):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"group must be an int (an IntEnum member, say), got {group!r}")
+        if shutdown_timeout is DEFAULT:
+            timeout = self.supervisor.shutdown_timeout
+        else:
+            timeout = _validate.seconds("shutdown_timeout", shutdown_timeout, optional=True)
+        restartable = factory is not None and restart is not Restart.TEMPORARY
+        runner = AgentRunner(
+            instance,
+            mailbox_capacity=mailbox_capacity,
+            name=self.child_name(instance, name),
+            keep_address=restartable,
+        )
+        child = _Child(
+            factory=factory,  # pyright: ignore[reportUnknownArgumentType]
+            group=int(group),
+            restart=restart,
+            shutdown_timeout=timeout,
+            order=self.next_order,
+            address=runner.address,
+            runner=runner,
+        )
+        self.next_order += 1
+        self.children[child.order] = child
+        if self.stopping and child.group < self.stopping_group:
+            self.wait_for_group(child)  # stopped in its group's turn
+        self.queue_start(child)
+        return child.address
+
+    def child_name(self, instance: Agent[Any], name: str | None) -> str:
+        prefix = self.ctx.address.name
+        if name is not None:
+            return f"{prefix}/{name}"
+        self.names += 1
+        return f"{prefix}/{type(instance).__qualname__}-{self.names}"
+
+    def queue_start(self, child: _Child) -> None:
+        child.state = ChildState.WAITING
+        self.to_start.append(child)
+        if not self.starting:
+            self.starting = True
+            self.ctx.start_soon(self.starter, name=f"starter of {self.ctx.address.name}")
+
+    async def starter(self) -> None:
+        """Start the queued runs one at a time, each once the previous one's begin() has run."""
+        try:
+            while self.to_start:
+                child = self.to_start.popleft()
+                if child.state is ChildState.WAITING:
+                    child.state = ChildState.RUNNING
+                elif child.state is not ChildState.STOPPING:  # stopped before it started: it ends after begin()
+                    continue
+                started = _Started()
+                child.incarnation += 1
+                child.scope = trio.CancelScope()
+                self.ctx.start_soon(
+                    self.run_child, child, child.runner, child.incarnation, started, name=child.address.name
+                )
+                if self.stopping and child.group >= self.stopping_group:
+                    # Spawned into a group whose turn to stop has come: at once.
+                    self.interrupt(child)
+                    if self.current_wait is not None:
+                        self.current_wait.start_soon(self.await_end, child)
+                await started.event.wait()
+        finally:
+            self.starting = False
+
+    async def run_child(self, child: _Child, runner: AgentRunner[Any], incarnation: int, started: _Started) -> None:
+        scope = child.scope
+        assert scope is not None
+        reason: StopReason | None = None
+        try:
+            with scope:
+                try:
+                    reason = await runner.run(task_status=started)
+                except Exception as error:  # the child's helper tasks failed
+                    reason = StopReason(StopKind.FAILED, error)
+        finally:
+            started.started()
+            self.ended(child, incarnation, reason or StopReason(StopKind.CANCELLED))
+        if not self.exits_signalled:
+            self.exits_signalled = True
+            with contextlib.suppress(AgentStopped):  # finishing: its on_stop reports the exits
+                await self.ctx.address.send_wait(_ExitsPending())
+
+    def ended(self, child: _Child, incarnation: int, reason: StopReason) -> None:
+        """A run ended: decide at once, without awaiting, whether its address waits for a successor."""
+        own = child.state is ChildState.RUNNING
+        child.last_reason = reason
+        if reason.failed:
+            logger.error("%s failed: %r", child.address.name, reason.error, exc_info=reason.error)
+        if not child.restartable or self.stopping:
+            keep = False
+        elif own:
+            keep = _should_restart(child.restart, reason)
+        else:
+            keep = child.plan is not None  # stopped by a restart, which starts it again
+        if keep:
+            child.state = ChildState.RESTARTING
+        else:
+            self.give_up(child)
+        self.exits.append(_Exit(child, incarnation, reason, own))
+        done = child.done
+        if done is not None:
+            child.done = None
+            done.set()
+
+    def give_up(self, child: _Child) -> None:
+        """The child is not restarted: its address says it is gone."""
+        child.state = ChildState.GONE
+        child.plan = None
+        child.runner.discard()
+        self.children.pop(child.order, None)
+
+    # -- exits, in the supervisor's own task ---------------------------------------
+
+    async def process_exits(self) -> None:
+        """Report each exit (on_child_ended), then decide its restart; one at a time, in order."""
+        self.exits_signalled = False
+        while self.exits:
+            exit_ = self.exits.popleft()
+            child = exit_.child
+            try:
+                await self.supervisor.on_child_ended(child.address, exit_.reason)
+            except Exception as error:  # the hook's failure must not cancel the restart
+                await self.supervisor.on_error(error)
+            # A stale exit (its run was already replaced), or a child that a
+            # restart of another one stopped: reported, never restarted twice.
+            if not exit_.own or self.stopping or child.incarnation != exit_.incarnation:
+                continue
+            if child.state is ChildState.RESTARTING and child.plan is None:
+                failure = self.count_restart(exit_.reason.error)
+                if failure is not None:
+                    self.fail(failure)
+                    return
+                self.plan_restart(child)
+
+    def fail(self, failure: RestartIntensityExceeded) -> None:
+        self.stopping = True  # no more restarts: the children stop with the supervisor
+        for child in list(self.children.values()):
+            if child.state is ChildState.RESTARTING:
+                self.give_up(child)
+        try:
+            self.ctx.do_next(Next.fail(failure))
+        except LifecycleError:  # it is finishing already: the failure can only be logged
+            logger.error("%s, while finishing", failure, exc_info=failure)
+
+    def count_restart(self, error: BaseException | None) -> RestartIntensityExceeded | None:
+        """Count one restart in the window; the failure to end with if there were too many."""
+        now = trio.current_time()
+        supervisor = self.supervisor
+        window_start = now - supervisor.restart_period
+        self.restart_times.append(now)
+        if error is not None:
+            self.failures.append((now, error))
+        while self.restart_times and self.restart_times[0] < window_start:
+            self.restart_times.popleft()
+        while self.failures and self.failures[0][0] < window_start:
+            self.failures.popleft()
+        limit = supervisor.max_restarts
+        if limit is None or len(self.restart_times) <= limit:
+            return None
+        errors = tuple(error for _, error in self.failures)
+        failure = RestartIntensityExceeded(self.ctx.address.name, limit, supervisor.restart_period, errors)
+        exceptions = [error for error in errors if isinstance(error, Exception)]
+        if exceptions:
+            failure.__cause__ = ExceptionGroup("the child failures in the restart window", exceptions)
+        return failure
+
+    def backoff(self, child: _Child) -> float:
+        """The wait before restarting `child` now, by its restarts in the window."""
+        now = trio.current_time()
+        if child.restarts is None:
+            child.restarts = deque()
+        child.restarts.append(now)
+        window_start = now - self.supervisor.restart_period
+        while child.restarts and child.restarts[0] < window_start:
+            child.restarts.popleft()
+        backoff = self.supervisor.restart_backoff
+        return 0.0 if backoff is None else backoff.delay(len(child.restarts))
+
+    def plan_restart(self, child: _Child) -> None:
+        strategy = self.supervisor.strategy
+        if strategy is Strategy.ONE_FOR_ONE:
+            affected = [child]
+        elif strategy is Strategy.ONE_FOR_ALL:
+            affected = list(self.children.values())
+        else:
+            affected = [other for other in self.children.values() if other.order >= child.order]
+        plan = _Plan(affected, self.backoff(child))
+        for other in affected:
+            other.plan = plan  # a later plan takes over the children of an earlier one
+        self.ctx.start_soon(self.carry_out, plan, name=f"restart of {child.address.name}")
+
+    async def carry_out(self, plan: _Plan) -> None:
+        """Stop the plan's children still running (latest first), wait the backoff, start them in order."""
+        try:
+            for child in sorted(plan.children, key=lambda c: c.order, reverse=True):
+                if child.plan is plan and child.running:
+                    self.interrupt(child)
+                    await self.await_end(child)
+            await trio.sleep(plan.delay)
+            for child in sorted(plan.children, key=lambda c: c.order):
+                if child.plan is not plan or child.state is not ChildState.RESTARTING or self.stopping:
+                    continue
+                if not await self.prepare(child) or child.plan is not plan:
+                    continue
+                child.plan = None
+                previous = child.last_reason
+                assert previous is not None
+                logger.info("restarting %s (its run ended %s)", child.address.name, previous)
+                self.queue_start(child)
+                instruments().child_restarted(self.ctx.address, child.address, previous)
+        finally:
+            # Restarts that will not happen (the supervisor stops, or this
+            # task is cancelled): their addresses must say so.
+            for child in plan.children:
+                if child.plan is plan:
+                    child.plan = None
+                    if child.state is ChildState.RESTARTING:
+                        self.give_up(child)
+
+    async def prepare(self, child: _Child) -> bool:
+        """Make the next instance; a factory that raises is a failed restart, tried again after a backoff."""
+        assert child.factory is not None
+        while not self.stopping:
+            try:
+                instance = _make(child.factory)
+            except Exception as error:
+                logger.error("restarting %s: its factory raised %r", child.address.name, error, exc_info=error)
+                failure = self.count_restart(error)
+                if failure is not None:
+                    self.give_up(child)
+                    await self.ctx.address.send_wait(_GiveUp(failure))
+                    return False
+                await trio.sleep(self.backoff(child))
+                continue
+            child.runner = AgentRunner(instance, address=child.address, keep_address=True)
+            return True
+        return False
+
+    # -- stopping ------------------------------------------------------------------
+
+    def interrupt(self, child: _Child) -> None:
+        """Interrupt the child's run (one that has not started yet ends right after its begin())."""
+        if child.state in (ChildState.RUNNING, ChildState.WAITING):
+            child.state = ChildState.STOPPING
+            child.address.interrupt()
+
+    async def await_end(self, child: _Child) -> None:
+        """Wait until the child's current (or next queued) run ends, within its shutdown timeout."""
+        if not child.running:
+            return
+        if child.done is None:
+            child.done = trio.Event()
+        done = child.done
+        timeout = child.shutdown_timeout
+        if timeout is not None:
+            with trio.move_on_after(timeout):
+                await done.wait()
+                return
+            # Past the timeout: a second interrupt cancels its running step, and
+            # it still ends as interrupted. A child that does not end even then
+            # (stuck in a sync state, say) is cancelled outright after as long again.
+            child.address.interrupt()
+            with trio.move_on_after(timeout):
+                await done.wait()
+                return
+            if child.scope is not None:
+                child.scope.cancel()
+        await done.wait()
+
+    def wait_for_group(self, child: _Child) -> None:
+        members = self.waiting_groups.get(child.group)
+        if members is None:
+            self.waiting_groups[child.group] = [child]
+            heapq.heappush(self.group_heap, -child.group)
+        else:
+            members.append(child)
+
+    async def stop_all(self) -> None:
+        """Stop every child in group order, greatest group first; O(children log groups) overall."""
+        self.stopping = True
+        if self.stopped is not None:  # another task is stopping them: wait for it
+            await self.stopped.wait()
+            return
+        self.stopped = trio.Event()
+        try:
+            for child in list(self.children.values()):
+                if child.state is ChildState.RESTARTING:
+                    self.give_up(child)
+                elif child.running:
+                    self.wait_for_group(child)
+            while self.group_heap:
+                group = -heapq.heappop(self.group_heap)
+                self.stopping_group = min(self.stopping_group, group)
+                async with trio.open_nursery() as nursery:
+                    self.current_wait = nursery
+                    for child in self.waiting_groups.pop(group):
+                        self.interrupt(child)
+                        nursery.start_soon(self.await_end, child)
+                self.current_wait = None
+        finally:
+            self.current_wait = None
+            self.stopped.set()
+
+    async def shutdown_then_finish(self) -> None:
+        await self.stop_all()
+        with contextlib.suppress(AgentStopped):  # it ended meanwhile (stop or failure)
+            await self.ctx.address.send_wait(_AllStopped())
+
+    def running_children(self) -> list[Address[Any]]:
+        return [child.address for child in self.children.values() if child.running]
+
+
+class SupervisorContext(Context):
+    """The context of a [`Supervisor`][hybrid.Supervisor]: a `Context` plus `spawn` and `children`."""
+
+    __slots__ = ("_tracker",)
+
+    @property
+    def _machinery(self) -> _Tracker:
+        try:
+            return self._tracker
+        except AttributeError:
+            self._tracker = _Tracker(self)
+            return self._tracker
 
     @overload
     def spawn(
@@ -135,8 +599,9 @@ class SupervisorContext(Context):
         *,
         group: int = 0,
         restart: Restart | None = None,
-        shutdown_timeout: float | type[Any] | None = ...,
-        mailbox_capacity: int | type[Any] | None = ...,
+        shutdown_timeout: float | None = ...,
+        mailbox_capacity: int | None = ...,
+        name: str | None = None,
     ) -> Address[A]: ...
 
     @overload
@@ -146,30 +611,35 @@ class SupervisorContext(Context):
         *,
         group: int = 0,
         restart: Restart | None = None,
-        shutdown_timeout: float | type[Any] | None = ...,
-        mailbox_capacity: int | type[Any] | None = ...,
+        shutdown_timeout: float | None = ...,
+        mailbox_capacity: int | None = ...,
+        name: str | None = None,
     ) -> Address[A]: ...
 
-    @_threadsafe
     def spawn(
         self,
         agent: A | Callable[[], A],
         *,
         group: int = 0,
         restart: Restart | None = None,
-        shutdown_timeout: float | type[Any] | None = Agent,
-        mailbox_capacity: int | type[Any] | None = Agent,
+        shutdown_timeout: float | None = DEFAULT,
+        mailbox_capacity: int | None = DEFAULT,
+        name: str | None = None,
     ) -> Address[A]:
         """Start a child in `group` and return its address at once.
 
         `agent` is an agent instance (started once: `Restart.TEMPORARY`, the
         default for an instance) or a factory that returns a fresh instance
-        for each start (restartable; `Restart.PERMANENT` by default).
+        for each start (restartable; `Restart.PERMANENT` by default). Use the
+        class itself, or ``functools.partial(Worker, i)`` to pass arguments
+        (a ``lambda: Worker(i)`` in a loop captures ``i`` late: every restart
+        would build the last one).
 
-        A restarted child keeps its address: messages sent to it while it
-        restarts queue for the new instance; messages queued in the instance
-        that ended were handled, or dropped with their senders told, as that
-        ending says (see `Next.stop`).
+        Children start in the order they are spawned, each one's `begin()`
+        having run before the next starts. A restarted child keeps its address
+        and its name: from the moment its run ended, messages sent to it wait
+        for the next instance (or fail with `AgentStopped` if the supervisor
+        gives the child up).
 
         Args:
             agent: an agent instance, or a factory of fresh instances.
@@ -177,25 +647,61 @@ class SupervisorContext(Context):
                 stop first. Use an `enum.IntEnum` to name them.
             restart: when the child is restarted after it ends.
             shutdown_timeout: seconds a child may take to end once
-                interrupted, after which it is cancelled; None waits forever.
-                Default: the supervisor's `shutdown_timeout`.
+                interrupted, after which it is interrupted again, then
+                cancelled; None waits forever. Default: the supervisor's.
             mailbox_capacity: bound the child's mailbox (default: its class's).
+            name: the child's name; its address's name is
+                ``"{supervisor name}/{name}"`` (default name: ``"{ClassName}-{n}"``).
 
         Raises:
-            TypeError: `agent` is neither an agent nor a callable.
-            ValueError: a restart policy other than TEMPORARY for an instance.
+            TypeError: `agent` is neither an agent nor a callable, or the
+                factory returned something that is not an agent.
+            ValueError: a restart policy other than TEMPORARY for an instance,
+                a bad `shutdown_timeout`, or a name in use.
             LifecycleError: the supervisor has ended.
         """
-        supervisor = self._rt.agent
-        assert isinstance(supervisor, Supervisor)
-        address: Address[A] = supervisor._hybrid_spawn(agent, group, restart, shutdown_timeout, mailbox_capacity)
+        if not self.address.is_alive:
+            raise LifecycleError(f"{self.address.name} has ended; it cannot spawn children")
+        address: Address[A] = self._machinery.spawn(
+            agent,
+            group=group,
+            restart=restart,
+            shutdown_timeout=shutdown_timeout,
+            mailbox_capacity=mailbox_capacity,
+            name=name,
+        )
         return address
 
     def children(self) -> list[Address[Any]]:
         """The addresses of the children that are running now, in start order."""
-        supervisor = self._rt.agent
-        assert isinstance(supervisor, Supervisor)
-        return [child.address for child in supervisor._hybrid_children if child.running]
+        return self._machinery.running_children()
+
+    async def call_on_interrupt(self) -> None:
+        """The agent's `on_interrupt`, then the ordered shutdown of the children.
+
+        The supervisor stays in actor mode (handling its messages) until the
+        last child has ended, then finishes as interrupted, unless its
+        `on_interrupt` scheduled another transition.
+        """
+        await super().call_on_interrupt()
+        tracker = self._machinery
+        if not tracker.stopping:
+            tracker.stopping = True
+            self.start_soon(tracker.shutdown_then_finish, name=f"shutdown of {self.address.name}")
+        if self.scheduled is None:
+            self.do_next(Next.events())
+
+    async def call_on_stop(self, reason: StopReason) -> None:
+        """Stop the children that still run, in group order, report their exits, then the agent's `on_stop`.
+
+        When the supervisor is cancelled, its children are cancelled with it
+        (structured concurrency): only the agent's `on_stop` runs.
+        """
+        if reason.kind is not StopKind.CANCELLED:
+            tracker = self._machinery
+            await tracker.stop_all()
+            await tracker.process_exits()
+        await super().call_on_stop(reason)
 
 
 class Supervisor(Agent[T_co]):
@@ -208,29 +714,36 @@ class Supervisor(Agent[T_co]):
     Ordered shutdown: when the supervisor is interrupted, it interrupts its
     children one group at a time, greatest group first, and waits until every
     member of a group has ended before the next; a child that takes longer
-    than its shutdown timeout is cancelled. Children spawned into a group that
-    is already stopping are interrupted at once. The supervisor keeps handling
-    messages meanwhile; its mailbox closes once the last child has ended. When
-    it ends in another way (done, stop, failure), its children are stopped in
-    the same order before `on_stop` returns. When it is cancelled from
-    outside, its children are cancelled with it (structured concurrency).
+    than its shutdown timeout is interrupted again, then cancelled. Children
+    spawned while it stops are interrupted in their group's turn (at once if
+    that turn has come). The supervisor keeps handling messages meanwhile; its
+    mailbox closes once the last child has ended. When it ends in another way
+    (done, stop, failure), its children are stopped in the same order before
+    its `on_stop` runs. When it is cancelled from outside, its children are
+    cancelled with it (structured concurrency). Subclasses override
+    `on_interrupt` and `on_stop` freely: no ``super()`` call is needed.
 
     Restarts: a child ends; `on_child_ended` is called; then, unless the
     supervisor is stopping, the child's `Restart` policy decides whether it is
     restarted, the `strategy` decides which children restart with it, and
-    `restart_backoff` how long to wait first. More than `max_restarts`
-    restarts within `restart_period` seconds fail the supervisor with
+    `restart_backoff` how long to wait first. A factory that raises during a
+    restart is a failed restart: counted, logged, and tried again after the
+    backoff. More than `max_restarts` restarts within `restart_period`
+    seconds fail the supervisor with
     [`RestartIntensityExceeded`][hybrid.RestartIntensityExceeded], and its
-    own parent decides.
+    own parent decides. A failed child is logged at ERROR with its traceback
+    and each restart at INFO, on the ``hybrid.supervisor`` logger.
 
     Attributes:
         strategy: `Strategy.ONE_FOR_ONE` (default), `ONE_FOR_ALL` or `REST_FOR_ONE`.
-        max_restarts: restarts allowed within `restart_period` (default 3).
+        max_restarts: restarts allowed within `restart_period` (default 3);
+            None for no limit.
         restart_period: the intensity window in seconds (default 5).
         restart_backoff: the wait before a restart, by the number of restarts
             of that child in the window (default: none, restart at once).
         shutdown_timeout: default seconds a child may take to end once
-            interrupted before it is cancelled (default 5; None: wait forever).
+            interrupted before it is interrupted again, then cancelled
+            (default 5; None: wait forever).
 
     Example:
         ```python
@@ -244,8 +757,8 @@ class Supervisor(Agent[T_co]):
 
             def begin(self) -> Next[Self]:
                 self.db = self.ctx.spawn(Storage(), group=Group.STORAGE)
-                for _ in range(4):
-                    self.ctx.spawn(lambda: Worker(self.db), group=Group.WORKERS)
+                for i in range(4):
+                    self.ctx.spawn(functools.partial(Worker, self.db, i), group=Group.WORKERS)
                 self.ctx.spawn(Http, group=Group.HTTP)
                 return Next.events()
         ```
@@ -253,7 +766,7 @@ class Supervisor(Agent[T_co]):
 
     context_class: ClassVar[type[Context]] = SupervisorContext
     strategy: ClassVar[Strategy] = Strategy.ONE_FOR_ONE
-    max_restarts: ClassVar[int] = 3
+    max_restarts: ClassVar[int | None] = 3
     restart_period: ClassVar[float] = 5.0
     restart_backoff: ClassVar[Backoff | None] = None
     shutdown_timeout: ClassVar[float | None] = 5.0
@@ -261,292 +774,37 @@ class Supervisor(Agent[T_co]):
     if TYPE_CHECKING:
         ctx: SupervisorContext  # pyright: ignore[reportIncompatibleVariableOverride]
 
-    # The supervisor's own state is created lazily: subclasses define
-    # __init__ freely, without calling super().__init__().
-    _hybrid_state: _State
-
-    @property
-    def _hybrid_children(self) -> list[_Child]:
-        return self._hybrid_sup().children
-
-    def _hybrid_sup(self) -> _State:
-        state = self.__dict__.get("_hybrid_state")
-        if state is None:
-            state = self.__dict__["_hybrid_state"] = _State()
-        return state
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        where = cls.__qualname__
+        if not isinstance(cls.strategy, Strategy):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"{where}.strategy must be a hybrid.Strategy, got {cls.strategy!r}")
+        _validate.count(f"{where}.max_restarts", cls.max_restarts, optional=True)
+        _validate.seconds(f"{where}.restart_period", cls.restart_period, positive=True)
+        _validate.seconds(f"{where}.shutdown_timeout", cls.shutdown_timeout, optional=True)
+        if cls.restart_backoff is not None and not isinstance(cls.restart_backoff, Backoff):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"{where}.restart_backoff must be a hybrid.Backoff or None, got {cls.restart_backoff!r}")
 
     async def on_child_ended(self, address: Address[Any], reason: StopReason) -> None:
         """Called when a child ends, before any restart (crb's ``finished``).
 
-        The default does nothing. It runs as a message handler: an exception
+        The default does nothing. Calls never overlap each other or the
+        supervisor's message handlers, also while it finishes; an exception
         goes to `on_error`.
         """
 
-    async def on_interrupt(self) -> None:
-        """Stop the children in group order, keep handling messages, then finish.
-
-        A subclass that overrides this must call ``await super().on_interrupt()``.
-        """
-        state = self._hybrid_sup()
-        state.stopping = True
-        self.ctx.start_soon(self._hybrid_shutdown_then_finish)
-        self.ctx.do_next(Next.events())
-
-    async def on_stop(self, reason: StopReason) -> None:
-        """Stop the children that still run, in group order (not when cancelled).
-
-        A subclass that overrides this must call ``await super().on_stop(reason)``.
-        """
-        if reason.kind is not StopKind.CANCELLED:
-            await self._hybrid_stop_children()
-
-    # -- children ----------------------------------------------------------
-
-    def _hybrid_spawn(
-        self,
-        agent: object,
-        group: int,
-        restart: Restart | None,
-        shutdown_timeout: float | type[Any] | None,
-        mailbox_capacity: int | type[Any] | None,
-    ) -> Address[Any]:
-        state = self._hybrid_sup()
-        if isinstance(agent, Agent):
-            instance: Agent[Any] = agent  # pyright: ignore[reportUnknownVariableType]
-            if restart not in (None, Restart.TEMPORARY):
-                raise ValueError(
-                    f"{type(instance).__qualname__}: an agent instance runs once; "
-                    f"pass a factory (e.g. the class, or a lambda) to restart it ({restart})"
-                )
-            factory = None
-            first = instance
-            restart = Restart.TEMPORARY
-        elif callable(agent):
-            factory = cast("Callable[[], Agent[Any]]", agent)
-            first = _make(factory)
-            restart = Restart.PERMANENT if restart is None else restart
-        else:
-            raise TypeError(f"spawn needs an agent instance or a factory of agents, got {agent!r}")
-        if not isinstance(group, int):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise TypeError(f"group must be an int (an IntEnum member, say), got {group!r}")
-        timeout = self.shutdown_timeout if shutdown_timeout is Agent else shutdown_timeout
-        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
-            raise ValueError(f"shutdown_timeout must be None or a number of seconds >= 0, got {timeout!r}")
-        runner = AgentRunner(first, mailbox_capacity=mailbox_capacity)
-        child = _Child(
-            factory=factory,
-            group=int(group),
-            restart=restart,
-            shutdown_timeout=timeout,
-            order=state.next_order,
-            address=runner.address,
-        )
-        state.next_order += 1
-        state.children.append(child)
-        self._hybrid_start(child, runner)
-        return child.address
-
-    def _hybrid_start(self, child: _Child, runner: AgentRunner[Any]) -> None:
-        state = self._hybrid_sup()
-        child.runner = runner
-        child.prepared = False
-        child.scope = trio.CancelScope()
-        child.done = trio.Event()
-        child.running = True
-        child.interrupted = False
-        self.ctx.start_soon(self._hybrid_run_child, child, runner, child.scope, name=f"child {runner.address!r}")
-        if state.stopping and child.group >= state.stopping_group:
-            self._hybrid_interrupt(child)
-
-    async def _hybrid_run_child(self, child: _Child, runner: AgentRunner[Any], scope: trio.CancelScope) -> None:
-        reason = None
-        with scope:
-            try:
-                reason = await runner.run()
-            except Exception as error:  # the child's helper tasks failed
-                reason = StopReason(StopKind.FAILED, error)
-        if reason is None:  # cancelled by its shutdown timeout
-            reason = StopReason(StopKind.CANCELLED)
-        child.running = False
-        child.done.set()
-        try:
-            await self.ctx.address.send_wait(_ChildExited(child, reason))
-        except AgentStopped:
-            # The supervisor is finishing: no restarts any more; report directly.
-            await self.on_child_ended(child.address, reason)
-
-    def _hybrid_interrupt(self, child: _Child) -> None:
-        if child.running and not child.interrupted:
-            child.interrupted = True
-            child.address.interrupt()
-
-    async def _hybrid_await_end(self, child: _Child) -> None:
-        timeout = child.shutdown_timeout
-        if timeout is None:
-            await child.done.wait()
-            return
-        with trio.move_on_after(timeout):
-            await child.done.wait()
-            return
-        # Past the timeout: a second interrupt cancels its running step, and it
-        # still ends as interrupted. A child that does not end even then (stuck
-        # in a sync state, say) is cancelled outright after as long again.
-        child.address.interrupt()
-        with trio.move_on_after(timeout):
-            await child.done.wait()
-            return
-        if child.scope is not None:
-            child.scope.cancel()
-        await child.done.wait()
-
-    async def _hybrid_stop(self, children: list[_Child]) -> None:
-        """Interrupt `children` latest-started first, each after the previous ended."""
-        for child in sorted(children, key=lambda c: c.order, reverse=True):
-            self._hybrid_interrupt(child)
-            await self._hybrid_await_end(child)
-
-    async def _hybrid_stop_groups(self) -> None:
-        state = self._hybrid_sup()
-        state.stopping = True
-        if state.stopped is not None:  # another task is stopping them: wait for it
-            await state.stopped.wait()
-            return
-        state.stopped = trio.Event()
-        try:
-            while True:
-                running = [child for child in state.children if child.running]
-                if not running:
-                    break
-                group = max(child.group for child in running)
-                state.stopping_group = min(state.stopping_group, group)
-                members = [child for child in running if child.group == group]
-                for child in members:
-                    self._hybrid_interrupt(child)
-                async with trio.open_nursery() as nursery:
-                    for child in members:
-                        nursery.start_soon(self._hybrid_await_end, child)
-        finally:
-            state.stopped.set()
-
-    async def _hybrid_shutdown_then_finish(self) -> None:
-        await self._hybrid_stop_children()
-        with contextlib.suppress(AgentStopped):  # it ended meanwhile (stop or failure)
-            await self.ctx.address.send_wait(_AllStopped())
+    @on_event
+    async def _hybrid_exits(self, event: _ExitsPending) -> None:
+        await self.ctx._machinery.process_exits()  # noqa: SLF001 - the context owns the tracker
 
     @on_event
     async def _hybrid_all_stopped(self, event: _AllStopped) -> None:
-        self.ctx.do_next(Next.interrupt())  # finishes as interrupted: on_interrupt already ran
+        if self.ctx.scheduled is None:
+            self.ctx.do_next(Next.interrupt())  # finishes as interrupted: on_interrupt already ran
 
     @on_event
-    async def _hybrid_child_exited(self, event: _ChildExited) -> None:
-        child = event.child
-        state = self._hybrid_sup()
-        try:
-            await self.on_child_ended(child.address, event.reason)
-        except Exception as error:  # the hook's failure must not cancel the child's restart
-            await self.on_error(error)
-        if state.stopping or child.in_restart:
-            return
-        if not _should_restart(child.restart, event.reason):
-            state.children.remove(child)
-            return
-        now = trio.current_time()
-        state.restarts.append(now)
-        state.failures.append((now, event.reason.error))
-        window_start = now - self.restart_period
-        while state.restarts and state.restarts[0] < window_start:
-            state.restarts.popleft()
-        while state.failures and state.failures[0][0] < window_start:
-            state.failures.popleft()
-        if len(state.restarts) > self.max_restarts:
-            errors = tuple(error for _, error in state.failures if error is not None)
-            failure = RestartIntensityExceeded(type(self).__qualname__, self.max_restarts, self.restart_period, errors)
-            exceptions = [error for error in errors if isinstance(error, Exception)]
-            if exceptions:
-                failure.__cause__ = ExceptionGroup("the child failures in the restart window", exceptions)
-            self.ctx.do_next(Next.fail(failure))
-            return
-        child.restarts.append(now)
-        while child.restarts and child.restarts[0] < window_start:
-            child.restarts.popleft()
-        delay = 0.0 if self.restart_backoff is None else self.restart_backoff.delay(len(child.restarts))
-        if self.strategy is Strategy.ONE_FOR_ONE:
-            affected = [child]
-        elif self.strategy is Strategy.ONE_FOR_ALL:
-            affected = list(state.children)
-        else:
-            affected = [other for other in state.children if other.order >= child.order]
-        for other in affected:
-            other.in_restart = True
-        # The address reaches the next instance at once: what is sent to it
-        # while the child waits out its backoff is queued for that instance.
-        try:
-            self._hybrid_prepare(child)
-        except Exception as error:  # the factory failed: the supervisor cannot do its job
-            _discard_prepared(affected)
-            self.ctx.do_next(Next.fail(error))
-            return
-        self.ctx.start_soon(self._hybrid_restart, affected, delay)
-
-    def _hybrid_prepare(self, child: _Child) -> None:
-        if child.factory is not None and child.restart is not Restart.TEMPORARY:
-            child.runner = AgentRunner(_make(child.factory), address=child.address)
-            child.prepared = True
-
-    async def _hybrid_restart(self, children: list[_Child], delay: float) -> None:
-        state = self._hybrid_sup()
-        try:
-            await self._hybrid_stop([child for child in children if child.running])
-            try:
-                for child in children:
-                    if not child.prepared:
-                        self._hybrid_prepare(child)
-            except Exception as error:
-                self.ctx.address.send(_StartFailed(error))
-                return
-            await trio.sleep(delay)
-            for child in sorted(children, key=lambda c: c.order):
-                child.in_restart = False
-                if state.stopping:
-                    return
-                if not child.prepared:  # temporary: stopped with the others, not restarted
-                    if child in state.children:
-                        state.children.remove(child)
-                    continue
-                assert child.runner is not None
-                self._hybrid_start(child, child.runner)
-        finally:
-            # Restarts that will not happen (the supervisor stops, fails, or
-            # this task is cancelled): their addresses must say so.
-            _discard_prepared(children)
-
-    async def _hybrid_stop_children(self) -> None:
-        try:
-            await self._hybrid_stop_groups()
-        finally:
-            _discard_prepared(self._hybrid_sup().children)
-
-    @on_event
-    async def _hybrid_start_failed(self, event: _StartFailed) -> None:
+    async def _hybrid_give_up(self, event: _GiveUp) -> None:
         self.ctx.do_next(Next.fail(event.error))
-
-
-@attrs.define
-class _State:
-    children: list[_Child] = attrs.field(factory=list[_Child])
-    next_order: int = 0
-    stopping: bool = False
-    stopping_group: float = math.inf
-    stopped: trio.Event | None = None
-    restarts: deque[float] = attrs.field(factory=deque[float])
-    failures: deque[tuple[float, BaseException | None]] = attrs.field(factory=deque[tuple[float, BaseException | None]])
-
-
-def _discard_prepared(children: list[_Child]) -> None:
-    for child in children:
-        if child.prepared and child.runner is not None:
-            child.prepared = False
-            child.runner.discard()
 
 
 def _should_restart(policy: Restart, reason: StopReason) -> bool:

@@ -506,7 +506,7 @@ async def test_statistics_report_phase_counters_and_reason() -> None:
         address = hybrid.spawn(nursery, Server())
         first = address.statistics()
         assert first.phase == "starting"
-        assert first.name == "Server"
+        assert first.name == "Server-1"
         address.send(Ping())
         await address.request(Echo())
         stats = address.statistics()

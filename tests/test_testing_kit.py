@@ -75,8 +75,8 @@ async def test_recording_an_address_after_spawn_and_its_requests_and_interrupt(
         address.interrupt()
     assert recorder.transitions() == ["do_async", "do_sync", "events", "interrupt"]
     assert recorder.messages() == [Ping(1), Echo(5)]
-    assert [r.kind for r in recorder.records][-3:] == ["interrupt", "transition", "stopped"]
-    assert recorder.records[0].agent == "Machine"
+    assert [r.kind for r in recorder.records][-3:] == ["request", "transition", "stopped"]
+    assert recorder.records[0].agent == "Machine-1"
     with pytest.raises(hybrid.LifecycleError, match="nothing left to record"):
         recorder.watch(address)
     with pytest.raises(TypeError, match="needs an agent or an address"):

@@ -133,7 +133,7 @@ async def test_timer_arguments_are_checked_at_call_time() -> None:
                 self.ctx.send_after(-1, Tick())
             with pytest.raises(ValueError, match="finite number of seconds > 0"):
                 self.ctx.send_every(0, Tick())
-            with pytest.raises(TypeError, match="needs a number of seconds"):
+            with pytest.raises(TypeError, match="must be a finite number of seconds"):
                 self.ctx.send_every("1", Tick())  # type: ignore[arg-type]
             return Next.done()
 

@@ -10,16 +10,13 @@ import trio
 import trio.testing
 from typing_extensions import TypeVarTuple
 
-from .._address import Address, RequestCall
-from .._agent import Agent
-from .._exceptions import LifecycleError
-from .._next import Next
-from .._runtime import INTERRUPT_MARK, Response
+import hybrid
+from hybrid import Address, Agent, Instrument, LifecycleError, Next, Request, StopReason
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-RecordKind = Literal["transition", "message", "request", "response", "interrupt", "stopped"]
+RecordKind = Literal["transition", "message", "request", "stopped"]
 
 
 def run(fn: Callable[[*Ts], Awaitable[T]], *args: *Ts, autojump: float = 0.0) -> T:
@@ -43,11 +40,11 @@ class Record:
 
     Attributes:
         time: `trio.current_time()` when it happened.
-        agent: the agent's class name.
-        kind: ``"transition"`` (detail: the `Next`), ``"message"`` (the event),
-            ``"request"`` (the request), ``"response"`` (the request answered
-            by a forwarded answer), ``"interrupt"`` (None) or ``"stopped"``
-            (the `StopReason`).
+        agent: the agent's name (`Address.name`).
+        kind: ``"transition"`` (detail: the `Next`), ``"message"`` (the
+            event), ``"request"`` (the request, handled by an ``on_request``
+            handler, or whose forwarded answer an ``on_response`` handler
+            took) or ``"stopped"`` (the `StopReason`).
         detail: what the kind says.
     """
 
@@ -58,11 +55,14 @@ class Record:
 
 
 @final
-class Recorder:
+class Recorder(Instrument):
     """Records the transitions, messages and ending of the agents it watches.
 
-    Watch an agent before it runs (or right after `hybrid.spawn`, before the
-    current task yields), then assert on `records` or the helpers.
+    An [`Instrument`][hybrid.Instrument] that keeps only what concerns the
+    agents it was asked to watch: it registers itself for the current trio run
+    at the first `watch`. Watch an agent before it runs (or right after
+    `hybrid.spawn`, before the current task yields), then assert on `records`
+    or the helpers.
 
     Example:
         ```python
@@ -76,6 +76,9 @@ class Recorder:
 
     def __init__(self) -> None:
         self.records: list[Record] = []
+        self._watched: set[Address[Any]] = set()
+        self._pending: list[Agent[Any]] = []  # not started yet: matched by their context at start
+        self._run: trio.lowlevel.TrioToken | None = None  # the trio run it is registered in
 
     def watch(self, target: Agent[Any] | Address[Any]) -> None:
         """Record `target` from now on: an agent not yet started, or an address.
@@ -83,43 +86,49 @@ class Recorder:
         Raises:
             LifecycleError: the agent has already ended.
             TypeError: `target` is neither an agent nor an address.
+            RuntimeError: called outside a trio run.
         """
-        if isinstance(target, Address):
-            rt = target._rt
-            if rt.reason is not None:
-                raise LifecycleError(f"{target!r} has ended; there is nothing left to record")
-            if rt.observers is None:
-                rt.observers = []
-            rt.observers.append(self._observer(rt.name))
-        elif isinstance(target, Agent):  # pyright: ignore[reportUnnecessaryIsInstance]
-            if "ctx" in target.__dict__:
-                self.watch(target.ctx.address)
+        if isinstance(target, Agent):
+            try:
+                address: Address[Any] = target.ctx.address
+            except LifecycleError:  # not started yet
+                self._register()
+                self._pending.append(target)
                 return
-            observers = target.__dict__.setdefault("_hybrid_observers", [])
-            observers.append(self._observer(type(target).__qualname__))
+        elif isinstance(target, Address):  # pyright: ignore[reportUnnecessaryIsInstance]
+            address = target
         else:
             raise TypeError(f"Recorder.watch needs an agent or an address, got {target!r}")
+        if not address.is_alive:
+            raise LifecycleError(f"{address!r} has ended; there is nothing left to record")
+        self._register()
+        self._watched.add(address)
 
-    def _observer(self, name: str) -> Callable[[str, object], None]:
-        def observe(kind: str, detail: object) -> None:
-            record_kind: RecordKind
-            if kind == "message":
-                if isinstance(detail, RequestCall):
-                    call: RequestCall[Any] = detail  # pyright: ignore[reportUnknownVariableType]
-                    record_kind, detail = "request", call._request
-                elif isinstance(detail, Response):
-                    record_kind, detail = "response", detail.request
-                elif detail is INTERRUPT_MARK:
-                    record_kind, detail = "interrupt", None
-                else:
-                    record_kind = "message"
-            elif kind == "transition":
-                record_kind = "transition"
-            else:
-                record_kind = "stopped"
-            self.records.append(Record(trio.current_time(), name, record_kind, detail))
+    def _register(self) -> None:
+        token = trio.lowlevel.current_trio_token()
+        if self._run is not token:  # once per trio run
+            hybrid.add_instrument(self)
+            self._run = token
 
-        return observe
+    def _record(self, address: Address[Any], kind: RecordKind, detail: object) -> None:
+        if address in self._watched:
+            self.records.append(Record(trio.current_time(), address.name, kind, detail))
+
+    def agent_started(self, address: Address[Any]) -> None:
+        for agent in self._pending:
+            if agent.ctx.address is address:
+                self._pending.remove(agent)
+                self._watched.add(address)
+                return
+
+    def state_entered(self, address: Address[Any], next: Next[Any]) -> None:
+        self._record(address, "transition", next)
+
+    def message_handled(self, address: Address[Any], message: object, seconds: float) -> None:
+        self._record(address, "request" if isinstance(message, Request) else "message", message)
+
+    def agent_stopped(self, address: Address[Any], reason: StopReason) -> None:
+        self._record(address, "stopped", reason)
 
     def transitions(self) -> list[str]:
         """The kinds of the transitions taken (``"do_async"``, ``"events"``, ``"done"``...), in order."""
@@ -132,8 +141,8 @@ class Recorder:
         return kinds
 
     def messages(self) -> list[object]:
-        """The events, requests and answered requests handled, in order."""
-        return [r.detail for r in self.records if r.kind in ("message", "request", "response")]
+        """The events and requests handled, in order."""
+        return [r.detail for r in self.records if r.kind in ("message", "request")]
 
     def of(self, kind: RecordKind) -> list[Record]:
         """The records of one kind, in order."""
@@ -148,5 +157,5 @@ async def wait_idle(*addresses: Address[Any]) -> None:
     """
     while True:
         await trio.testing.wait_all_tasks_blocked()
-        if all(not address._rt.queue for address in addresses):
+        if all(address.statistics().mailbox_depth == 0 for address in addresses):
             return

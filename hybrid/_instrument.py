@@ -1,0 +1,168 @@
+"""Instruments: hooks that watch every agent of a trio run (metrics, tracing, tests).
+
+The registry is per trio run (a `trio.lowlevel.RunVar`). The runtime reads it
+through one `Instruments` object per run, fetched once per agent, and pays one
+``None`` check per message and per transition while no instrument is
+registered.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, final
+
+from trio.lowlevel import RunVar
+
+if TYPE_CHECKING:
+    from ._address import Address
+    from ._next import Next
+    from ._stop import StopReason
+
+logger = logging.getLogger("hybrid.instrument")
+
+
+class Instrument:
+    """Base class of instruments: every hook does nothing; override what you need.
+
+    Register one with [`hybrid.add_instrument`][hybrid.add_instrument] for the
+    current trio run. Hooks are called on the trio thread, synchronously, in
+    the agent's own task: keep them short and never block. An instrument whose
+    hook raises is removed and the error logged at ERROR on
+    ``hybrid.instrument``; the agents go on.
+
+    Example:
+        ```python
+        class CountMessages(hybrid.Instrument):
+            def __init__(self) -> None:
+                self.by_type: collections.Counter[str] = collections.Counter()
+
+            def message_handled(self, address: hybrid.Address[Any], message: object, seconds: float) -> None:
+                self.by_type[type(message).__name__] += 1
+
+        counter = CountMessages()
+        hybrid.add_instrument(counter)
+        ```
+    """
+
+    def agent_started(self, address: Address[Any]) -> None:
+        """An agent is about to run its `begin()`."""
+
+    def agent_stopped(self, address: Address[Any], reason: StopReason) -> None:
+        """An agent has ended (after its `on_stop`), with its final reason."""
+
+    def state_entered(self, address: Address[Any], next: Next[Any]) -> None:
+        """An agent takes a transition: a state, actor mode, or the transition that ends it.
+
+        ``next.is_state`` tells states apart; ``next.kind`` names the transition.
+        """
+
+    def message_handled(self, address: Address[Any], message: object, seconds: float) -> None:
+        """An agent's event, request or response handler returned (or raised).
+
+        `message` is the event, the request (``on_request``), or the request
+        whose forwarded answer was handled (``on_response``). `seconds` is the
+        wall-clock time the handler took.
+        """
+
+    def child_restarted(self, supervisor: Address[Any], child: Address[Any], reason: StopReason) -> None:
+        """A supervisor restarts a child; `reason` is how the run that ended ended."""
+
+
+@final
+class Instruments(Instrument):
+    """The instruments of one trio run, called as one: what the runtime holds.
+
+    `active` is None while none is registered (the hot paths test only that);
+    otherwise a tuple, replaced (never mutated) when the set changes, so that
+    a hook that removes instruments cannot disturb the loop calling them.
+    """
+
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active: tuple[Instrument, ...] | None = None
+
+    def add(self, instrument: Instrument) -> None:
+        if not isinstance(instrument, Instrument):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"add_instrument needs a hybrid.Instrument, got {instrument!r}")
+        current = self.active or ()
+        if instrument in current:
+            raise ValueError(f"{instrument!r} is already registered")
+        self.active = (*current, instrument)
+
+    def remove(self, instrument: Instrument) -> None:
+        current = self.active or ()
+        if instrument not in current:
+            raise ValueError(f"{instrument!r} is not registered")
+        rest = tuple(each for each in current if each is not instrument)
+        self.active = rest or None
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for instrument in self.active or ():
+            try:
+                getattr(instrument, hook)(*args)
+            except Exception:
+                logger.exception("instrument %r raised in %s; it is removed", instrument, hook)
+                if self.active is not None and instrument in self.active:
+                    self.remove(instrument)
+
+    def agent_started(self, address: Address[Any]) -> None:
+        self._call("agent_started", address)
+
+    def agent_stopped(self, address: Address[Any], reason: StopReason) -> None:
+        self._call("agent_stopped", address, reason)
+
+    def state_entered(self, address: Address[Any], next: Next[Any]) -> None:
+        self._call("state_entered", address, next)
+
+    def message_handled(self, address: Address[Any], message: object, seconds: float) -> None:
+        self._call("message_handled", address, message, seconds)
+
+    def child_restarted(self, supervisor: Address[Any], child: Address[Any], reason: StopReason) -> None:
+        self._call("child_restarted", supervisor, child, reason)
+
+
+_INSTRUMENTS: RunVar[Instruments] = RunVar("hybrid_instruments")
+
+
+def instruments() -> Instrument:
+    """The instruments of the current trio run, as one `Instrument` that calls them all.
+
+    For code that builds its own agent machinery (a supervisor of its own,
+    say) and reports through the same hooks, isolated as the runtime does:
+    an instrument that raises is removed and logged.
+
+    Raises:
+        RuntimeError: called outside a trio run.
+    """
+    return current_instruments()
+
+
+def current_instruments() -> Instruments:
+    try:
+        return _INSTRUMENTS.get()
+    except LookupError:
+        registry = Instruments()
+        _INSTRUMENTS.set(registry)
+        return registry
+
+
+def add_instrument(instrument: Instrument) -> None:
+    """Register `instrument` for the current trio run; every agent of the run reports to it.
+
+    Raises:
+        TypeError: `instrument` is not a `hybrid.Instrument`.
+        ValueError: it is already registered.
+        RuntimeError: called outside a trio run.
+    """
+    current_instruments().add(instrument)
+
+
+def remove_instrument(instrument: Instrument) -> None:
+    """Unregister `instrument` from the current trio run.
+
+    Raises:
+        ValueError: it is not registered.
+        RuntimeError: called outside a trio run.
+    """
+    current_instruments().remove(instrument)

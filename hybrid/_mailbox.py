@@ -1,0 +1,418 @@
+"""The mailbox of one address: its queue, bound, closing, parked reader and waiting senders.
+
+Every kind of message a mailbox carries is here too (kameo's ``mailbox.rs``):
+
+- an event: any object, queued as it is;
+- a `RequestCall`: a request with the way back to its caller;
+- a `Response`: the answer to a forwarded request, on its way to an
+  ``on_response`` handler;
+- `INTERRUPT_MARK`: the first `interrupt()`, in order with the others. It
+  takes no room from senders: the bound is raised by one while it is queued.
+
+The mailbox belongs to the address, not to one run of the agent: a supervisor
+restarting a child hands the same mailbox to the next instance, so messages
+sent between two runs wait for the next one instead of being refused.
+
+Protocol with the reader (the run loop, `_runtime.py`): the reader pops from
+`queue`; when it is empty, it stores its task in `parked` and parks with
+`trio.lowlevel.wait_task_rescheduled`; `put` reschedules a parked reader.
+Senders waiting for room park in `room_waiters`; the reader wakes one per
+message it takes, `close` wakes them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator
+from threading import get_ident
+from typing import TYPE_CHECKING, Any, Final, Generic, final
+
+import outcome
+import trio
+from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
+from typing_extensions import TypeVar
+
+from ._exceptions import AgentStopped, LifecycleError, MailboxFull, UnhandledMessage
+from ._handlers import EVENT, RESPONSE, Table, lookup
+from ._thread import Home, at_home, check_awaited_at_home
+
+if TYPE_CHECKING:
+    from ._request import Request
+
+logger = logging.getLogger("hybrid.agent")
+
+R = TypeVar("R")
+
+UNBOUNDED: Final = sys.maxsize
+"""`Mailbox.limit` of an unbounded mailbox."""
+CLOSED: Final = -1
+"""`Mailbox.limit` of a closed mailbox: no queue length is below it."""
+
+
+@final
+class _InterruptMark:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<interrupt>"
+
+
+INTERRUPT_MARK: Final = _InterruptMark()
+"""The first `interrupt()` of an agent, queued in order with its messages."""
+
+
+@final
+class Response:
+    """The answer to a forwarded request, on its way to an ``on_response`` handler."""
+
+    __slots__ = ("handler", "request", "result")
+
+    def __init__(self, handler: Callable[..., Awaitable[Any]], request: object, result: outcome.Outcome[Any]) -> None:
+        self.handler = handler
+        self.request = request
+        self.result = result
+
+
+@final
+class Mailbox:
+    """The queue of one address; see the module docstring for the protocol.
+
+    Every field is read and written on the home trio thread only (the thread
+    hop in `_thread.py` brings other threads' calls there).
+    """
+
+    __slots__ = (
+        "agent_type",
+        "capacity",
+        "draining",
+        "dropped",
+        "events",
+        "home",
+        "limit",
+        "name",
+        "parked",
+        "queue",
+        "requests",
+        "responses",
+        "room_waiters",
+    )
+
+    def __init__(self, name: str, agent_type: type, capacity: int | None, tables: tuple[Table, Table, Table]) -> None:
+        self.name = name
+        """The address's name: unique among the live agents of the run, kept across restarts."""
+        self.agent_type = agent_type
+        """The class of the agent that reads this mailbox now (for error messages)."""
+        self.events, self.requests, self.responses = tables
+        """The reader's handler tables (class-wide dicts): senders check message types against them."""
+        self.capacity = capacity
+        """The bound given by the user (None: unbounded)."""
+        self.limit: int = UNBOUNDED if capacity is None else capacity
+        """A message fits while ``len(queue) < limit``: the capacity (+1 while the
+        interrupt mark is queued), `UNBOUNDED`, or `CLOSED` once closed."""
+        self.queue: deque[Any] | None = None
+        """The messages, oldest first; None until the first one (an idle agent
+        costs no deque)."""
+        self.parked: Task | None = None
+        """The reader's task while it waits for a message, else None."""
+        self.room_waiters: deque[Task] | None = None
+        """Senders waiting for room in a full bounded mailbox (made when one first waits)."""
+        self.draining = False
+        """Closed to senders, but answers to forwarded requests are still taken:
+        the agent is handling what it had queued before it ends."""
+        self.dropped = 0
+        """Messages discarded unhandled (their senders were told, or the ending said so)."""
+        self.home = Home()
+
+    # -- putting ----------------------------------------------------------
+
+    def put(self, message: object) -> None:
+        """Queue `message` past any bound and wake the reader (trio thread only)."""
+        queue = self.queue
+        if queue is None:
+            queue = self.queue = deque()
+        queue.append(message)
+        task = self.parked
+        if task is not None:
+            self.parked = None
+            reschedule(task)
+
+    def wake(self) -> None:
+        """Wake the parked reader without a message (a transition was scheduled)."""
+        task = self.parked
+        if task is not None:
+            self.parked = None
+            reschedule(task)
+
+    def event_handler(self, message_type: type) -> Callable[..., Awaitable[Any]]:
+        """The reader's event handler for `message_type`.
+
+        Raises:
+            UnhandledMessage: it has none.
+        """
+        handler = self.events.get(message_type)
+        if handler is None:
+            handler = lookup(self.events, message_type, EVENT, self.agent_type)
+        return handler
+
+    def has_room(self) -> bool:
+        queue = self.queue
+        return (0 if queue is None else len(queue)) < self.limit
+
+    def check_room(self, message: object) -> None:
+        """Raise unless one more message fits.
+
+        Raises:
+            AgentStopped: the mailbox is closed.
+            MailboxFull: the bounded mailbox is full.
+        """
+        if not self.has_room():
+            if self.limit == CLOSED:
+                raise AgentStopped(f"{self.name} has ended; {message!r} was not sent")
+            raise MailboxFull(
+                f"{self.name}'s mailbox is full ({self.capacity} messages); "
+                f"{message!r} was not sent (await send_wait() to wait for room)"
+            )
+
+    def send(self, event: object) -> None:
+        """`Address.send` when its fast path does not apply: checks, first message, other threads."""
+        if get_ident() != self.home.thread_id:
+            at_home(self.home, self.send, event)
+            return
+        self.event_handler(type(event))
+        self.check_room(event)
+        self.put(event)
+
+    async def put_wait(self) -> bool:
+        """Wait until one more message fits; False if the mailbox is (or gets) closed."""
+        while True:
+            limit = self.limit
+            if limit == CLOSED:
+                return False
+            queue = self.queue
+            if queue is None or len(queue) < limit:
+                return True
+            task = current_task()
+            waiters = self.room_waiters
+            if waiters is None:
+                waiters = self.room_waiters = deque()
+            waiters.append(task)
+
+            def abort(raise_cancel: Any, task: Task = task, waiters: deque[Task] = waiters) -> Abort:
+                with contextlib.suppress(ValueError):  # already woken
+                    waiters.remove(task)
+                return Abort.SUCCEEDED
+
+            await wait_task_rescheduled(abort)
+
+    def put_response(
+        self, handler: Callable[..., Awaitable[Any]], request: object, result: outcome.Outcome[Any]
+    ) -> None:
+        """Queue the answer to a forwarded request; dropped (and logged) if the mailbox closed for good."""
+        if self.limit == CLOSED and not self.draining:
+            if isinstance(result, outcome.Error):
+                logger.warning(
+                    "%s has ended; the failed answer to %r was dropped", self.name, request, exc_info=result.error
+                )
+            else:
+                logger.debug("%s has ended; dropped the answer to %r", self.name, request)
+            return
+        self.put(Response(handler, request, result))
+
+    # -- the interrupt mark -------------------------------------------------
+
+    def put_interrupt_mark(self) -> None:
+        if self.capacity is not None and self.limit != CLOSED:
+            self.limit += 1  # the mark takes no room from senders
+        self.put(INTERRUPT_MARK)
+
+    def unmark(self) -> None:
+        """The interrupt mark left the queue: give its room back."""
+        if self.capacity is not None and self.limit != CLOSED:
+            self.limit -= 1
+            waiters = self.room_waiters
+            if waiters and self.has_room():
+                reschedule(waiters.popleft())
+
+    def remove_interrupt_mark(self) -> None:
+        queue = self.queue
+        if queue and INTERRUPT_MARK in queue:
+            queue.remove(INTERRUPT_MARK)
+            self.unmark()
+
+    # -- closing and reuse ----------------------------------------------------
+
+    def close(self) -> None:
+        """Refuse new messages from now on; wake the senders waiting for room."""
+        self.limit = CLOSED
+        waiters = self.room_waiters
+        while waiters:
+            reschedule(waiters.popleft())
+
+    def discard(self) -> None:
+        """Close and empty the mailbox: queued requests fail with `AgentStopped`."""
+        self.close()
+        queue = self.queue
+        while queue:
+            message = queue.popleft()
+            if type(message) is RequestCall:
+                message._fail_stopped()  # noqa: SLF001 - the envelope kinds live in this module
+                self.dropped += 1
+            elif message is not INTERRUPT_MARK:
+                self.dropped += 1
+
+    def reopen(self) -> None:
+        """Take messages again (a successor will read them): the address stays reachable."""
+        self.draining = False
+        self.limit = UNBOUNDED if self.capacity is None else self.capacity
+
+    def hand_over(self, agent_type: type, tables: tuple[Table, Table, Table]) -> int:
+        """A new agent reads this mailbox from now on; return the interrupts queued for it.
+
+        Queued messages that the new agent's class does not handle are refused
+        now, their senders told where they can be (requests fail).
+        """
+        self.agent_type = agent_type
+        self.events, self.requests, self.responses = tables
+        queue = self.queue
+        marks = 0
+        if queue:
+            kept: deque[Any] = deque()
+            for message in queue:
+                if message is INTERRUPT_MARK:
+                    marks += 1
+                    self.unmark()
+                    continue
+                kind = type(message)
+                try:
+                    if kind is RequestCall:
+                        lookup(self.requests, type(message._request), "request", agent_type)  # noqa: SLF001
+                    elif kind is not Response:
+                        self.event_handler(kind)
+                except UnhandledMessage as error:
+                    self.dropped += 1
+                    if kind is RequestCall:
+                        message._complete(outcome.Error(error))  # noqa: SLF001
+                    else:
+                        logger.warning("%s: the restarted agent does not handle %r; dropped", self.name, message)
+                    continue
+                kept.append(message)
+            self.queue = kept
+        return marks
+
+    def depth(self) -> int:
+        """Messages queued now (the interrupt mark is not one)."""
+        queue = self.queue
+        if not queue:
+            return 0
+        return len(queue) - (INTERRUPT_MARK in queue)
+
+
+_NEW, _QUEUED, _USED = 0, 1, 2
+
+
+@final
+class RequestCall(Generic[R]):
+    """A request on its way: await it for the answer, or forward the answer.
+
+    Returned by [`Address.request`][hybrid.Address.request]; use it exactly once:
+
+    - ``await call`` sends the request and waits for the answer; the handler's
+      exception is re-raised here, and `AgentStopped` is raised if the agent
+      ends before answering. Cancel the wait with trio:
+      ``with trio.fail_after(1): await call``. An answer that arrives after the
+      caller gave up is dropped. A caller already cancelled sends nothing.
+    - ``call.forward_to(self.ctx)`` sends it now; the answer arrives later at
+      the caller's `@hybrid.on_response` handler for this request type.
+    """
+
+    __slots__ = ("_handler", "_mailbox", "_reply_to", "_request", "_response_handler", "_state", "_task")
+
+    _mailbox: Mailbox
+    _request: Request[R]
+    _handler: Callable[..., Awaitable[Any]]
+    _state: int
+    _task: Task | None
+    _reply_to: Mailbox | None
+    _response_handler: Callable[..., Awaitable[Any]] | None
+
+    def __init__(self) -> None:
+        raise TypeError("RequestCall has no public constructor: use Address.request(...)")
+
+    @classmethod
+    def _make(cls, mailbox: Mailbox, request: Request[R], handler: Callable[..., Awaitable[Any]]) -> RequestCall[R]:
+        call = object.__new__(cls)
+        call._mailbox = mailbox
+        call._request = request
+        call._handler = handler
+        call._state = _NEW
+        call._task = None
+        call._reply_to = None
+        call._response_handler = None
+        return call
+
+    def __await__(self) -> Generator[Any, Any, R]:
+        mailbox = self._mailbox
+        check_awaited_at_home(mailbox.home, f"request {self._request!r}")
+        if self._state != _NEW:
+            raise LifecycleError("a request can be awaited or forwarded only once")
+        self._state = _QUEUED
+        # A caller that is already cancelled sends nothing.
+        yield from trio.lowlevel.checkpoint_if_cancelled().__await__()  # noqa: ASYNC105
+        # A closed or full bounded mailbox: wait for room (or learn it is closed).
+        if not mailbox.has_room() and not (yield from mailbox.put_wait().__await__()):
+            raise AgentStopped(f"{mailbox.name} has ended; request {self._request!r} was not sent")
+        self._task = current_task()
+        mailbox.put(self)
+        result: R = yield from wait_task_rescheduled(self._abandon).__await__()  # noqa: ASYNC105
+        return result
+
+    def _abandon(self, raise_cancel: Any) -> Abort:
+        # The caller gave up (timeout, cancellation): the answer will be dropped.
+        self._task = None
+        return Abort.SUCCEEDED
+
+    def forward_to(self, ctx: Any) -> None:
+        """Send the request now; deliver the answer to `ctx`'s agent later.
+
+        The answer arrives as a message, in order with the others, at the
+        ``@hybrid.on_response`` handler of `ctx`'s agent for this request type,
+        as an `outcome.Outcome`: `outcome.Error` if the server raised or ended
+        before answering.
+
+        Args:
+            ctx: the forwarding agent's `hybrid.Context` (``self.ctx``).
+
+        Raises:
+            UnhandledMessage: `ctx`'s agent has no `on_response` handler for
+                this request type.
+            AgentStopped: the server has ended.
+            MailboxFull: the server's bounded mailbox is full.
+            LifecycleError: the request was already awaited or forwarded.
+        """
+        client: Mailbox = ctx.address._mailbox  # noqa: SLF001 - the client's mailbox takes the answer
+        at_home(client.home, self._forward, client)
+
+    def _forward(self, client: Mailbox) -> None:
+        if self._state != _NEW:
+            raise LifecycleError("a request can be awaited or forwarded only once")
+        self._response_handler = lookup(client.responses, type(self._request), RESPONSE, client.agent_type)
+        self._mailbox.check_room(self._request)
+        self._state = _QUEUED
+        self._reply_to = client
+        self._mailbox.put(self)
+
+    def _complete(self, result: outcome.Outcome[Any]) -> None:
+        self._state = _USED
+        task = self._task
+        if task is not None:
+            self._task = None
+            reschedule(task, result)
+        elif self._reply_to is not None:
+            assert self._response_handler is not None
+            self._reply_to.put_response(self._response_handler, self._request, result)
+
+    def _fail_stopped(self) -> None:
+        self._complete(outcome.Error(AgentStopped(f"{self._mailbox.name} ended before answering {self._request!r}")))

@@ -1,0 +1,55 @@
+"""Agent names: unique among the agents alive in one trio run."""
+
+from __future__ import annotations
+
+from typing import final
+
+from trio.lowlevel import RunVar
+
+
+@final
+class Names:
+    """The names in use in one trio run, and a counter per class for default names.
+
+    Only the runtime writes it, on the trio thread: a name is claimed when an
+    agent's address is made and released when the address is given up (when
+    its agent ended and no successor will take it over).
+    """
+
+    __slots__ = ("counters", "used")
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+        self.counters: dict[str, int] = {}
+
+    def claim(self, name: str | None, class_name: str) -> str:
+        if name is None:
+            n = self.counters.get(class_name, 0)
+            while True:
+                n += 1
+                name = f"{class_name}-{n}"
+                if name not in self.used:
+                    break
+            self.counters[class_name] = n
+        else:
+            if not isinstance(name, str) or not name:  # pyright: ignore[reportUnnecessaryIsInstance]
+                raise TypeError(f"an agent name must be a non-empty str, got {name!r}")
+            if name in self.used:
+                raise ValueError(f"the agent name {name!r} is in use by an agent alive in this trio run")
+        self.used.add(name)
+        return name
+
+    def release(self, name: str) -> None:
+        self.used.discard(name)
+
+
+_NAMES: RunVar[Names] = RunVar("hybrid_names")
+
+
+def current_names() -> Names:
+    try:
+        return _NAMES.get()
+    except LookupError:
+        names = Names()
+        _NAMES.set(names)
+        return names

@@ -1,0 +1,97 @@
+"""Argument checks shared by every public entry point, so that edge cases agree.
+
+One rule for numbers everywhere: a bool is not a number (``TypeError``); NaN is
+never accepted; infinity only where the caller says it means "no limit"; a
+value out of range is a ``ValueError`` that names the argument and the bound.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, overload
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@overload
+def count(what: str, value: object, *, minimum: int = ..., optional: Literal[False] = ...) -> int: ...
+@overload
+def count(what: str, value: object, *, minimum: int = ..., optional: Literal[True]) -> int | None: ...
+def count(what: str, value: object, *, minimum: int = 0, optional: bool = False) -> int | None:
+    """An int >= `minimum` (None too, when `optional`: "no limit").
+
+    Raises:
+        TypeError: `value` is not an int (bools are not counts).
+        ValueError: `value` is smaller than `minimum`.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        none = "None or " if optional else ""
+        raise TypeError(f"{what} must be {none}an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        none = "None or " if optional else ""
+        raise ValueError(f"{what} must be {none}an int >= {minimum}, got {value!r}")
+    return value
+
+
+@overload
+def seconds(
+    what: str, value: object, *, positive: bool = ..., infinite: bool = ..., optional: Literal[False] = ...
+) -> float: ...
+@overload
+def seconds(
+    what: str, value: object, *, positive: bool = ..., infinite: bool = ..., optional: Literal[True]
+) -> float | None: ...
+def seconds(
+    what: str, value: object, *, positive: bool = False, infinite: bool = False, optional: bool = False
+) -> float | None:
+    """A number of seconds: finite (or ``inf`` when `infinite`), >= 0 (> 0 when `positive`).
+
+    Raises:
+        TypeError: `value` is not an int or a float.
+        ValueError: NaN, negative, zero when `positive`, or infinite when not allowed.
+    """
+    if value is None and optional:
+        return None
+    bound = "> 0" if positive else ">= 0"
+    kind = "a number of seconds" if infinite else "a finite number of seconds"
+    none = "None or " if optional else ""
+    if not _is_number(value):
+        raise TypeError(f"{what} must be {none}{kind} {bound}, got {value!r}")
+    number = float(value)  # type: ignore[arg-type]
+    if math.isnan(number) or number < 0 or (positive and number == 0) or (math.isinf(number) and not infinite):
+        raise ValueError(f"{what} must be {none}{kind} {bound}, got {value!r}")
+    return number
+
+
+def fraction(what: str, value: object) -> float:
+    """A number between 0 and 1 inclusive.
+
+    Raises:
+        TypeError: `value` is not an int or a float.
+        ValueError: outside [0, 1] (or NaN).
+    """
+    if not _is_number(value):
+        raise TypeError(f"{what} must be a number between 0 and 1, got {value!r}")
+    number = float(value)  # type: ignore[arg-type]
+    if not 0 <= number <= 1:
+        raise ValueError(f"{what} must be a number between 0 and 1, got {value!r}")
+    return number
+
+
+def factor(what: str, value: object) -> float:
+    """A finite number >= 1 (a growth factor).
+
+    Raises:
+        TypeError: `value` is not an int or a float.
+        ValueError: smaller than 1, infinite or NaN.
+    """
+    if not _is_number(value):
+        raise TypeError(f"{what} must be a finite number >= 1, got {value!r}")
+    number = float(value)  # type: ignore[arg-type]
+    if not (number >= 1 and math.isfinite(number)):
+        raise ValueError(f"{what} must be a finite number >= 1, got {value!r}")
+    return number
