@@ -171,7 +171,7 @@ class Address(Generic[A_co]):
         handler = mailbox.requests.get(type(request))
         if handler is None:
             handler = lookup(mailbox.requests, type(request), REQUEST, mailbox.agent_type)
-        return RequestCall._make(mailbox, request, handler)
+        return RequestCall[R]._make(mailbox, request, handler)
 
     def interrupt(self) -> None:
         """Ask the agent to end gracefully.

@@ -17,7 +17,7 @@ from ._handlers import Table, build_tables, defining_namespace
 from ._mailbox import Mailbox
 from ._next import Next
 from ._registry import current_names
-from ._runtime import ENDED, STARTING, Runtime, TaskStatus, current_runtime
+from ._runtime import ENDED, STARTING, Runtime, current_runtime
 from ._stop import StopReason
 
 T_co = TypeVar("T_co", covariant=True, default=None)
@@ -288,7 +288,7 @@ class AgentRunner(Generic[A]):
         """
         self._rt.discard()
 
-    async def run(self, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED) -> StopReason:
+    async def run(self, *, task_status: trio.TaskStatus[Address[A]] = trio.TASK_STATUS_IGNORED) -> StopReason:
         """Run the agent in the current task until it ends; return how it ended.
 
         The agent's failure is returned in the reason (``reason.error``), not
@@ -313,7 +313,7 @@ class AgentRunner(Generic[A]):
         return reason
 
 
-async def run_hosted(rt: Runtime, status: TaskStatus | None) -> None:
+async def run_hosted(rt: Runtime, status: trio.TaskStatus[Any] | None) -> None:
     """Run the agent of `rt` in the current task, its helper tasks in a nursery of its own."""
     escaped: BaseException | None = None
     try:

@@ -28,7 +28,7 @@ import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from threading import get_ident
-from typing import TYPE_CHECKING, Any, Final, Generic, final
+from typing import TYPE_CHECKING, Any, Final, Generic, cast, final
 
 import outcome
 import trio
@@ -285,10 +285,11 @@ class Mailbox:
                     marks += 1
                     self.unmark()
                     continue
-                kind = type(message)
+                kind: type[object] = type(cast("object", message))
                 try:
                     if kind is RequestCall:
-                        lookup(self.requests, type(message._request), "request", agent_type)  # noqa: SLF001
+                        call = cast("RequestCall[Any]", message)
+                        lookup(self.requests, type(call._request), "request", agent_type)  # noqa: SLF001
                     elif kind is not Response:
                         self.event_handler(kind)
                 except UnhandledMessage as error:

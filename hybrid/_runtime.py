@@ -47,18 +47,14 @@ STARTING, STATE, EVENTS_PHASE, HOOK, FINISHING, ENDED = range(6)
 PHASE_NAMES: Final = ("starting", "state", "events", "hook", "finishing", "ended")
 
 
-class TaskStatus(Protocol):
-    def started(self, value: Any = None, /) -> None: ...
-
-
 @final
 class _Starter:
     """Calls ``task_status.started(address)`` once: after `begin()`, or at the end if begin() never returned."""
 
     __slots__ = ("status", "value")
 
-    def __init__(self, status: TaskStatus, value: Any) -> None:
-        self.status: TaskStatus | None = status
+    def __init__(self, status: trio.TaskStatus[Any], value: Any) -> None:
+        self.status: trio.TaskStatus[Any] | None = status
         self.value = value
 
     def fire(self) -> None:
@@ -310,7 +306,7 @@ class Runtime:
 
     # -- the run ---------------------------------------------------------------
 
-    async def main(self, spawned: bool = False, task_status: TaskStatus | None = None) -> None:
+    async def main(self, spawned: bool = False, task_status: trio.TaskStatus[Any] | None = None) -> None:
         """Run the agent to its end, then `on_stop`; `finish` it whatever happens.
 
         The agent's own failure is recorded (``self.error``) and raised only
@@ -538,8 +534,8 @@ class Runtime:
         self.mailbox.parked = None
         return trio.lowlevel.Abort.SUCCEEDED
 
-    async def _handle_other(self, message: object, draining: bool) -> None:
-        """A request, an answer, or the interrupt mark."""
+    async def _handle_other(self, message: object, draining: bool) -> object:
+        """A request, an answer, or the interrupt mark; what instruments see of it (None for the mark)."""
         message_type = type(message)
         agent = self.agent
         if message_type is RequestCall:
@@ -553,17 +549,20 @@ class Runtime:
                 raise
             else:
                 call._complete(outcome.Value(value))
+            return call._request
         elif message_type is Response:
             response = cast("Response", message)
             try:
                 await response.handler(agent, response.request, response.result)
             except Exception as error:
                 await agent.on_error(error)
+            return response.request
         else:
             assert message is INTERRUPT_MARK, f"{message!r} has no handler in {self.name}"
             self.mailbox.unmark()
             if not draining and not self.interrupt_handled:
                 self.next = _INTERRUPT
+            return None
 
     async def _handle_timed(self, message: object, draining: bool) -> None:
         """Handle one message and report it to the instruments, with its time."""
@@ -576,12 +575,8 @@ class Runtime:
                 await self.agent.on_error(error)
             reported: object = message
         else:
-            await self._handle_other(message, draining)
-            if type(message) is RequestCall:
-                reported = cast("RequestCall[Any]", message)._request
-            elif type(message) is Response:
-                reported = cast("Response", message).request
-            else:
+            reported = await self._handle_other(message, draining)
+            if reported is None:
                 return  # the interrupt mark: the "interrupt" transition reports it
         if self.probe.active is not None:
             self.probe.message_handled(self.address, reported, time.perf_counter() - start)

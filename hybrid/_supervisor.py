@@ -35,7 +35,7 @@ import heapq
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, final, overload
+from typing import TYPE_CHECKING, Any, ClassVar, cast, final, overload
 
 import attrs
 import trio
@@ -257,8 +257,8 @@ class _Tracker:
             factory = None
             restart = Restart.TEMPORARY
         elif callable(agent):
-            factory = agent
-            instance = _make(factory)  # pyright: ignore[reportUnknownArgumentType]
+            factory = cast("Callable[[], Agent[Any]]", agent)
+            instance = _make(factory)
             restart = Restart.PERMANENT if restart is None else restart
         else:
             raise TypeError(f"spawn needs an agent instance or a factory of agents, got {agent!r}")
@@ -278,7 +278,7 @@ class _Tracker:
             keep_address=restartable,
         )
         child = _Child(
-            factory=factory,  # pyright: ignore[reportUnknownArgumentType]
+            factory=factory,
             group=int(group),
             restart=restart,
             shutdown_timeout=timeout,
@@ -583,6 +583,8 @@ class SupervisorContext(Context):
     """The context of a [`Supervisor`][hybrid.Supervisor]: a `Context` plus `spawn` and `children`."""
 
     __slots__ = ("_tracker",)
+
+    _tracker: _Tracker  # made at first use: the runtime makes contexts without __init__
 
     @property
     def _machinery(self) -> _Tracker:

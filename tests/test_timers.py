@@ -291,14 +291,16 @@ async def test_a_helper_error_leaves_the_nursery_and_cancels_the_agent() -> None
 
     with pytest.RaisesGroup(pytest.RaisesExc(KeyError, match="helper")):
         await Spawns().run()
-    addresses: list[hybrid.Address[Spawns]] = []
+    agent = Spawns()
+    address: hybrid.Address[Spawns] | None = None
     with pytest.RaisesGroup(pytest.RaisesExc(KeyError, match="helper")):
         async with trio.open_nursery() as nursery:
-            addresses.append(hybrid.spawn(nursery, Spawns()))
-    reason = addresses[0].statistics().reason
+            address = hybrid.spawn(nursery, agent)
+    assert address is not None
+    reason = address.statistics().reason
     assert reason is not None and reason.cancelled
     with pytest.raises(hybrid.LifecycleError, match="has ended"):
-        addresses[0]._rt.ctx.start_soon(broken)
+        agent.ctx.start_soon(broken)
 
 
 async def test_timers_work_from_a_sync_state(autojump_clock: trio.testing.MockClock) -> None:

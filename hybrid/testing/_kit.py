@@ -125,7 +125,7 @@ class Recorder(Instrument):
         self._record(address, "transition", next)
 
     def message_handled(self, address: Address[Any], message: object, seconds: float) -> None:
-        self._record(address, "request" if isinstance(message, Request) else "message", message)
+        self._record(address, "request" if _is_request(message) else "message", message)
 
     def agent_stopped(self, address: Address[Any], reason: StopReason) -> None:
         self._record(address, "stopped", reason)
@@ -147,6 +147,10 @@ class Recorder(Instrument):
     def of(self, kind: RecordKind) -> list[Record]:
         """The records of one kind, in order."""
         return [r for r in self.records if r.kind == kind]
+
+
+def _is_request(message: object) -> bool:
+    return isinstance(message, Request)
 
 
 async def wait_idle(*addresses: Address[Any]) -> None:
