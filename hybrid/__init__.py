@@ -1,23 +1,30 @@
 """hybrid: a trio-native hybrid state-machine agent framework.
 
-Package map (the implementation modules are private; everything public is
-re-exported here):
+Package map. The implementation modules are private; everything public is
+re-exported here. Imports point one way, up this list (``tests/test_layering.py``
+checks it; imports under ``TYPE_CHECKING`` are annotations only):
 
+- leaves, importing nothing of hybrid but each other:
+  ``_exceptions.py`` (the exception tree), ``_stop.py`` (`StopReason`, `StopKind`),
+  ``_request.py`` (`Request`), ``_validate.py`` (the argument checks every entry
+  point shares), ``_retry.py`` (`Backoff`, `RetryPolicy`, the one retry loop)
+- ``_next.py`` (`Next`, `Performer`), ``_handlers.py`` (`on_event`, `on_request`,
+  `on_response`, dispatch tables), ``_thread.py`` (the one thread hop),
+  ``_instrument.py`` (`Instrument` and its per-run registry), ``_registry.py``
+  (agent names per run)
+- ``_mailbox.py``: `Mailbox` (queue, bound, closing, parked reader, waiting
+  senders) and every envelope kind, `RequestCall` among them
+- ``_runtime.py``: one agent's run loop, phases and ending; knows no handle
+- handles, each with its own loop: ``_address.py`` (`Address`,
+  `AgentStatistics`), ``_context.py`` (`Context`), ``_timers.py`` (`Timer`),
+  ``_streams.py`` (`Stream`, `StreamEnded`), ``_monitors.py`` (`Monitor`, `Ended`)
 - ``_agent.py``: `Agent`, `AgentRunner`, `spawn`, `interrupted`
-- ``_next.py``: `Next`, `Performer`
-- ``_retry.py``: `Backoff`, `RetryPolicy`
-- ``_runtime.py``: the mailbox and the run loop of one agent
-- ``_address.py``: `Address`, `RequestCall`, `AgentStatistics`
-- ``_request.py``: `Request`
-- ``_context.py``: `Context`, `Timer`, `Stream`, `StreamEnded`, `Monitor`, `Ended`
-- ``_handlers.py``: `on_event`, `on_request`, `on_response` and dispatch
-- ``_stop.py``: `StopReason`, `StopKind`
-- ``_supervisor.py``: `Supervisor`, `SupervisorContext`, `Restart`, `Strategy`,
-  `RestartIntensityExceeded` (built on the public agent API only)
-- ``_pipeline.py``: `Pipeline`, `Stage`, `open_pipeline`, `open_merge` and their
-  records (built on the public agent API only)
-- ``_exceptions.py``: the exception tree
-- ``testing/``: `hybrid.testing`, helpers for tests (simulated time, recordings)
+- built on public names only, as a third party would: ``_supervisor.py``
+  (`Supervisor`, `SupervisorContext`, `Restart`, `Strategy`,
+  `RestartIntensityExceeded`) and ``_pipeline.py`` (`Pipeline`, `Stage`,
+  `open_pipeline`, `open_merge` and their records)
+- ``testing/``: `hybrid.testing`, helpers for tests (simulated time, recordings),
+  written against ``hybrid`` as a user would
 """
 
 from ._address import Address as Address

@@ -19,6 +19,7 @@ from ._next import Next
 from ._registry import current_names
 from ._runtime import ENDED, STARTING, Runtime, current_runtime
 from ._stop import StopReason
+from ._validate import DEFAULT
 
 T_co = TypeVar("T_co", covariant=True, default=None)
 A = TypeVar("A", bound="Agent[Any]")
@@ -141,16 +142,6 @@ class Agent(Generic[T_co]):
         await run_hosted(rt, None)
         result: T_co = rt.result()
         return result
-
-
-class _Default:
-    """The default of an optional argument (never shown in a signature as a real value)."""
-
-    def __repr__(self) -> str:
-        return "<default>"
-
-
-DEFAULT: Any = _Default()
 
 
 def start_runtime(

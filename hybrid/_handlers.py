@@ -204,7 +204,8 @@ def lookup(table: Table, message_type: type, kind: str, agent_type: type) -> Cal
         if fn is not None:
             table[message_type] = fn
             return fn
-    handled = ", ".join(sorted(t.__qualname__ for t in table)) or "none"
+    # Private message types (a supervisor's own) are machinery, not the agent's API.
+    handled = ", ".join(sorted(t.__qualname__ for t in table if not t.__qualname__.startswith("_"))) or "none"
     raise UnhandledMessage(
         f"{agent_type.__qualname__} has no @hybrid.on_{kind} handler for "
         f"{message_type.__qualname__} (it handles: {handled})"

@@ -43,7 +43,7 @@ from typing_extensions import TypeVar
 
 from . import _validate
 from ._address import Address
-from ._agent import DEFAULT, Agent, AgentRunner
+from ._agent import Agent, AgentRunner
 from ._context import Context
 from ._exceptions import AgentStopped, HybridError, LifecycleError
 from ._handlers import on_event
@@ -51,6 +51,7 @@ from ._instrument import instruments
 from ._next import Next
 from ._retry import Backoff
 from ._stop import StopKind, StopReason
+from ._validate import DEFAULT
 
 A = TypeVar("A", bound=Agent[Any])
 T_co = TypeVar("T_co", covariant=True, default=None)

@@ -8,7 +8,18 @@ value out of range is a ``ValueError`` that names the argument and the bound.
 from __future__ import annotations
 
 import math
-from typing import Literal, overload
+from typing import Any, Literal, overload
+
+
+class _Default:
+    """The default of an optional argument whose None means something (no bound, no timeout)."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+DEFAULT: Any = _Default()
+"""Stands for "not given" where None is a meaningful value."""
 
 
 def _is_number(value: object) -> bool:

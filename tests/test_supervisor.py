@@ -756,3 +756,20 @@ async def test_a_discarded_runner_never_runs_and_a_started_one_cannot_be_discard
         with pytest.raises(hybrid.LifecycleError, match="has started"):
             started.discard()
         started.address.interrupt()
+
+
+async def test_an_unhandled_message_error_names_only_the_supervisors_public_handlers() -> None:
+    """The supervisor's private machinery messages never appear in a user-facing error."""
+
+    class Quiet(Supervisor):
+        @hybrid.on_event
+        async def ping(self, event: Ping) -> None:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        address = hybrid.spawn(nursery, Quiet())
+        with pytest.raises(hybrid.UnhandledMessage) as caught:
+            address.send(Echo(1))
+        assert "it handles: Ping)" in str(caught.value)
+        assert "_" not in str(caught.value).split("it handles:")[1]
+        address.interrupt()
