@@ -171,7 +171,8 @@ class Address(Generic[A_co]):
         handler = mailbox.requests.get(type(request))
         if handler is None:
             handler = lookup(mailbox.requests, type(request), REQUEST, mailbox.agent_type)
-        return RequestCall[R]._make(mailbox, request, handler)
+        call: RequestCall[R] = RequestCall._make(mailbox, request, handler)
+        return call
 
     def interrupt(self) -> None:
         """Ask the agent to end gracefully.

@@ -167,7 +167,7 @@ def start_runtime(
             capacity = cls.mailbox_capacity
         else:
             capacity = _check_capacity(mailbox_capacity, "mailbox_capacity")
-        mailbox = Mailbox(current_names().claim(name, cls.__qualname__), cls, capacity, tables)
+        mailbox = Mailbox(current_names().claim(name, cls.__name__), cls, capacity, tables)
         rt = Runtime(agent, mailbox, host)
         address = Address._make(mailbox, rt)
         interrupts = 0
@@ -183,7 +183,7 @@ def start_runtime(
         if old.keep_address:
             old.keep_address = False
         else:  # given up: take the name and the mailbox back
-            current_names().claim(mailbox.name, cls.__qualname__)
+            current_names().claim(mailbox.name, cls.__name__)
             mailbox.reopen()
         interrupts = mailbox.hand_over(cls, tables)
         rt = Runtime(agent, mailbox, host)

@@ -65,6 +65,12 @@ class Context:
         return self._rt.agent
 
     @property
+    def interrupted(self) -> bool:
+        """Whether the agent has been interrupted (`hybrid.interrupted()`, for any code that holds the context)."""
+        rt = self._rt
+        return bool(rt.interrupts or rt.interrupt_handled)
+
+    @property
     def scheduled(self) -> Next[Any] | None:
         """The transition scheduled with `do_next` (or `shutdown`/`stop`) and not yet taken."""
         return self._rt.next

@@ -85,6 +85,7 @@ class Mailbox:
     """
 
     __slots__ = (
+        "abandoned",
         "agent_type",
         "capacity",
         "draining",
@@ -124,6 +125,9 @@ class Mailbox:
         the agent is handling what it had queued before it ends."""
         self.dropped = 0
         """Messages discarded unhandled (their senders were told, or the ending said so)."""
+        self.abandoned = 0
+        """Requests still queued whose callers gave up: skipped by the reader, and
+        swept out once they are half the queue, so memory stays bounded."""
         self.home = Home()
 
     # -- putting ----------------------------------------------------------
@@ -206,6 +210,24 @@ class Mailbox:
                 return Abort.SUCCEEDED
 
             await wait_task_rescheduled(abort)
+            try:
+                # Woken for room, but cancelled before it ran: it sends
+                # nothing, and the room goes to the next sender waiting.
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                self.wake_room_waiters()
+                raise
+
+    def wake_room_waiters(self) -> None:
+        """Wake as many waiting senders as there is room for (each checks again when it runs)."""
+        waiters = self.room_waiters
+        if not waiters:
+            return
+        queue = self.queue
+        room = self.limit - (0 if queue is None else len(queue))
+        while waiters and room > 0:
+            reschedule(waiters.popleft())
+            room -= 1
 
     def put_response(
         self, handler: Callable[..., Awaitable[Any]], request: object, result: outcome.Outcome[Any]
@@ -262,6 +284,7 @@ class Mailbox:
                 self.dropped += 1
             elif message is not INTERRUPT_MARK:
                 self.dropped += 1
+        self.abandoned = 0
 
     def reopen(self) -> None:
         """Take messages again (a successor will read them): the address stays reachable."""
@@ -304,14 +327,30 @@ class Mailbox:
         return marks
 
     def depth(self) -> int:
-        """Messages queued now (the interrupt mark is not one)."""
+        """Messages queued now (the interrupt mark and abandoned requests are not)."""
         queue = self.queue
         if not queue:
             return 0
-        return len(queue) - (INTERRUPT_MARK in queue)
+        return len(queue) - (INTERRUPT_MARK in queue) - self.abandoned
+
+    def abandon(self) -> None:
+        """A queued request's caller gave up; sweep such requests out once they are half the queue."""
+        self.abandoned += 1
+        queue = self.queue
+        assert queue is not None
+        if self.abandoned * 2 > len(queue) >= 64:
+            for _ in range(len(queue)):  # in place: the reader holds this deque
+                message = queue.popleft()
+                if type(message) is not RequestCall or message._state != _ABANDONED:  # noqa: SLF001
+                    queue.append(message)
+            self.dropped += self.abandoned
+            self.abandoned = 0
+            self.wake_room_waiters()
 
 
-_NEW, _QUEUED, _USED = 0, 1, 2
+# A RequestCall's life: made, queued (awaited or forwarded), taken by the
+# reader, answered; or abandoned by its caller while still queued.
+_NEW, _QUEUED, _TAKEN, _USED, _ABANDONED = range(5)
 
 
 @final
@@ -356,7 +395,7 @@ class RequestCall(Generic[R]):
 
     def __await__(self) -> Generator[Any, Any, R]:
         mailbox = self._mailbox
-        check_awaited_at_home(mailbox.home, f"request {self._request!r}")
+        check_awaited_at_home(mailbox.home, "a request", run_is_live=mailbox.parked is not None)
         if self._state != _NEW:
             raise LifecycleError("a request can be awaited or forwarded only once")
         self._state = _QUEUED
@@ -371,9 +410,23 @@ class RequestCall(Generic[R]):
         return result
 
     def _abandon(self, raise_cancel: Any) -> Abort:
-        # The caller gave up (timeout, cancellation): the answer will be dropped.
+        # The caller gave up (timeout, cancellation): a request still queued is
+        # never handled; the answer of one being handled is dropped.
         self._task = None
+        if self._state == _QUEUED:
+            self._state = _ABANDONED
+            self._mailbox.abandon()
         return Abort.SUCCEEDED
+
+    def _take(self) -> bool:
+        """The reader took the call from the queue: whether to handle it (its caller may have left)."""
+        if self._state == _ABANDONED:
+            mailbox = self._mailbox
+            mailbox.abandoned -= 1
+            mailbox.dropped += 1
+            return False
+        self._state = _TAKEN
+        return True
 
     def forward_to(self, ctx: Any) -> None:
         """Send the request now; deliver the answer to `ctx`'s agent later.

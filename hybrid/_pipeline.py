@@ -552,6 +552,8 @@ class PipelineRun:
         """
         if self._feed is None:
             raise LifecycleError("this pipeline reads its own source; it cannot be fed")
+        if self._pipeline.ctx.interrupted:  # before its watcher task has closed the input
+            raise AgentStopped(f"the pipeline takes no more input; {item!r} was not fed")
         try:
             await self._feed.send(item)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -309,6 +309,9 @@ class Runtime:
     async def main(self, spawned: bool = False, task_status: trio.TaskStatus[Any] | None = None) -> None:
         """Run the agent to its end, then `on_stop`; `finish` it whatever happens.
 
+        The transition loop is written here, in the agent's outermost frame,
+        so that an idle agent parks two frames deep (here and `_loop`).
+
         The agent's own failure is recorded (``self.error``) and raised only
         for a spawned agent (its task's error leaves the nursery, as a trio
         task's would). Cancellation and other BaseExceptions propagate
@@ -317,61 +320,135 @@ class Runtime:
         self.task = current_task()
         token = current_runtime.set(self)
         starter = None if task_status is None else _Starter(task_status, self.address)
-        stop_hook_started = False
         try:
-            if self.probe.active is not None:
-                self.probe.agent_started(self.address)
+            agent = self.agent
+            probe = self.probe
+            if probe.active is not None:
+                probe.agent_started(self.address)
             try:
                 with trio.CancelScope() as scope:
                     self.scope = scope
                     if self.interrupts > 1:
                         scope.cancel()
-                    await self._body(starter)
+                    nxt: Next[Any] = agent.begin()
+                    if type(nxt) is not Next:
+                        raise InvalidTransition(f"{self.name}.begin() must return a Next, got {nxt!r}")
+                    if starter is not None:
+                        starter.fire()
+                    if self.interrupts and nxt._kind <= PERFORM:
+                        nxt = _INTERRUPT  # interrupted before its first state: never enters it
+                    steps = self.steps
+                    while True:
+                        if probe.active is not None:
+                            probe.state_entered(self.address, nxt)
+                        kind = nxt._kind
+                        if kind <= PERFORM:
+                            self.transitions += 1
+                            steps += 1
+                            if steps >= FAIRNESS:
+                                steps = 0
+                                await checkpoint()
+                            self.phase = STATE
+                            self.state = nxt
+                            if nxt._mods is None:
+                                if kind == ASYNC:
+                                    nxt = await nxt._fn(*nxt._args)
+                                elif kind == SYNC:
+                                    nxt = await trio.to_thread.run_sync(nxt._fn, *nxt._args)
+                                else:
+                                    nxt = await nxt._fn.perform(agent)
+                            else:
+                                nxt = await self._perform_modified(nxt)
+                            if type(nxt) is not Next:
+                                raise InvalidTransition(
+                                    f"state {self.state!r} of {self.name} must return a Next, got {nxt!r}"
+                                )
+                            if self.next is not None or (self.interrupts and not self.interrupt_handled):
+                                nxt = self._after_step(nxt)
+                        elif kind == EVENTS:
+                            self.phase = EVENTS_PHASE
+                            self.steps = steps
+                            scheduled = await self._loop(False)
+                            assert scheduled is not None  # only a draining loop ends without a transition
+                            nxt = scheduled
+                            steps = self.steps
+                        elif kind == DONE:
+                            self.choose_ending(DONE_REASON, nxt._value)
+                            self.steps = steps
+                            await self._drain()
+                            break
+                        elif kind == STOP:
+                            self.choose_ending(STOPPED_REASON)
+                            break
+                        elif kind == FAIL:
+                            raise nxt._value
+                        else:  # INTERRUPT
+                            assert kind == INTERRUPT
+                            self.mailbox.remove_interrupt_mark()
+                            scheduled = None
+                            if not self.interrupt_handled:  # the hook runs once per agent
+                                self.interrupt_handled = True
+                                self.phase = HOOK
+                                await self.ctx.call_on_interrupt()
+                                scheduled = self.take_next()
+                            if scheduled is None:
+                                self.choose_ending(INTERRUPTED_REASON)
+                                self.steps = steps
+                                await self._drain()
+                                break
+                            nxt = scheduled
                 if scope.cancelled_caught:
                     await self._forced_interrupt()
             except Exception as error:
                 self.choose_ending(StopReason(StopKind.FAILED, error))
-            self.mailbox.discard()
-            reason = self.ending
-            assert reason is not None
-            # on_stop runs before helper tasks are cancelled, so that it can
-            # end them (or a supervisor's children) gracefully; timers that
-            # fire meanwhile find the mailbox closed and stop.
-            stop_hook_started = True
-            try:
-                await self.ctx.call_on_stop(reason)
-            except Exception as error:
-                if self.error is not None and error.__context__ is None:
-                    error.__context__ = self.error  # the failure it replaces stays visible
-                reason = StopReason(StopKind.FAILED, error)
-                self.choose_ending(reason)
-            self.cancel_helpers()
-            if starter is not None:
-                starter.fire()
-            self.finish(reason)
-        except BaseException as exc:
-            # Cancelled from outside, or a BaseException (KeyboardInterrupt,
-            # SystemExit...) from the agent's code: the agent ends with it.
-            self.escaped = exc
-            cut_short = CANCELLED_REASON if isinstance(exc, trio.Cancelled) else StopReason(StopKind.FAILED, exc)
-            self.choose_ending(cut_short)
-            self.mailbox.discard()
-            self.cancel_helpers()
-            try:
-                if not stop_hook_started:
-                    with trio.CancelScope(shield=True):
-                        await self.ctx.call_on_stop(cut_short)
-            except Exception:
-                logger.exception("%s.on_stop raised while the agent was being %s", self.name, cut_short)
-            finally:
-                if self.phase != ENDED:
-                    self.finish(cut_short)
-            raise
-
+            except BaseException as exc:
+                await self._cut_short(exc, stop_hook_started=False)
+                raise
+            await self._end(starter)
         finally:
             current_runtime.reset(token)
         if spawned and self.error is not None:
             raise self.error
+
+    async def _end(self, starter: _Starter | None) -> None:
+        """The ending chosen: close the mailbox, `on_stop`, cancel the helpers, `finish`."""
+        self.mailbox.discard()
+        reason = self.ending
+        assert reason is not None
+        # on_stop runs before helper tasks are cancelled, so that it can end
+        # them (or a supervisor's children) gracefully; timers that fire
+        # meanwhile find the mailbox closed and stop.
+        try:
+            await self.ctx.call_on_stop(reason)
+        except Exception as error:
+            if self.error is not None and error.__context__ is None:
+                error.__context__ = self.error  # the failure it replaces stays visible
+            reason = StopReason(StopKind.FAILED, error)
+            self.choose_ending(reason)
+        except BaseException as exc:
+            await self._cut_short(exc, stop_hook_started=True)
+            raise
+        self.cancel_helpers()
+        if starter is not None:
+            starter.fire()
+        self.finish(reason)
+
+    async def _cut_short(self, exc: BaseException, *, stop_hook_started: bool) -> None:
+        """Cancelled from outside, or a BaseException (KeyboardInterrupt...) from the agent's code: end with it."""
+        self.escaped = exc
+        cut_short = CANCELLED_REASON if isinstance(exc, trio.Cancelled) else StopReason(StopKind.FAILED, exc)
+        self.choose_ending(cut_short)
+        self.mailbox.discard()
+        self.cancel_helpers()
+        try:
+            if not stop_hook_started:
+                with trio.CancelScope(shield=True):
+                    await self.ctx.call_on_stop(cut_short)
+        except Exception:
+            logger.exception("%s.on_stop raised while the agent was being %s", self.name, cut_short)
+        finally:
+            if self.phase != ENDED:
+                self.finish(cut_short)
 
     async def _forced_interrupt(self) -> None:
         """The scope was cancelled by a second interrupt: end as interrupted."""
@@ -385,75 +462,6 @@ class Runtime:
             if ignored is not None:
                 logger.debug("%s: %r from on_interrupt ignored after a forced interrupt", self.name, ignored)
         self.choose_ending(INTERRUPTED_REASON)
-
-    async def _body(self, starter: _Starter | None) -> None:
-        agent = self.agent
-        nxt: Next[Any] = agent.begin()
-        if type(nxt) is not Next:
-            raise InvalidTransition(f"{self.name}.begin() must return a Next, got {nxt!r}")
-        if starter is not None:
-            starter.fire()
-        if self.interrupts and nxt._kind <= PERFORM:
-            nxt = _INTERRUPT  # interrupted before its first state: never enters it
-        probe = self.probe
-        steps = self.steps
-        while True:
-            if probe.active is not None:
-                probe.state_entered(self.address, nxt)
-            kind = nxt._kind
-            if kind <= PERFORM:
-                self.transitions += 1
-                steps += 1
-                if steps >= FAIRNESS:
-                    steps = 0
-                    await checkpoint()
-                self.phase = STATE
-                self.state = nxt
-                if nxt._mods is None:
-                    if kind == ASYNC:
-                        nxt = await nxt._fn(*nxt._args)
-                    elif kind == SYNC:
-                        nxt = await trio.to_thread.run_sync(nxt._fn, *nxt._args)
-                    else:
-                        nxt = await nxt._fn.perform(agent)
-                else:
-                    nxt = await self._perform_modified(nxt)
-                if type(nxt) is not Next:
-                    raise InvalidTransition(f"state {self.state!r} of {self.name} must return a Next, got {nxt!r}")
-                if self.next is not None or (self.interrupts and not self.interrupt_handled):
-                    nxt = self._after_step(nxt)
-            elif kind == EVENTS:
-                self.phase = EVENTS_PHASE
-                self.steps = steps
-                scheduled = await self._loop(False)
-                assert scheduled is not None  # only a draining loop ends without a transition
-                nxt = scheduled
-                steps = self.steps
-            elif kind == DONE:
-                self.choose_ending(DONE_REASON, nxt._value)
-                self.steps = steps
-                await self._drain()
-                return
-            elif kind == STOP:
-                self.choose_ending(STOPPED_REASON)
-                return
-            elif kind == FAIL:
-                raise nxt._value
-            else:  # INTERRUPT
-                assert kind == INTERRUPT
-                self.mailbox.remove_interrupt_mark()
-                scheduled = None
-                if not self.interrupt_handled:  # the hook runs once per agent
-                    self.interrupt_handled = True
-                    self.phase = HOOK
-                    await self.ctx.call_on_interrupt()
-                    scheduled = self.take_next()
-                if scheduled is None:
-                    self.choose_ending(INTERRUPTED_REASON)
-                    self.steps = steps
-                    await self._drain()
-                    return
-                nxt = scheduled
 
     def take_next(self) -> Next[Any] | None:
         nxt = self.next
@@ -515,6 +523,18 @@ class Runtime:
                             await handler(agent, message)
                         except Exception as error:
                             await agent.on_error(error)
+                    elif message_type is RequestCall:  # inlined: the request path is hot
+                        call = cast("RequestCall[Any]", message)
+                        if call._take():  # else its caller gave up before it was handled
+                            try:
+                                value = await call._handler(agent, call._request)
+                            except Exception as error:
+                                call._complete(outcome.Error(error))
+                            except BaseException:
+                                call._fail_stopped()
+                                raise
+                            else:
+                                call._complete(outcome.Value(value))
                     else:
                         await self._handle_other(message, draining)
                 count += 1
@@ -540,6 +560,8 @@ class Runtime:
         agent = self.agent
         if message_type is RequestCall:
             call = cast("RequestCall[Any]", message)
+            if not call._take():
+                return None  # its caller gave up before it was handled
             try:
                 value = await call._handler(agent, call._request)
             except Exception as error:

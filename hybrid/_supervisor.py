@@ -233,8 +233,8 @@ class _Tracker:
         """During the shutdown: the groups still to stop (negated, for a max-heap)."""
         self.current_wait: trio.Nursery | None = None
         """Where the members of the group being stopped are awaited."""
-        self.stopped: trio.Event | None = None
-        """Set once every child has ended, at the end of the (one) shutdown."""
+        self.round_done: trio.Event | None = None
+        """The shutdown round under way (one task stops, the others wait for it)."""
 
     # -- spawning and starting ---------------------------------------------------
 
@@ -289,8 +289,8 @@ class _Tracker:
         )
         self.next_order += 1
         self.children[child.order] = child
-        if self.stopping and child.group < self.stopping_group:
-            self.wait_for_group(child)  # stopped in its group's turn
+        if self.stopping:
+            self.wait_for_group(child)  # stopped in its group's turn, or at once if that has come
         self.queue_start(child)
         return child.address
 
@@ -299,7 +299,7 @@ class _Tracker:
         if name is not None:
             return f"{prefix}/{name}"
         self.names += 1
-        return f"{prefix}/{type(instance).__qualname__}-{self.names}"
+        return f"{prefix}/{type(instance).__name__}-{self.names}"
 
     def queue_start(self, child: _Child) -> None:
         child.state = ChildState.WAITING
@@ -546,30 +546,40 @@ class _Tracker:
             members.append(child)
 
     async def stop_all(self) -> None:
-        """Stop every child in group order, greatest group first; O(children log groups) overall."""
+        """Stop every child in group order, greatest group first; O(children log groups) overall.
+
+        Children spawned meanwhile are stopped too: into a group whose turn
+        has come, at once; into a lower group, in its turn; after the last
+        round, by another round.
+        """
         self.stopping = True
-        if self.stopped is not None:  # another task is stopping them: wait for it
-            await self.stopped.wait()
-            return
-        self.stopped = trio.Event()
-        try:
+        while True:
+            if self.round_done is not None:  # another task is stopping them: wait for it
+                await self.round_done.wait()
+                continue
             for child in list(self.children.values()):
                 if child.state is ChildState.RESTARTING:
                     self.give_up(child)
-                elif child.running:
-                    self.wait_for_group(child)
-            while self.group_heap:
-                group = -heapq.heappop(self.group_heap)
-                self.stopping_group = min(self.stopping_group, group)
-                async with trio.open_nursery() as nursery:
-                    self.current_wait = nursery
-                    for child in self.waiting_groups.pop(group):
-                        self.interrupt(child)
-                        nursery.start_soon(self.await_end, child)
+            if not self.group_heap and not any(child.running for child in self.children.values()):
+                return
+            self.round_done = trio.Event()
+            try:
+                for child in self.children.values():
+                    if child.running:  # listed twice if spawned meanwhile: interrupting again is a no-op
+                        self.wait_for_group(child)
+                while self.group_heap:
+                    group = -heapq.heappop(self.group_heap)
+                    self.stopping_group = min(self.stopping_group, group)
+                    async with trio.open_nursery() as nursery:
+                        self.current_wait = nursery
+                        for child in self.waiting_groups.pop(group):
+                            self.interrupt(child)
+                            nursery.start_soon(self.await_end, child)
+                    self.current_wait = None
+            finally:
                 self.current_wait = None
-        finally:
-            self.current_wait = None
-            self.stopped.set()
+                self.round_done.set()
+                self.round_done = None
 
     async def shutdown_then_finish(self) -> None:
         await self.stop_all()

@@ -75,8 +75,12 @@ def threadsafe(home_of: Callable[[Any], Home]) -> Callable[[Callable[P, T]], Cal
     return decorate
 
 
-def check_awaited_at_home(home: Home, what: str) -> None:
+def check_awaited_at_home(home: Home, what: str, *, run_is_live: bool = False) -> None:
     """Refuse an await of `what` outside the agent's own trio run.
+
+    `run_is_live`: the caller knows a task of the home run is parked right
+    now. Then, in the home thread, the current run is the home run (trio runs
+    never nest in one thread), and the cost of asking trio is saved.
 
     Raises:
         LifecycleError: called from another thread, or from another trio run
@@ -87,6 +91,8 @@ def check_awaited_at_home(home: Home, what: str) -> None:
             f"{what} must be awaited in the trio run of the agent, in its thread; this is another thread "
             "(from a sync state, use trio.from_thread.run(...) to await it in the agent's run)"
         )
+    if run_is_live:
+        return
     try:
         token = current_trio_token()
     except RuntimeError:
