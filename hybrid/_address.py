@@ -12,7 +12,7 @@ from typing_extensions import TypeVar
 
 from ._exceptions import AgentStopped
 from ._handlers import REQUEST, lookup
-from ._mailbox import CLOSED, Mailbox, RequestCall
+from ._mailbox import CLOSED, Mailbox, RequestCall, make_call
 from ._request import Request
 from ._runtime import ENDED, Runtime
 from ._stop import StopReason
@@ -171,8 +171,7 @@ class Address(Generic[A_co]):
         handler = mailbox.requests.get(type(request))
         if handler is None:
             handler = lookup(mailbox.requests, type(request), REQUEST, mailbox.agent_type)
-        call: RequestCall[R] = RequestCall._make(mailbox, request, handler)
-        return call
+        return make_call(mailbox, request, handler)
 
     def interrupt(self) -> None:
         """Ask the agent to end gracefully.

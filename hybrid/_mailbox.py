@@ -381,18 +381,6 @@ class RequestCall(Generic[R]):
     def __init__(self) -> None:
         raise TypeError("RequestCall has no public constructor: use Address.request(...)")
 
-    @classmethod
-    def _make(cls, mailbox: Mailbox, request: Request[R], handler: Callable[..., Awaitable[Any]]) -> RequestCall[R]:
-        call = object.__new__(cls)
-        call._mailbox = mailbox
-        call._request = request
-        call._handler = handler
-        call._state = _NEW
-        call._task = None
-        call._reply_to = None
-        call._response_handler = None
-        return call
-
     def __await__(self) -> Generator[Any, Any, R]:
         mailbox = self._mailbox
         check_awaited_at_home(mailbox.home, "a request", run_is_live=mailbox.parked is not None)
@@ -470,3 +458,16 @@ class RequestCall(Generic[R]):
 
     def _fail_stopped(self) -> None:
         self._complete(outcome.Error(AgentStopped(f"{self._mailbox.name} ended before answering {self._request!r}")))
+
+
+def make_call(mailbox: Mailbox, request: Request[R], handler: Callable[..., Awaitable[Any]]) -> RequestCall[R]:
+    """A new `RequestCall` of `request` to the reader of `mailbox` (its public constructor is closed)."""
+    call = cast("RequestCall[R]", object.__new__(RequestCall))
+    call._mailbox = mailbox  # noqa: SLF001 - made here, as a constructor would
+    call._request = request  # noqa: SLF001
+    call._handler = handler  # noqa: SLF001
+    call._state = _NEW  # noqa: SLF001
+    call._task = None  # noqa: SLF001
+    call._reply_to = None  # noqa: SLF001
+    call._response_handler = None  # noqa: SLF001
+    return call

@@ -30,6 +30,7 @@ import attrs
 import trio
 from typing_extensions import Self
 
+from ._address import Address
 from ._agent import Agent, AgentRunner, spawn
 from ._exceptions import AgentStopped, LifecycleError
 from ._next import Next
@@ -534,12 +535,13 @@ class PipelineRun:
     def __init__(
         self,
         pipeline: Pipeline,
-        address: Any,
+        address: Address[Pipeline],
         feed: trio.MemorySendChannel[Any] | None,
         results: trio.MemoryReceiveChannel[Any],
     ) -> None:
         self._pipeline = pipeline
-        self.address = address
+        self.address: Address[Pipeline] = address
+        """The running pipeline's address (interrupt it, join it, read its statistics)."""
         self._feed = feed
         self._results = results
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import cast
 
 import hybrid
 
@@ -52,9 +53,10 @@ def runtime_imports(path: Path) -> list[tuple[str, list[str]]]:
                 elif node.level == 2:  # from .. (the testing kit)
                     found.append((module.split(".")[0] or "__init__", names))
             for child in ("body", "orelse", "finalbody", "handlers"):
-                inner = getattr(node, child, None)
+                inner: object = getattr(node, child, None)
                 if isinstance(inner, list) and not isinstance(node, ast.If | ast.ImportFrom):
-                    visit([item for item in inner if isinstance(item, ast.stmt)])
+                    items = cast("list[object]", inner)
+                    visit([item for item in items if isinstance(item, ast.stmt)])
 
     visit(ast.parse(path.read_text(encoding="utf-8")).body)
     return found
