@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, final
 
 from trio.lowlevel import RunVar
 
+from ._registry import per_run
+
 if TYPE_CHECKING:
     from ._address import Address
     from ._next import Next
@@ -139,12 +141,7 @@ def instruments() -> Instrument:
 
 
 def current_instruments() -> Instruments:
-    try:
-        return _INSTRUMENTS.get()
-    except LookupError:
-        registry = Instruments()
-        _INSTRUMENTS.set(registry)
-        return registry
+    return per_run(_INSTRUMENTS, Instruments)
 
 
 def add_instrument(instrument: Instrument) -> None:

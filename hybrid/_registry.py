@@ -1,10 +1,27 @@
-"""Agent names: unique among the agents alive in one trio run."""
+"""State kept per trio run: agent names, unique among the agents alive in the run."""
 
 from __future__ import annotations
 
-from typing import final
+from collections.abc import Callable
+from typing import TypeVar, final
 
 from trio.lowlevel import RunVar
+
+T = TypeVar("T")
+
+
+def per_run(var: RunVar[T], make: Callable[[], T]) -> T:
+    """The value of `var` in the current trio run, made at first use.
+
+    Raises:
+        RuntimeError: called outside a trio run.
+    """
+    try:
+        return var.get()
+    except LookupError:
+        value = make()
+        var.set(value)
+        return value
 
 
 @final
@@ -47,9 +64,4 @@ _NAMES: RunVar[Names] = RunVar("hybrid_names")
 
 
 def current_names() -> Names:
-    try:
-        return _NAMES.get()
-    except LookupError:
-        names = Names()
-        _NAMES.set(names)
-        return names
+    return per_run(_NAMES, Names)

@@ -47,6 +47,10 @@ STARTING, STATE, EVENTS_PHASE, HOOK, FINISHING, ENDED = range(6)
 PHASE_NAMES: Final = ("starting", "state", "events", "hook", "finishing", "ended")
 
 
+def _request_of(call: RequestCall[Any]) -> object:
+    return call._request
+
+
 @final
 class _Starter:
     """Calls ``task_status.started(address)`` once: after `begin()`, or at the end if begin() never returned."""
@@ -513,30 +517,43 @@ class Runtime:
                 if waiters:
                     reschedule(waiters.popleft())
                 self.handled += 1
-                if probe.active is not None:
-                    await self._handle_timed(message, draining)
-                else:
-                    message_type = type(message)
-                    handler = table.get(message_type)
-                    if handler is not None:
+                # With no instrument registered, timing costs this one test.
+                start = None if probe.active is None else time.perf_counter()
+                message_type = type(message)
+                handler = table.get(message_type)
+                if handler is not None:
+                    try:
+                        await handler(agent, message)
+                    except Exception as error:
+                        await agent.on_error(error)
+                elif message_type is RequestCall:
+                    call = cast("RequestCall[Any]", message)
+                    if call._take():  # else its caller gave up before it was handled
                         try:
-                            await handler(agent, message)
+                            value = await call._handler(agent, call._request)
                         except Exception as error:
-                            await agent.on_error(error)
-                    elif message_type is RequestCall:  # inlined: the request path is hot
-                        call = cast("RequestCall[Any]", message)
-                        if call._take():  # else its caller gave up before it was handled
-                            try:
-                                value = await call._handler(agent, call._request)
-                            except Exception as error:
-                                call._complete(outcome.Error(error))
-                            except BaseException:
-                                call._fail_stopped()
-                                raise
-                            else:
-                                call._complete(outcome.Value(value))
+                            call._complete(outcome.Error(error))
+                        except BaseException:
+                            call._fail_stopped()
+                            raise
+                        else:
+                            call._complete(outcome.Value(value))
                     else:
-                        await self._handle_other(message, draining)
+                        start = None  # nothing was handled: nothing to report
+                elif message_type is Response:
+                    response = cast("Response", message)
+                    try:
+                        await response.handler(agent, response.request, response.result)
+                    except Exception as error:
+                        await agent.on_error(error)
+                else:
+                    assert message is INTERRUPT_MARK, f"{message!r} has no handler in {self.name}"
+                    mailbox.unmark()
+                    if not draining and not self.interrupt_handled:
+                        self.next = _INTERRUPT
+                    start = None  # the "interrupt" transition reports it
+                if start is not None:
+                    self._report(message, start)
                 count += 1
                 if count >= FAIRNESS:
                     count = 0
@@ -554,54 +571,15 @@ class Runtime:
         self.mailbox.parked = None
         return trio.lowlevel.Abort.SUCCEEDED
 
-    async def _handle_other(self, message: object, draining: bool) -> object:
-        """A request, an answer, or the interrupt mark; what instruments see of it (None for the mark)."""
-        message_type = type(message)
-        agent = self.agent
-        if message_type is RequestCall:
-            call = cast("RequestCall[Any]", message)
-            if not call._take():
-                return None  # its caller gave up before it was handled
-            try:
-                value = await call._handler(agent, call._request)
-            except Exception as error:
-                call._complete(outcome.Error(error))
-            except BaseException:
-                call._fail_stopped()
-                raise
-            else:
-                call._complete(outcome.Value(value))
-            return call._request
-        elif message_type is Response:
-            response = cast("Response", message)
-            try:
-                await response.handler(agent, response.request, response.result)
-            except Exception as error:
-                await agent.on_error(error)
-            return response.request
-        else:
-            assert message is INTERRUPT_MARK, f"{message!r} has no handler in {self.name}"
-            self.mailbox.unmark()
-            if not draining and not self.interrupt_handled:
-                self.next = _INTERRUPT
-            return None
-
-    async def _handle_timed(self, message: object, draining: bool) -> None:
-        """Handle one message and report it to the instruments, with its time."""
-        start = time.perf_counter()
-        handler = self.mailbox.events.get(type(message))
-        if handler is not None:
-            try:
-                await handler(self.agent, message)
-            except Exception as error:
-                await self.agent.on_error(error)
-            reported: object = message
-        else:
-            reported = await self._handle_other(message, draining)
-            if reported is None:
-                return  # the interrupt mark: the "interrupt" transition reports it
-        if self.probe.active is not None:
-            self.probe.message_handled(self.address, reported, time.perf_counter() - start)
+    def _report(self, message: object, start: float) -> None:
+        """Tell the instruments a message was handled: the event, or the request (asked or answered)."""
+        if self.probe.active is None:  # the last instrument left meanwhile
+            return
+        if type(message) is RequestCall:
+            message = _request_of(message)  # pyright: ignore[reportUnknownArgumentType]
+        elif isinstance(message, Response):
+            message = message.request
+        self.probe.message_handled(self.address, message, time.perf_counter() - start)
 
     async def _perform_modified(self, nxt: Next[Any]) -> Next[Any]:
         mods = nxt._mods
