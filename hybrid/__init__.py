@@ -40,6 +40,7 @@ from ._exceptions import HybridError as HybridError
 from ._exceptions import InvalidTransition as InvalidTransition
 from ._exceptions import LifecycleError as LifecycleError
 from ._exceptions import MailboxFull as MailboxFull
+from ._exceptions import NameInUse as NameInUse
 from ._exceptions import UnhandledMessage as UnhandledMessage
 from ._handlers import on_event as on_event
 from ._handlers import on_request as on_request
@@ -92,6 +93,7 @@ __all__ = [
     "LifecycleError",
     "MailboxFull",
     "Monitor",
+    "NameInUse",
     "Next",
     "Performer",
     "Pipeline",

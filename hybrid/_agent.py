@@ -224,7 +224,8 @@ class AgentRunner(Generic[A]):
     Raises:
         LifecycleError: the agent was already started, or `address` still
             reaches a running agent.
-        ValueError: the name is in use by a live agent, or `mailbox_capacity`
+        NameInUse: the name is taken by a live agent (a `ValueError`).
+        ValueError: `mailbox_capacity`
             is invalid.
 
     Example:
@@ -352,7 +353,8 @@ def spawn(
 
     Raises:
         LifecycleError: the agent was already started.
-        ValueError: `mailbox_capacity` is invalid, or `name` is in use.
+        ValueError: `mailbox_capacity` is invalid.
+        NameInUse: `name` is taken by a live agent of the run (a `ValueError`).
 
     Example:
         ```python

@@ -15,7 +15,8 @@ exception means the same thing, the hybrid error subclasses it too, so
      ├── InvalidTransition(TypeError)  something that is not a `Next` was returned where a
      │                                 transition was expected, or a modifier was used on
      │                                 a transition it does not apply to
-     ├── LifecycleError(RuntimeError)  an operation the agent's lifecycle forbids now: an
+     ├── NameInUse(ValueError)         an agent name given to `spawn` is taken by a live agent
+ ├── LifecycleError(RuntimeError)  an operation the agent's lifecycle forbids now: an
      │                                 agent started twice, `ctx` used before the start,
      │                                 a transition scheduled while the agent finishes
      └── RestartIntensityExceeded      a supervisor restarted its children too often
@@ -82,6 +83,15 @@ class InvalidTransition(HybridError, TypeError):
     Raised when `begin()`, a state or a fallback returns something that is not
     a [`Next`][hybrid.Next], when a transition is built with bad arguments, or
     when a state modifier is applied to a transition that is not a state.
+    """
+
+
+class NameInUse(HybridError, ValueError):
+    """An agent name given to `spawn` (or `AgentRunner`, `ctx.spawn`) is taken.
+
+    Names are unique among the agents alive in one trio run; a name is free
+    again once its agent has ended (and no supervisor keeps its address for a
+    restart).
     """
 
 

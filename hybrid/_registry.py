@@ -7,6 +7,8 @@ from typing import TypeVar, final
 
 from trio.lowlevel import RunVar
 
+from ._exceptions import NameInUse
+
 T = TypeVar("T")
 
 
@@ -52,7 +54,7 @@ class Names:
             if not isinstance(name, str) or not name:  # pyright: ignore[reportUnnecessaryIsInstance]
                 raise TypeError(f"an agent name must be a non-empty str, got {name!r}")
             if name in self.used:
-                raise ValueError(f"the agent name {name!r} is in use by an agent alive in this trio run")
+                raise NameInUse(f"the agent name {name!r} is in use by an agent alive in this trio run")
         self.used.add(name)
         return name
 

@@ -45,7 +45,7 @@ from . import _validate
 from ._address import Address
 from ._agent import Agent, AgentRunner
 from ._context import Context
-from ._exceptions import AgentStopped, HybridError, LifecycleError
+from ._exceptions import AgentStopped, HybridError, LifecycleError, NameInUse
 from ._handlers import on_event
 from ._instrument import instruments
 from ._next import Next
@@ -272,12 +272,19 @@ class _Tracker:
         else:
             timeout = _validate.seconds("shutdown_timeout", shutdown_timeout, optional=True)
         restartable = factory is not None and restart is not Restart.TEMPORARY
-        runner = AgentRunner(
-            instance,
-            mailbox_capacity=mailbox_capacity,
-            name=self.child_name(instance, name),
-            keep_address=restartable,
-        )
+        while True:
+            try:
+                runner = AgentRunner(
+                    instance,
+                    mailbox_capacity=mailbox_capacity,
+                    name=self.child_name(instance, name),
+                    keep_address=restartable,
+                )
+                break
+            except NameInUse:
+                if name is not None:
+                    raise
+                # A default name a sibling took explicitly: take the next one.
         child = _Child(
             factory=factory,
             group=int(group),

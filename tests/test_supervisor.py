@@ -773,3 +773,28 @@ async def test_an_unhandled_message_error_names_only_the_supervisors_public_hand
         assert "it handles: Ping)" in str(caught.value)
         assert "_" not in str(caught.value).split("it handles:")[1]
         address.interrupt()
+
+
+async def test_a_default_child_name_skips_a_name_a_sibling_took_explicitly() -> None:
+    """Default child names never collide with explicit ones: the next free number is taken."""
+
+    class Named(Supervisor):
+        def begin(self) -> Next[Self]:
+            self.explicit = self.ctx.spawn(Echoer(), name="Echoer-1")
+            self.default = self.ctx.spawn(Echoer())
+            return Next.events()
+
+    class Echoer(Agent):
+        @hybrid.on_request
+        async def echo(self, request: Echo) -> int:
+            return request.n
+
+    async with trio.open_nursery() as nursery:
+        sup = Named()
+        address = hybrid.spawn(nursery, sup, name="named")
+        await trio.testing.wait_all_tasks_blocked()
+        assert sup.explicit.name == "named/Echoer-1"
+        assert sup.default.name == "named/Echoer-2"
+        with pytest.raises(hybrid.NameInUse):
+            hybrid.spawn(nursery, Echoer(), name="named/Echoer-2")
+        address.interrupt()
