@@ -10,7 +10,7 @@ import trio
 from trio.lowlevel import reschedule
 from typing_extensions import TypeVar
 
-from ._exceptions import AgentStopped
+from ._exceptions import AgentStopped, LifecycleError
 from ._handlers import REQUEST, lookup
 from ._mailbox import CLOSED, Mailbox, RequestCall, make_call
 from ._request import Request
@@ -150,6 +150,11 @@ class Address(Generic[A_co]):
         mailbox = self._mailbox
         check_awaited_at_home(mailbox.home, "send_wait")
         mailbox.event_handler(type(event))
+        if not mailbox.has_room() and trio.lowlevel.current_task() is mailbox.reader:
+            raise LifecycleError(
+                f"{mailbox.name} awaited send_wait to its own full mailbox: it would wait forever "
+                "(only its own loop makes room); use send(), or raise the bound"
+            )
         await trio.lowlevel.checkpoint_if_cancelled()
         if not await mailbox.put_wait():
             raise AgentStopped(f"{mailbox.name} has ended; {event!r} was not sent")
@@ -198,9 +203,15 @@ class Address(Generic[A_co]):
         supervised child, this is the run the address reaches now.
 
         Raises:
-            LifecycleError: awaited outside the agent's trio run.
+            LifecycleError: awaited outside the agent's trio run, or by the
+                agent itself (it would wait forever).
         """
         check_awaited_at_home(self._mailbox.home, "join")
+        if trio.lowlevel.current_task() is self._mailbox.reader:
+            raise LifecycleError(
+                f"{self.name} awaited its own join(): it would wait forever (it ends only after this returns); "
+                "end with a transition (Next.done, ctx.shutdown) instead"
+            )
         result: T = await self._rt.join()
         return result
 

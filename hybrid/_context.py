@@ -53,6 +53,19 @@ class Context:
         ctx._rt = rt
         return ctx
 
+    if not TYPE_CHECKING:  # type checkers keep flagging unknown attributes (ctx.spawn of a plain agent)
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "spawn":
+                raise AttributeError(
+                    f"{type(self._rt.agent).__qualname__}.ctx has no spawn(): only a supervisor starts children; "
+                    "subclass hybrid.Supervisor (its ctx is a hybrid.SupervisorContext), or use "
+                    "hybrid.spawn(nursery, agent) in a nursery of your own",
+                    name=name,
+                    obj=self,
+                )
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
+
     @property
     def address(self) -> Address[Any]:
         """The agent's own address."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from threading import get_ident
@@ -96,6 +97,7 @@ class Mailbox:
         "name",
         "parked",
         "queue",
+        "reader",
         "requests",
         "responses",
         "room_waiters",
@@ -118,6 +120,8 @@ class Mailbox:
         costs no deque)."""
         self.parked: Task | None = None
         """The reader's task while it waits for a message, else None."""
+        self.reader: Task | None = None
+        """The task of the run that reads this mailbox, while it runs (set by the run loop)."""
         self.room_waiters: deque[Task] | None = None
         """Senders waiting for room in a full bounded mailbox (made when one first waits)."""
         self.draining = False
@@ -383,19 +387,36 @@ class RequestCall(Generic[R]):
 
     def __await__(self) -> Generator[Any, Any, R]:
         mailbox = self._mailbox
-        check_awaited_at_home(mailbox.home, "a request", run_is_live=mailbox.parked is not None)
         if self._state != _NEW:
             raise LifecycleError("a request can be awaited or forwarded only once")
+        self._state = _USED  # refused below unless it is queued
+        check_awaited_at_home(mailbox.home, "a request", run_is_live=mailbox.parked is not None)
+        task = current_task()
+        if task is mailbox.reader:
+            raise LifecycleError(
+                f"{mailbox.name} awaited a request to itself: it would wait forever (its handler runs only "
+                f"after this one returns); call the method directly, or forward_to(self.ctx) for the answer later"
+            )
         self._state = _QUEUED
         # A caller that is already cancelled sends nothing.
         yield from trio.lowlevel.checkpoint_if_cancelled().__await__()  # noqa: ASYNC105
         # A closed or full bounded mailbox: wait for room (or learn it is closed).
         if not mailbox.has_room() and not (yield from mailbox.put_wait().__await__()):
             raise AgentStopped(f"{mailbox.name} has ended; request {self._request!r} was not sent")
-        self._task = current_task()
+        self._task = task
         mailbox.put(self)
         result: R = yield from wait_task_rescheduled(self._abandon).__await__()  # noqa: ASYNC105
         return result
+
+    def __del__(self) -> None:
+        if self._state == _NEW:
+            # As Python warns of a coroutine never awaited: this request was never sent.
+            warnings.warn(
+                f"request {self._request!r} to {self._mailbox.name} was never awaited nor forwarded, "
+                "so it was never sent (write `await address.request(...)`)",
+                RuntimeWarning,
+                stacklevel=1,
+            )
 
     def _abandon(self, raise_cancel: Any) -> Abort:
         # The caller gave up (timeout, cancellation): a request still queued is
@@ -440,6 +461,7 @@ class RequestCall(Generic[R]):
     def _forward(self, client: Mailbox) -> None:
         if self._state != _NEW:
             raise LifecycleError("a request can be awaited or forwarded only once")
+        self._state = _USED  # refused below unless it is queued
         self._response_handler = lookup(client.responses, type(self._request), RESPONSE, client.agent_type)
         self._mailbox.check_room(self._request)
         self._state = _QUEUED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, Protocol, final
@@ -160,6 +161,11 @@ class Next(Generic[A_co]):
         """
         if not callable(fn):
             raise InvalidTransition(f"Next.do_sync needs a callable, got {fn!r}")
+        if inspect.iscoroutinefunction(fn):
+            raise InvalidTransition(
+                f"Next.do_sync({_callable_name(fn)}) got an 'async def' function: a worker thread cannot "
+                "await it; use Next.do_async for an async state"
+            )
         return _state(SYNC, fn, args)
 
     @staticmethod

@@ -13,6 +13,7 @@ transitions), and dispatch is one dict lookup by exact type.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,15 @@ current_runtime: ContextVar[Runtime | None] = ContextVar("hybrid_current_agent",
 # Phases, in the order an agent goes through them (HOOK: on_interrupt runs).
 STARTING, STATE, EVENTS_PHASE, HOOK, FINISHING, ENDED = range(6)
 PHASE_NAMES: Final = ("starting", "state", "events", "hook", "finishing", "ended")
+
+
+def _check_awaitable(step: object, state: Next[Any]) -> None:
+    """A state given to do_async returned something that cannot be awaited: say what to write instead."""
+    if not inspect.isawaitable(step):
+        raise InvalidTransition(
+            f"state {state!r} is not an 'async def' function: it ran on the trio thread and returned {step!r}; "
+            "use Next.do_sync(...) to run a plain function in a worker thread, or make it async"
+        ) from None
 
 
 def _request_of(call: RequestCall[Any]) -> object:
@@ -278,7 +288,7 @@ class Runtime:
         """
         self.reason = reason
         self.phase = ENDED
-        self.mailbox.parked = None
+        self.mailbox.parked = self.mailbox.reader = None
         if self.keep_address:
             self.mailbox.reopen()
         else:
@@ -321,7 +331,7 @@ class Runtime:
         task's would). Cancellation and other BaseExceptions propagate
         unchanged, after the agent has ended (``on_stop`` runs shielded).
         """
-        self.task = current_task()
+        self.task = self.mailbox.reader = current_task()
         token = current_runtime.set(self)
         starter = None if task_status is None else _Starter(task_status, self.address)
         try:
@@ -356,7 +366,12 @@ class Runtime:
                             self.state = nxt
                             if nxt._mods is None:
                                 if kind == ASYNC:
-                                    nxt = await nxt._fn(*nxt._args)
+                                    step = nxt._fn(*nxt._args)
+                                    try:
+                                        nxt = await step
+                                    except TypeError:
+                                        _check_awaitable(step, nxt)
+                                        raise
                                 elif kind == SYNC:
                                     nxt = await trio.to_thread.run_sync(nxt._fn, *nxt._args)
                                 else:
@@ -615,7 +630,12 @@ class Runtime:
         kind = nxt._kind
         result: Next[Any]
         if kind == ASYNC:
-            result = await nxt._fn(*nxt._args)
+            step = nxt._fn(*nxt._args)
+            try:
+                result = await step
+            except TypeError:
+                _check_awaitable(step, nxt)
+                raise
         elif kind == SYNC:
             result = await trio.to_thread.run_sync(nxt._fn, *nxt._args)
             # A thread cannot be cancelled: it returns normally after polling

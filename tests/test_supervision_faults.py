@@ -1207,7 +1207,7 @@ async def test_supervised_children_are_named_under_their_supervisor_and_keep_the
             await trio.sleep(5)
             assert ledger.alive["db"] == {2}
             assert db.name == "root/db"
-            assert [type(error) for error in sup.spawn_errors] == [ValueError, ValueError]
+            assert [type(error) for error in sup.spawn_errors] == [hybrid.NameInUse, hybrid.NameInUse]
             assert ledger.begun("try-db") == 0
             assert sup.ctx.children().count(db) == 1
             address.interrupt()
