@@ -19,7 +19,6 @@ from ._next import Next
 from ._registry import current_names
 from ._runtime import ENDED, STARTING, Runtime, current_runtime
 from ._stop import StopReason
-from ._validate import DEFAULT
 
 T_co = TypeVar("T_co", covariant=True, default=None)
 A = TypeVar("A", bound="Agent[Any]")
@@ -39,10 +38,6 @@ class _NotStarted:
         )
 
 
-def _check_capacity(capacity: object, where: str) -> int | None:
-    return _validate.count(where, capacity, minimum=1, optional=True)
-
-
 class Agent(Generic[T_co]):
     """The base class of agents; `T_co` is the type of its output (default None).
 
@@ -58,7 +53,8 @@ class Agent(Generic[T_co]):
     [`Context`][hybrid.Context].
 
     Attributes:
-        mailbox_capacity: the bound of the agent's mailbox (None: unbounded).
+        mailbox_capacity: the bound of the agent's mailbox: an int >= 1, or
+            None (the default) or ``math.inf`` for unbounded.
             A class attribute; `hybrid.spawn(..., mailbox_capacity=n)`
             overrides it for one agent.
         context_class: the class of ``self.ctx``: `Context`, or a subclass
@@ -84,7 +80,7 @@ class Agent(Generic[T_co]):
         ```
     """
 
-    mailbox_capacity: ClassVar[int | None] = None
+    mailbox_capacity: ClassVar[int | float | None] = None
     context_class: ClassVar[type[Context]] = Context
 
     if TYPE_CHECKING:
@@ -98,7 +94,7 @@ class Agent(Generic[T_co]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _check_capacity(cls.__dict__.get("mailbox_capacity"), f"{cls.__qualname__}.mailbox_capacity")
+        _validate.capacity(f"{cls.__qualname__}.mailbox_capacity", cls.__dict__.get("mailbox_capacity"))
         cls._hybrid_events, cls._hybrid_requests, cls._hybrid_responses = build_tables(cls, defining_namespace())
 
     def begin(self) -> Next[Self]:
@@ -149,7 +145,7 @@ def start_runtime(
     *,
     caller: str,
     host: trio.Nursery | None,
-    mailbox_capacity: object = DEFAULT,
+    mailbox_capacity: object = None,
     address: Address[Any] | None = None,
     name: str | None = None,
 ) -> Runtime:
@@ -163,10 +159,10 @@ def start_runtime(
     cls = type(agent)
     tables = (cls._hybrid_events, cls._hybrid_requests, cls._hybrid_responses)
     if address is None:
-        if mailbox_capacity is DEFAULT:
-            capacity = cls.mailbox_capacity
+        if mailbox_capacity is None:
+            capacity = _validate.capacity("mailbox_capacity", cls.mailbox_capacity)
         else:
-            capacity = _check_capacity(mailbox_capacity, "mailbox_capacity")
+            capacity = _validate.capacity("mailbox_capacity", mailbox_capacity)
         mailbox = Mailbox(current_names().claim(name, cls.__name__), cls, capacity, tables)
         rt = Runtime(agent, mailbox, host)
         address = Address._make(mailbox, rt)
@@ -178,7 +174,8 @@ def start_runtime(
         if old.phase != ENDED:
             raise LifecycleError(f"{address!r} still reaches a running agent; it can be reused once that ended")
         mailbox = address._mailbox  # noqa: SLF001
-        if mailbox_capacity is not DEFAULT and mailbox_capacity != mailbox.capacity:
+        reused = _validate.capacity("mailbox_capacity", mailbox_capacity)
+        if mailbox_capacity is not None and reused != mailbox.capacity:
             raise ValueError("a reused address keeps its mailbox and its capacity")
         if old.keep_address:
             old.keep_address = False
@@ -209,8 +206,9 @@ class AgentRunner(Generic[A]):
 
     Args:
         agent: a new agent instance.
-        mailbox_capacity: bound the mailbox (an int >= 1) or None for
-            unbounded; by default the class's `mailbox_capacity`.
+        mailbox_capacity: bound the mailbox (an int >= 1), or ``math.inf``
+            for unbounded; None (the default) takes the class's
+            `mailbox_capacity`.
         address: reuse the address of an agent that has ended: from now on
             it reaches this agent, with the same name and mailbox (how a
             supervisor restarts a child without changing its address).
@@ -244,7 +242,7 @@ class AgentRunner(Generic[A]):
         self,
         agent: A,
         *,
-        mailbox_capacity: int | None = DEFAULT,
+        mailbox_capacity: int | float | None = None,
         address: Address[A] | None = None,
         name: str | None = None,
         keep_address: bool = False,
@@ -334,7 +332,7 @@ def spawn(
     nursery: trio.Nursery,
     agent: A,
     *,
-    mailbox_capacity: int | None = DEFAULT,
+    mailbox_capacity: int | float | None = None,
     name: str | None = None,
 ) -> Address[A]:
     """Start `agent` as a task in `nursery` and return its address at once.
@@ -346,8 +344,9 @@ def spawn(
     Args:
         nursery: where the agent's task (and its helper tasks) run.
         agent: a new agent instance (an instance runs once).
-        mailbox_capacity: bound the agent's mailbox (an int >= 1), or None for
-            unbounded; by default, the class's `mailbox_capacity`.
+        mailbox_capacity: bound the agent's mailbox (an int >= 1), or
+            ``math.inf`` for unbounded (as `trio.open_memory_channel` says it);
+            None (the default) takes the class's `mailbox_capacity`.
         name: the agent's name, unique among the live agents of the run;
             by default ``"{ClassName}-{n}"``.
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, cast, final
 import outcome
 import trio
 from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
-from typing_extensions import TypeVar
+from typing_extensions import Self, TypeVar
 
 from ._exceptions import AgentStopped, LifecycleError, MailboxFull, UnhandledMessage
 from ._handlers import EVENT, RESPONSE, Table, lookup
@@ -317,14 +317,18 @@ class Mailbox:
                     if kind is RequestCall:
                         call = cast("RequestCall[Any]", message)
                         lookup(self.requests, type(call._request), "request", agent_type)  # noqa: SLF001
-                    elif kind is not Response:
+                    elif kind is Response:  # answered to the old class: the new one's handler takes it
+                        response = cast("Response", message)
+                        response.handler = lookup(self.responses, type(response.request), RESPONSE, agent_type)
+                    else:
                         self.event_handler(kind)
                 except UnhandledMessage as error:
                     self.dropped += 1
                     if kind is RequestCall:
                         message._complete(outcome.Error(error))  # noqa: SLF001
                     else:
-                        logger.warning("%s: the restarted agent does not handle %r; dropped", self.name, message)
+                        what = f"the answer to {message.request!r}" if kind is Response else repr(message)
+                        logger.warning("%s: the next agent does not handle %s; dropped", self.name, what)
                     continue
                 kept.append(message)
             self.queue = kept
@@ -382,7 +386,8 @@ class RequestCall(Generic[R]):
     _reply_to: Mailbox | None
     _response_handler: Callable[..., Awaitable[Any]] | None
 
-    def __init__(self) -> None:
+    def __new__(cls, *args: object, **kwargs: object) -> Self:
+        # In __new__, not __init__: no half-made call is left for __del__ to see.
         raise TypeError("RequestCall has no public constructor: use Address.request(...)")
 
     def __await__(self) -> Generator[Any, Any, R]:

@@ -590,11 +590,12 @@ class Runtime:
         """Tell the instruments a message was handled: the event, or the request (asked or answered)."""
         if self.probe.active is None:  # the last instrument left meanwhile
             return
-        if type(message) is RequestCall:
-            message = _request_of(message)  # pyright: ignore[reportUnknownArgumentType]
-        elif isinstance(message, Response):
-            message = message.request
-        self.probe.message_handled(self.address, message, time.perf_counter() - start)
+        reported = message
+        if isinstance(message, Response):
+            reported = message.request
+        elif isinstance(message, RequestCall):
+            reported = _request_of(message)  # pyright: ignore[reportUnknownArgumentType]
+        self.probe.message_handled(self.address, reported, time.perf_counter() - start)
 
     async def _perform_modified(self, nxt: Next[Any]) -> Next[Any]:
         mods = nxt._mods

@@ -51,7 +51,6 @@ from ._instrument import instruments
 from ._next import Next
 from ._retry import Backoff
 from ._stop import StopKind, StopReason
-from ._validate import DEFAULT
 
 A = TypeVar("A", bound=Agent[Any])
 T_co = TypeVar("T_co", covariant=True, default=None)
@@ -231,8 +230,8 @@ class _Tracker:
         self.waiting_groups: dict[int, list[_Child]] = {}
         self.group_heap: list[int] = []
         """During the shutdown: the groups still to stop (negated, for a max-heap)."""
-        self.current_wait: trio.Nursery | None = None
-        """Where the members of the group being stopped are awaited."""
+        self.closed = False
+        """The supervisor's own ending has begun (its on_stop): it starts no more children."""
         self.round_done: trio.Event | None = None
         """The shutdown round under way (one task stops, the others wait for it)."""
 
@@ -248,6 +247,10 @@ class _Tracker:
         mailbox_capacity: Any,
         name: str | None,
     ) -> Address[Any]:
+        if self.closed:
+            raise LifecycleError(
+                f"{self.ctx.address.name} is ending (its children have stopped); it starts no more children"
+            )
         if isinstance(agent, Agent):
             instance: Agent[Any] = agent  # pyright: ignore[reportUnknownVariableType]
             if restart not in (None, Restart.TEMPORARY):
@@ -267,10 +270,10 @@ class _Tracker:
             raise TypeError(f"restart must be a hybrid.Restart, got {restart!r}")
         if isinstance(group, bool) or not isinstance(group, int):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(f"group must be an int (an IntEnum member, say), got {group!r}")
-        if shutdown_timeout is DEFAULT:
-            timeout = self.supervisor.shutdown_timeout
+        if shutdown_timeout is None:
+            timeout = _validate.timeout("shutdown_timeout", self.supervisor.shutdown_timeout)
         else:
-            timeout = _validate.seconds("shutdown_timeout", shutdown_timeout, optional=True)
+            timeout = _validate.timeout("shutdown_timeout", shutdown_timeout)
         restartable = factory is not None and restart is not Restart.TEMPORARY
         while True:
             try:
@@ -331,10 +334,9 @@ class _Tracker:
                     self.run_child, child, child.runner, child.incarnation, started, name=child.address.name
                 )
                 if self.stopping and child.group >= self.stopping_group:
-                    # Spawned into a group whose turn to stop has come: at once.
+                    # Spawned into a group whose turn to stop has come: interrupted at
+                    # once, and awaited next (its group went back on the heap).
                     self.interrupt(child)
-                    if self.current_wait is not None:
-                        self.current_wait.start_soon(self.await_end, child)
                 await started.event.wait()
         finally:
             self.starting = False
@@ -578,13 +580,10 @@ class _Tracker:
                     group = -heapq.heappop(self.group_heap)
                     self.stopping_group = min(self.stopping_group, group)
                     async with trio.open_nursery() as nursery:
-                        self.current_wait = nursery
                         for child in self.waiting_groups.pop(group):
                             self.interrupt(child)
                             nursery.start_soon(self.await_end, child)
-                    self.current_wait = None
             finally:
-                self.current_wait = None
                 self.round_done.set()
                 self.round_done = None
 
@@ -619,8 +618,8 @@ class SupervisorContext(Context):
         *,
         group: int = 0,
         restart: Restart | None = None,
-        shutdown_timeout: float | None = ...,
-        mailbox_capacity: int | None = ...,
+        shutdown_timeout: float | None = None,
+        mailbox_capacity: int | float | None = None,
         name: str | None = None,
     ) -> Address[A]: ...
 
@@ -631,8 +630,8 @@ class SupervisorContext(Context):
         *,
         group: int = 0,
         restart: Restart | None = None,
-        shutdown_timeout: float | None = ...,
-        mailbox_capacity: int | None = ...,
+        shutdown_timeout: float | None = None,
+        mailbox_capacity: int | float | None = None,
         name: str | None = None,
     ) -> Address[A]: ...
 
@@ -642,8 +641,8 @@ class SupervisorContext(Context):
         *,
         group: int = 0,
         restart: Restart | None = None,
-        shutdown_timeout: float | None = DEFAULT,
-        mailbox_capacity: int | None = DEFAULT,
+        shutdown_timeout: float | None = None,
+        mailbox_capacity: int | float | None = None,
         name: str | None = None,
     ) -> Address[A]:
         """Start a child in `group` and return its address at once.
@@ -668,8 +667,10 @@ class SupervisorContext(Context):
             restart: when the child is restarted after it ends.
             shutdown_timeout: seconds a child may take to end once
                 interrupted, after which it is interrupted again, then
-                cancelled; None waits forever. Default: the supervisor's.
-            mailbox_capacity: bound the child's mailbox (default: its class's).
+                cancelled; ``math.inf`` waits forever. None (the default)
+                takes the supervisor's `shutdown_timeout`.
+            mailbox_capacity: bound the child's mailbox (an int >= 1, or
+                ``math.inf``); None (the default) takes its class's.
             name: the child's name; its address's name is
                 ``"{supervisor name}/{name}"`` (default name: ``"{ClassName}-{n}"``).
 
@@ -719,6 +720,7 @@ class SupervisorContext(Context):
         """
         if reason.kind is not StopKind.CANCELLED:
             tracker = self._machinery
+            tracker.closed = True
             await tracker.stop_all()
             await tracker.process_exits()
         await super().call_on_stop(reason)
@@ -763,7 +765,7 @@ class Supervisor(Agent[T_co]):
             of that child in the window (default: none, restart at once).
         shutdown_timeout: default seconds a child may take to end once
             interrupted before it is interrupted again, then cancelled
-            (default 5; None: wait forever).
+            (default 5; None or ``math.inf``: wait forever).
 
     Example:
         ```python
@@ -801,7 +803,7 @@ class Supervisor(Agent[T_co]):
             raise TypeError(f"{where}.strategy must be a hybrid.Strategy, got {cls.strategy!r}")
         _validate.count(f"{where}.max_restarts", cls.max_restarts, optional=True)
         _validate.seconds(f"{where}.restart_period", cls.restart_period, positive=True)
-        _validate.seconds(f"{where}.shutdown_timeout", cls.shutdown_timeout, optional=True)
+        _validate.timeout(f"{where}.shutdown_timeout", cls.shutdown_timeout)
         if cls.restart_backoff is not None and not isinstance(cls.restart_backoff, Backoff):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(f"{where}.restart_backoff must be a hybrid.Backoff or None, got {cls.restart_backoff!r}")
 
@@ -820,7 +822,10 @@ class Supervisor(Agent[T_co]):
     @on_event
     async def _hybrid_all_stopped(self, event: _AllStopped) -> None:
         if self.ctx.scheduled is None:
-            self.ctx.do_next(Next.interrupt())  # finishes as interrupted: on_interrupt already ran
+            # Finish as interrupted (on_interrupt already ran); refused only when the
+            # supervisor is finishing already (ctx.shutdown() meanwhile): nothing to do.
+            with contextlib.suppress(LifecycleError):
+                self.ctx.do_next(Next.interrupt())
 
     @on_event
     async def _hybrid_give_up(self, event: _GiveUp) -> None:

@@ -8,18 +8,7 @@ value out of range is a ``ValueError`` that names the argument and the bound.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, overload
-
-
-class _Default:
-    """The default of an optional argument whose None means something (no bound, no timeout)."""
-
-    def __repr__(self) -> str:
-        return "<default>"
-
-
-DEFAULT: Any = _Default()
-"""Stands for "not given" where None is a meaningful value."""
+from typing import Literal, overload
 
 
 def _is_number(value: object) -> bool:
@@ -106,3 +95,31 @@ def factor(what: str, value: object) -> float:
     if not (number >= 1 and math.isfinite(number)):
         raise ValueError(f"{what} must be a finite number >= 1, got {value!r}")
     return number
+
+
+def capacity(what: str, value: object) -> int | None:
+    """A mailbox bound: an int >= 1, or ``math.inf`` (or None) for unbounded, as trio's channels say it.
+
+    Returns the bound, or None for unbounded.
+
+    Raises:
+        TypeError: not an int (bools are not counts), nor ``math.inf``.
+        ValueError: smaller than 1.
+    """
+    if value is None or (isinstance(value, float) and value == math.inf):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int >= 1, or math.inf for no bound, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{what} must be an int >= 1, or math.inf for no bound, got {value!r}")
+    return value
+
+
+def timeout(what: str, value: object) -> float | None:
+    """A timeout in seconds (>= 0): ``math.inf`` (or None) waits forever, returned as None."""
+    if value is None or (isinstance(value, float) and value == math.inf):
+        return None
+    if not _is_number(value) or math.isnan(float(value)) or float(value) < 0:  # type: ignore[arg-type]
+        error = ValueError if _is_number(value) else TypeError
+        raise error(f"{what} must be a number of seconds >= 0, or math.inf to wait forever, got {value!r}")
+    return float(value)  # type: ignore[arg-type]

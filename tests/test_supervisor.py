@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -167,7 +168,7 @@ async def test_a_child_past_its_shutdown_timeout_is_interrupted_again_and_ends_i
 
         def begin(self) -> Next[Self]:
             self.ctx.spawn(Member("slow", log, 3600))
-            self.ctx.spawn(Member("quick", log, 0), shutdown_timeout=None)
+            self.ctx.spawn(Member("quick", log, 0), shutdown_timeout=math.inf)
             return Next.events()
 
     async with trio.open_nursery() as nursery:
@@ -476,7 +477,7 @@ async def test_spawn_checks_its_arguments() -> None:
                 self.ctx.spawn(lambda: "nope")  # type: ignore[type-var]
             with pytest.raises(TypeError, match="group must be an int"):
                 self.ctx.spawn(Life("x", log, None), group="first")  # type: ignore[call-overload]
-            with pytest.raises(ValueError, match="shutdown_timeout must be None or"):
+            with pytest.raises(ValueError, match="shutdown_timeout must be a number of seconds >= 0, or math.inf"):
                 self.ctx.spawn(Life("x", log, None), shutdown_timeout=-1)
             return Next.done()
 
