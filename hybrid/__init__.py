@@ -18,7 +18,7 @@ checks it; imports under ``TYPE_CHECKING`` are annotations only):
 - handles, each with its own loop: ``_address.py`` (`Address`,
   `AgentStatistics`), ``_context.py`` (`Context`), ``_timers.py`` (`Timer`),
   ``_streams.py`` (`Stream`, `StreamEnded`), ``_monitors.py`` (`Monitor`, `Ended`)
-- ``_agent.py``: `Agent`, `AgentRunner`, `spawn`, `interrupted`
+- ``_agent.py``: `Agent`, `AgentRunner`, `spawn`, `start`, `open_agent`, `interrupted`
 - built on public names only, as a third party would: ``_supervisor.py``
   (`Supervisor`, `SupervisorContext`, `Restart`, `Strategy`,
   `RestartIntensityExceeded`) and ``_pipeline.py`` (`Pipeline`, `Stage`,
@@ -32,7 +32,9 @@ from ._address import AgentStatistics as AgentStatistics
 from ._agent import Agent as Agent
 from ._agent import AgentRunner as AgentRunner
 from ._agent import interrupted as interrupted
+from ._agent import open_agent as open_agent
 from ._agent import spawn as spawn
+from ._agent import start as start
 from ._context import Context as Context
 from ._exceptions import AgentStopped as AgentStopped
 from ._exceptions import HandlerDefinitionError as HandlerDefinitionError
@@ -121,10 +123,12 @@ __all__ = [
     "on_event",
     "on_request",
     "on_response",
+    "open_agent",
     "open_merge",
     "open_pipeline",
     "remove_instrument",
     "spawn",
+    "start",
 ]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, final
 
@@ -81,10 +83,10 @@ class Agent(Generic[T_co]):
     """
 
     mailbox_capacity: ClassVar[int | float | None] = None
-    context_class: ClassVar[type[Context]] = Context
+    context_class: ClassVar[type[Context[Any]]] = Context
 
     if TYPE_CHECKING:
-        ctx: Context
+        ctx: Context[Self]
     else:
         ctx = _NotStarted()
 
@@ -367,6 +369,72 @@ def spawn(
     nursery.start_soon(rt.main, True, name=f"hybrid agent {rt.name}")
     address: Address[A] = rt.address
     return address
+
+
+async def start(
+    nursery: trio.Nursery,
+    agent: A,
+    *,
+    mailbox_capacity: int | float | None = None,
+    name: str | None = None,
+) -> Address[A]:
+    """Start `agent` in `nursery` and return its address once its `begin()` has run.
+
+    The `nursery.start` of agents: where `hybrid.spawn` returns at once,
+    this waits until the agent is set up (its `begin()` has returned its
+    first transition), so what `begin()` prepares is there when this returns.
+    If `begin()` raises, the error is raised here, as `nursery.start` does for
+    a task that fails before it has started.
+
+    Args:
+        nursery: where the agent's task (and its helper tasks) run.
+        agent: a new agent instance (an instance runs once).
+        mailbox_capacity: as for `hybrid.spawn`.
+        name: as for `hybrid.spawn`.
+
+    Example:
+        ```python
+        async with trio.open_nursery() as nursery:
+            db = await hybrid.start(nursery, Database("app.db"))   # connected in begin()
+            web = hybrid.spawn(nursery, Web(db))
+        ```
+    """
+    if not isinstance(nursery, trio.Nursery):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise TypeError(f"hybrid.start needs a trio nursery to run the agent in, got {nursery!r}")
+    rt = start_runtime(agent, caller="hybrid.start", host=nursery, mailbox_capacity=mailbox_capacity, name=name)
+    address: Address[A] = await nursery.start(rt.main, True, name=f"hybrid agent {rt.name}")
+    return address
+
+
+@asynccontextmanager
+async def open_agent(
+    agent: A,
+    *,
+    mailbox_capacity: int | float | None = None,
+    name: str | None = None,
+) -> AsyncGenerator[Address[A]]:
+    """Run `agent` for the duration of an ``async with`` block; interrupt it and wait for it on exit.
+
+    A forgotten ``interrupt()`` cannot hang the program: leaving the block
+    interrupts the agent (it handles what is queued, runs `on_interrupt` and
+    `on_stop`) and waits until it has ended. An exception leaving the block
+    cancels the agent instead, as a nursery cancels its tasks. The agent
+    starts as with `hybrid.start`: its `begin()` has run when the block
+    begins. If the agent fails, its error leaves the block in an
+    `ExceptionGroup`, as a trio task's would.
+
+    Example:
+        ```python
+        async with hybrid.open_agent(Crawler()) as crawler:
+            crawler.send(AddUrl("https://example.org"))
+            print(await crawler.request(GetCount()))
+        # here the crawler has ended
+        ```
+    """
+    async with trio.open_nursery() as nursery:
+        address = await start(nursery, agent, mailbox_capacity=mailbox_capacity, name=name)
+        yield address  # an exception from the block cancels the agent with the nursery
+        address.interrupt()
 
 
 def interrupted() -> bool:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterable, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, cast
 
-from typing_extensions import TypeVarTuple
+from typing_extensions import TypeVar, TypeVarTuple
 
 from . import _validate
 from ._monitors import Monitor, watch
@@ -22,11 +22,12 @@ if TYPE_CHECKING:
     from ._agent import Agent
 
 Ts = TypeVarTuple("Ts")
+A_co = TypeVar("A_co", bound="Agent[Any]", covariant=True, default="Agent[Any]")
 
 _at_home = threadsafe(lambda ctx: ctx._rt.mailbox.home)  # noqa: SLF001 - the context's own field
 
 
-class Context:
+class Context(Generic[A_co]):
     """The agent's handle on its runtime: ``self.ctx`` in states and handlers.
 
     It exists from the moment the agent is started (`run()` or `hybrid.spawn`).
@@ -48,7 +49,7 @@ class Context:
         raise TypeError("Context has no public constructor: the runtime makes it, as self.ctx")
 
     @classmethod
-    def _make(cls, rt: Runtime) -> Context:
+    def _make(cls, rt: Runtime) -> Context[Any]:
         ctx = object.__new__(cls)
         ctx._rt = rt
         return ctx
@@ -67,15 +68,16 @@ class Context:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
 
     @property
-    def address(self) -> Address[Any]:
-        """The agent's own address."""
-        address: Address[Any] = self._rt.address
+    def address(self) -> Address[A_co]:
+        """The agent's own address (typed as the agent's: ``self.ctx.address`` is an ``Address[Self]``)."""
+        address: Address[A_co] = self._rt.address
         return address
 
     @property
-    def agent(self) -> Agent[Any]:
+    def agent(self) -> A_co:
         """The agent this context belongs to (for context subclasses and instruments)."""
-        return self._rt.agent
+        agent: Any = self._rt.agent
+        return cast("A_co", agent)
 
     @property
     def interrupted(self) -> bool:

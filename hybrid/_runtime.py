@@ -423,7 +423,9 @@ class Runtime:
             except BaseException as exc:
                 await self._cut_short(exc, stop_hook_started=False)
                 raise
-            await self._end(starter)
+            # A spawned agent whose begin() failed never reports itself started:
+            # its error goes to whoever waits in nursery.start().
+            await self._end(None if spawned else starter)
         finally:
             current_runtime.reset(token)
         if spawned and self.error is not None:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast, final, overload
 
 import attrs
 import trio
-from typing_extensions import TypeVar
+from typing_extensions import Self, TypeVar
 
 from . import _validate
 from ._address import Address
@@ -53,6 +53,7 @@ from ._retry import Backoff
 from ._stop import StopKind, StopReason
 
 A = TypeVar("A", bound=Agent[Any])
+A_co = TypeVar("A_co", bound=Agent[Any], covariant=True, default=Agent[Any])
 T_co = TypeVar("T_co", covariant=True, default=None)
 
 logger = logging.getLogger("hybrid.supervisor")
@@ -205,9 +206,9 @@ class _Tracker:
     in the supervisor's task or its helper tasks.
     """
 
-    def __init__(self, ctx: SupervisorContext) -> None:
+    def __init__(self, ctx: SupervisorContext[Any]) -> None:
         self.ctx = ctx
-        self.supervisor: Supervisor[Any] = ctx.agent  # type: ignore[assignment]
+        self.supervisor: Supervisor[Any] = cast("Supervisor[Any]", ctx.agent)
         self.children: dict[int, _Child] = {}
         """The children not gone, by spawn order (insertion order is start order)."""
         self.next_order = 0
@@ -596,7 +597,7 @@ class _Tracker:
         return [child.address for child in self.children.values() if child.running]
 
 
-class SupervisorContext(Context):
+class SupervisorContext(Context[A_co]):
     """The context of a [`Supervisor`][hybrid.Supervisor]: a `Context` plus `spawn` and `children`."""
 
     __slots__ = ("_tracker",)
@@ -786,7 +787,7 @@ class Supervisor(Agent[T_co]):
         ```
     """
 
-    context_class: ClassVar[type[Context]] = SupervisorContext
+    context_class: ClassVar[type[Context[Any]]] = SupervisorContext
     strategy: ClassVar[Strategy] = Strategy.ONE_FOR_ONE
     max_restarts: ClassVar[int | None] = 3
     restart_period: ClassVar[float] = 5.0
@@ -794,7 +795,7 @@ class Supervisor(Agent[T_co]):
     shutdown_timeout: ClassVar[float | None] = 5.0
 
     if TYPE_CHECKING:
-        ctx: SupervisorContext  # pyright: ignore[reportIncompatibleVariableOverride]
+        ctx: SupervisorContext[Self]  # pyright: ignore[reportIncompatibleVariableOverride]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -164,3 +164,64 @@ async def test_send_wait_to_its_own_full_mailbox_is_refused_instead_of_deadlocki
         assert [type(error) for error in caught] == [hybrid.LifecycleError]
         assert "own full mailbox" in str(caught[0])
         address.interrupt()
+
+
+class Prepared(Agent):
+    def __init__(self) -> None:
+        self.ready = False
+        self.stopped_with: hybrid.StopReason | None = None
+
+    def begin(self) -> Next[Self]:
+        self.ready = True
+        return Next.events()
+
+    @hybrid.on_request
+    async def echo(self, request: Echo) -> int:
+        return request.n
+
+    async def on_stop(self, reason: hybrid.StopReason) -> None:
+        self.stopped_with = reason
+
+
+async def test_start_returns_once_begin_has_run() -> None:
+    """hybrid.start is nursery.start for agents: begin() has run when it returns."""
+    async with trio.open_nursery() as nursery:
+        agent = Prepared()
+        address = await hybrid.start(nursery, agent, name="prepared")
+        assert agent.ready
+        assert address.name == "prepared"
+        assert await address.request(Echo(3)) == 3
+        address.interrupt()
+
+
+async def test_start_raises_the_error_of_a_begin_that_fails() -> None:
+    """As nursery.start: a failure before the agent started is raised by start itself."""
+
+    class Broken(Agent):
+        def begin(self) -> Next[Self]:
+            raise KeyError("no config")
+
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(KeyError, match="no config"):
+            await hybrid.start(nursery, Broken())
+    with pytest.raises(TypeError, match="needs a trio nursery"):
+        await hybrid.start(None, Broken())  # type: ignore[arg-type]
+
+
+async def test_open_agent_interrupts_and_waits_on_exit_so_a_forgotten_interrupt_cannot_hang() -> None:
+    """Leaving the block interrupts the agent and waits for its end."""
+    agent = Prepared()
+    async with hybrid.open_agent(agent) as address:
+        assert agent.ready
+        assert await address.request(Echo(1)) == 1
+    assert not address.is_alive
+    assert agent.stopped_with == hybrid.StopReason.INTERRUPTED
+
+
+async def test_an_error_leaving_open_agent_cancels_the_agent() -> None:
+    """An exception in the block cancels the agent, as a nursery cancels its tasks."""
+    agent = Prepared()
+    with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="boom")):
+        async with hybrid.open_agent(agent):
+            raise RuntimeError("boom")
+    assert agent.stopped_with == hybrid.StopReason.CANCELLED

@@ -75,3 +75,17 @@ async def typed_results(nursery: trio.Nursery) -> None:
     also_not: str = await address.join()  # type: ignore[assignment]
     nor_this: str = await Download("u").run()  # type: ignore[assignment]
     del not_a_str, also_not, nor_this
+
+
+class Knows(Agent):
+    def begin(self) -> Next[Self]:
+        assert_type(self.ctx.address, hybrid.Address[Self])
+        return Next.events()
+
+
+class Parent(hybrid.Supervisor):
+    def begin(self) -> Next[Self]:
+        assert_type(self.ctx, hybrid.SupervisorContext[Self])
+        child = self.ctx.spawn(Download("u"))
+        assert_type(child, hybrid.Address[Download])
+        return Next.events()
