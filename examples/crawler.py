@@ -3,7 +3,8 @@
 It crawls a built-in synthetic web (no network): each page has some words and
 links to other pages. New links found on a page are fed back into the
 pipeline, so the crawl runs until every reachable page is indexed. A progress
-line shows each stage's counters while it runs.
+line on stderr shows each stage's counters while it runs, and their final
+values at the end (every page in and out of every stage, none left in flight).
 
     python examples/crawler.py [--pages N] [--seconds-per-fetch S]
 """
@@ -86,14 +87,19 @@ class Index:
         return page
 
 
+def progress_line(run: hybrid.PipelineRun) -> str:
+    """One line of stage counters: items out/in, in flight, queued."""
+    return "  ".join(
+        f"{s.name}: {s.items_out}/{s.items_in} (in flight {s.in_flight}, queued {s.buffer_depth})"
+        for s in run.statistics()
+    )
+
+
 async def show_progress(run: hybrid.PipelineRun, every: float) -> None:
+    """Redraw the progress line on stderr every `every` seconds, in place."""
     while True:
         await trio.sleep(every)
-        line = "  ".join(
-            f"{s.name}: {s.items_out}/{s.items_in} (in flight {s.in_flight}, queued {s.buffer_depth})"
-            for s in run.statistics()
-        )
-        print(f"\r{line}", end="", file=sys.stderr, flush=True)
+        print(f"\r{progress_line(run)}", end="", file=sys.stderr, flush=True)
 
 
 async def main(pages: int = 60, latency: float = 0.01, progress: float = 0.25) -> dict[str, set[str]]:
@@ -108,7 +114,7 @@ async def main(pages: int = 60, latency: float = 0.01, progress: float = 0.25) -
         hybrid.open_pipeline(
             Stage(lambda url: Fetch(url, web, latency), concurrency=8, name="Fetch"),
             Stage(parse),
-            Stage(index.store, concurrency=2),
+            Stage(index.store, concurrency=2, name="store"),
             buffer=8,
             ordered=False,
         ) as run,
@@ -138,7 +144,8 @@ async def main(pages: int = 60, latency: float = 0.01, progress: float = 0.25) -
                 run.close()
                 nursery.cancel_scope.cancel()
     if progress:
-        print(file=sys.stderr)
+        # The final counters, over the last redrawn line: every page in, every page out.
+        print(f"\r{progress_line(run)}", file=sys.stderr, flush=True)
     print(f"indexed {len(seen)} pages; top words:")
     for word, urls in sorted(index.postings.items(), key=lambda kv: -len(kv[1]))[:5]:
         print(f"  {word:12} {len(urls)} pages")

@@ -87,6 +87,7 @@ class Agent(Generic[T_co]):
 
     if TYPE_CHECKING:
         ctx: Context[Self]
+        """The agent's `Context` (a `SupervisorContext` for a supervisor): set when the agent starts."""
     else:
         ctx = _NotStarted()
 

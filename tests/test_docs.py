@@ -12,6 +12,7 @@ Every ``--8<--`` include in the docs must name a file that exists.
 
 from __future__ import annotations
 
+import logging
 import re
 import textwrap
 import time
@@ -126,8 +127,15 @@ def test_a_complete_program_in_the_docs_runs_and_prints_what_the_docs_show(
     block = program.block
     code = compile(block.code, f"{block.path}:{block.line}", "exec")
     namespace = {"__name__": "__main__", "__file__": str(block.path)}
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     started = time.perf_counter()
-    exec(code, namespace)
+    try:
+        exec(code, namespace)
+    finally:
+        # A program may configure logging (the logging guide does): leave it as it was.
+        root.handlers[:] = handlers
+        root.setLevel(level)
     elapsed = time.perf_counter() - started
     printed = capsys.readouterr().out
     assert elapsed < TIME_LIMIT, f"{block.id} took {elapsed:.2f}s; doc programs must be fast"

@@ -40,6 +40,20 @@ async def test_fsm_counts_the_embedded_text_and_a_file(tmp_path: Path) -> None:
     assert await fsm.main(str(path)) == [("b", 3), ("a", 2), ("c", 1)]
 
 
+async def test_fsm_prints_its_three_states_and_where_each_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The async state runs on the trio (main) thread, the sync state in a worker thread, then the output."""
+    path = tmp_path / "words.txt"
+    path.write_text("b a b c b a")
+    await load("fsm").main(str(path))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "1. read:  an async state, on the main thread (MainThread): 11 characters"
+    assert lines[1].startswith("2. count: a sync state, in a worker thread (")
+    assert lines[1].endswith("): 6 words")
+    assert lines[2:] == ["3. done:  the output, 3 most common words:", "     3  b", "     2  a", "     1  c"]
+
+
 async def test_monitor_polls_the_requested_number_of_times() -> None:
     report = await load("monitor").main(polls=30, interval=0)
     assert report.polls == 30
@@ -66,7 +80,9 @@ async def test_parallel_cpu_keeps_the_loop_free_during_the_sync_state() -> None:
 def test_fsm_runs_as_a_script(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["fsm.py"])
     runpy.run_path(str(EXAMPLES / "fsm.py"), run_name="__main__")
-    assert "nursery" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "nursery" in out
+    assert "2. count: a sync state, in a worker thread" in out
 
 
 def test_an_example_runs_in_a_fresh_interpreter() -> None:
@@ -107,7 +123,16 @@ async def test_crawler_indexes_every_reachable_page_and_shows_progress(capsys: p
     assert {url for urls in postings.values() for url in urls} == {f"/{n}" for n in range(50)}
     captured = capsys.readouterr()
     assert "indexed 50 pages" in captured.out
-    assert "Fetch: " in captured.err
+    # The last progress line (redrawn in place with \r) has the final counters: all through, nothing left.
+    final = captured.err.rstrip("\n").rsplit("\r", 1)[-1]
+    assert final == "  ".join(f"{stage}: 50/50 (in flight 0, queued 0)" for stage in ("Fetch", "parse", "store"))
+
+
+async def test_crawler_without_progress_prints_no_progress_line(capsys: pytest.CaptureFixture[str]) -> None:
+    await load("crawler").main(pages=10, latency=0, progress=0)
+    captured = capsys.readouterr()
+    assert "indexed 10 pages" in captured.out
+    assert captured.err == ""
 
 
 def test_trio_is_the_only_event_loop_used() -> None:
