@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, Protocol, final
 
 import attrs
 from typing_extensions import TypeVar, TypeVarTuple
 
+from . import _validate
 from ._exceptions import InvalidTransition
 from ._retry import RetryPolicy
 
@@ -245,11 +245,11 @@ class Next(Generic[A_co]):
         [`hybrid.interrupted()`][hybrid.interrupted] turns true in its thread,
         and the state fails as soon as the function returns.
         """
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise InvalidTransition(f"timeout needs a number of seconds, got {seconds!r}")
-        if not (seconds > 0 and not math.isnan(seconds)):
-            raise InvalidTransition(f"timeout needs a positive number of seconds, got {seconds!r}")
-        return self._modified("timeout", timeout=float(seconds))
+        try:  # math.inf: no deadline, as trio.fail_after says it
+            checked = _validate.seconds("timeout", seconds, positive=True, infinite=True)
+        except (TypeError, ValueError) as error:
+            raise InvalidTransition(str(error)) from None
+        return self._modified("timeout", timeout=checked)
 
     def _modified(self, what: str, **changes: Any) -> Next[A_co]:
         if self._kind > PERFORM:

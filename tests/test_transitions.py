@@ -395,10 +395,13 @@ def test_modifiers_apply_only_to_states_and_check_their_arguments() -> None:
     with pytest.raises(hybrid.InvalidTransition, match=r"\.fallback\(\) applies to a state"):
         Next.done(1).fallback(lambda e: Next.done())
     state = Next.do_async(_noop)
-    with pytest.raises(hybrid.InvalidTransition, match="positive number of seconds"):
+    with pytest.raises(hybrid.InvalidTransition, match="timeout must be a number of seconds > 0"):
         state.timeout(0)
-    with pytest.raises(hybrid.InvalidTransition, match="needs a number of seconds"):
+    with pytest.raises(hybrid.InvalidTransition, match="timeout must be a number of seconds > 0"):
         state.timeout("1")  # type: ignore[arg-type]
+    with pytest.raises(hybrid.InvalidTransition, match="timeout must be a number of seconds > 0"):
+        state.timeout(True)
+    assert state.timeout(math.inf).kind == "do_async"  # no deadline, as trio.fail_after(math.inf)
     with pytest.raises(hybrid.InvalidTransition, match="needs a hybrid.RetryPolicy"):
         state.retry(3)  # type: ignore[arg-type]
     with pytest.raises(hybrid.InvalidTransition, match="fallback needs a callable"):
