@@ -57,7 +57,7 @@ async def test_cancellation_during_on_stop_propagates_and_marks_the_agent_cancel
     assert stats.reason is not None and stats.reason.cancelled
 
 
-async def test_an_on_response_handler_error_goes_to_on_error() -> None:
+async def test_an_on_response_handler_error_goes_to_on_error(autojump_clock: trio.testing.MockClock) -> None:
     errors: list[Exception] = []
 
     class Client(Agent[None]):
@@ -105,7 +105,9 @@ async def test_an_answer_to_a_client_that_has_ended_is_dropped(autojump_clock: t
         server.interrupt()
 
 
-async def test_forward_to_from_a_sync_state_is_carried_out_on_the_trio_thread() -> None:
+async def test_forward_to_from_a_sync_state_is_carried_out_on_the_trio_thread(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     class ThreadClient(Agent[int]):
         def __init__(self, server: hybrid.Address[Answers]) -> None:
             self.server = server
