@@ -125,7 +125,7 @@ class Address(Generic[A_co]):
             queue is not None
             and type(event) in mailbox.events
             and len(queue) < mailbox.limit
-            and get_ident() == mailbox.home.thread_id
+            and get_ident() == mailbox.thread_id
         ):
             queue.append(event)
             task = mailbox.parked

@@ -101,6 +101,7 @@ class Mailbox:
         "requests",
         "responses",
         "room_waiters",
+        "thread_id",
     )
 
     def __init__(self, name: str, agent_type: type, capacity: int | None, tables: tuple[Table, Table, Table]) -> None:
@@ -133,6 +134,8 @@ class Mailbox:
         """Requests still queued whose callers gave up: skipped by the reader, and
         swept out once they are half the queue, so memory stays bounded."""
         self.home = Home()
+        self.thread_id = self.home.thread_id
+        """The home thread's ident, copied here for `Address.send`'s fast path."""
 
     # -- putting ----------------------------------------------------------
 

@@ -22,13 +22,13 @@ import inspect
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
-from typing import Any, Literal, final
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Generic, Literal, final, overload
 
 import attrs
 import trio
-from typing_extensions import Self
+from typing_extensions import Self, TypeVar
 
 from ._address import Address
 from ._agent import Agent, AgentRunner, spawn
@@ -37,6 +37,30 @@ from ._next import Next
 from ._retry import RetryPolicy, retrying
 
 logger = logging.getLogger("hybrid.pipeline")
+
+# The items of a stage, pipeline or run. The defaults make a bare `Pipeline`
+# or `PipelineRun` annotation mean "of any items", as before they were generic.
+In_contra = TypeVar("In_contra", contravariant=True, default=Any)
+Out_co = TypeVar("Out_co", covariant=True, default=Any)
+In = TypeVar("In", default=Any)
+Out = TypeVar("Out", default=Any)
+# A stage's input and output, inferred from `fn`. A lambda's parameter has
+# no annotation to infer InT from: pyright checks the lambda's body with the
+# parameter typed as the unsolved InT, so its bound must accept any use of it
+# (`word.split()`; unbounded is object, which does not), and both checkers
+# then give the stage InT's default. OutT needs a default too, as it follows
+# InT in the signatures' type parameters.
+InT = TypeVar("InT", bound=Any, default=Any)
+OutT = TypeVar("OutT", default=Any)
+T = TypeVar("T")
+# The items between the stages of a chain, in order.
+S1 = TypeVar("S1")
+S2 = TypeVar("S2")
+S3 = TypeVar("S3")
+S4 = TypeVar("S4")
+S5 = TypeVar("S5")
+S6 = TypeVar("S6")
+S7 = TypeVar("S7")
 
 
 def _check_concurrency(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -54,8 +78,8 @@ def _check_on_error(instance: object, attribute: attrs.Attribute[Any], value: An
         raise ValueError(f'on_error must be "fail" or "skip", got {value!r}')
 
 
-@attrs.frozen
-class Stage:
+@attrs.frozen(init=False)
+class Stage(Generic[In_contra, Out_co]):
     """One step of a [`Pipeline`][hybrid.Pipeline]: turns an input item into output items.
 
     `fn` is called with the item and may return:
@@ -66,6 +90,32 @@ class Stage:
     - an awaitable (an ``async def`` function): its result is the output.
     - anything else (a plain function): the value is the output. With
       ``in_thread=True`` a plain function runs in a worker thread.
+
+    A ``Stage[In, Out]`` takes `In` items and sends `Out` items on. The type
+    checkers infer both from `fn`: its parameter is `In`, and `Out` is what
+    an `Agent[Out]` gives to ``Next.done`` (``Stage(Fetch)``, with
+    ``class Fetch(Agent[Page])`` whose ``__init__`` takes ``url: str``, is a
+    ``Stage[str, Page]``), what an ``async def`` returns, or what a plain
+    function returns. With ``split=True``, `fn` returns an iterable or an
+    async iterable of `Out` (or an agent or awaitable giving one; a
+    `Pipeline[X, Out]` gives its `Out` items); with ``filter=True`` the
+    stage is a ``Stage[In, In]``.
+
+    What the types do not check:
+
+    - that an agent stage's agent ends with ``Next.done``: one that ends
+      otherwise fails its item at run time; nor that the value it gives to
+      ``Next.done`` is its `Agent[Out]` type (the stage trusts the latter).
+      A `Pipeline` run by a stage always outputs its list of results, but
+      its type, ``Agent[list[Out] | None]``, admits None as well.
+    - a lambda stage: its parameter has no annotation, so its input is
+      `Any` (pyright may infer it from the stage before, within one
+      `Pipeline(...)` call; mypy does not), and mypy often takes its
+      output as `Any` too. Use a ``def`` with annotations where the types
+      matter.
+    - `split` and `filter` given as a `bool` variable rather than a literal:
+      mypy rejects the call, and pyright types the stage as either outcome.
+      Both True at once is rejected, as it is at run time.
 
     Attributes:
         fn: the agent class or factory, or the function, called with each item.
@@ -92,7 +142,7 @@ class Stage:
         ```
     """
 
-    fn: Callable[[Any], Any] = attrs.field(validator=_check_callable)
+    fn: Callable[[In_contra], Any] = attrs.field(validator=_check_callable)
     concurrency: int = attrs.field(default=1, validator=_check_concurrency, kw_only=True)
     split: bool = attrs.field(default=False, kw_only=True)
     filter: bool = attrs.field(default=False, kw_only=True)
@@ -100,6 +150,208 @@ class Stage:
     on_error: Literal["fail", "skip"] = attrs.field(default="fail", validator=_check_on_error, kw_only=True)
     in_thread: bool = attrs.field(default=False, kw_only=True)
     name: str = attrs.field(default="", kw_only=True)
+
+    if TYPE_CHECKING:
+        # The constructor's types, one signature per kind of `fn` in the
+        # order `_call` tells them apart (an agent, an awaitable, a value),
+        # then the same with `split`, then `filter`. pyright picks the first
+        # signature that a `fn` returning Any (a lambda's, often) matches,
+        # so the first one must map Any to Any: hence no signature for a
+        # Pipeline without `split` (first, it would give list[Any]; after
+        # the agent one, it would never be picked). Such a `fn` is an agent
+        # whose output is `list[Out] | None`.
+        #
+        # They are declared on __new__ rather than on __init__ overloads
+        # annotating `self`: from those, pyright types a lambda's parameter
+        # as the unsolved InT and lets it leak into the stage (then into the
+        # pipeline, as Unknown), where __new__ gives it InT's default, Any.
+        # At run time there is no __new__: __init__ below hands the
+        # arguments to attrs.
+        @overload
+        def __new__(
+            cls,
+            fn: Callable[[InT], Agent[OutT]],
+            *,
+            split: Literal[False] = False,
+            filter: Literal[False] = False,
+            concurrency: int = 1,
+            retry: RetryPolicy | None = None,
+            on_error: Literal["fail", "skip"] = "fail",
+            in_thread: bool = False,
+            name: str = "",
+        ) -> Stage[InT, OutT]: ...
+        @overload
+        def __new__(
+            cls,
+            fn: Callable[[InT], Awaitable[OutT]],
+            *,
+            split: Literal[False] = False,
+            filter: Literal[False] = False,
+            concurrency: int = 1,
+            retry: RetryPolicy | None = None,
+            on_error: Literal["fail", "skip"] = "fail",
+            in_thread: bool = False,
+            name: str = "",
+        ) -> Stage[InT, OutT]: ...
+        @overload
+        def __new__(
+            cls,
+            fn: Callable[[InT], OutT],
+            *,
+            split: Literal[False] = False,
+            filter: Literal[False] = False,
+            concurrency: int = 1,
+            retry: RetryPolicy | None = None,
+            on_error: Literal["fail", "skip"] = "fail",
+            in_thread: bool = False,
+            name: str = "",
+        ) -> Stage[InT, OutT]: ...
+        @overload
+        def __new__(
+            cls,
+            fn: Callable[[InT], Pipeline[Any, OutT]],
+            *,
+            split: Literal[True],
+            filter: Literal[False] = False,
+            concurrency: int = 1,
+            retry: RetryPolicy | None = None,
+            on_error: Literal["fail", "skip"] = "fail",
+            in_thread: bool = False,
+            name: str = "",
+        ) -> Stage[InT, OutT]: ...
+        @overload
+        def __new__(
+            cls,
+            fn: Callable[[InT], Agent[Iterable[OutT]]],
+            *,
+            split: Literal[True],
+            filter: Literal[False] = False,
+            concurrency: int = 1,
+            retry: RetryPolicy | None = None,
+            on_error: Literal["fail", "skip"] = "fail",
+            in_thread: bool = False,
+            name: str = "",
+        ) -> Stage[InT, OutT]: ...
+        @overload
+        def __new__(
+            cls,
+            fn: Callable[[InT], Agent[AsyncIterable[OutT]]],
+            *,
+            split: Literal[True],
+            filter: Literal[False] = False,
+            concurrency: int = 1,
+            retry: RetryPolicy | None = None,
+            on_error: Literal["fail", "skip"] = "fail",
+            in_thread: bool = False,
+            name: str = "",
+        ) -> Stage[InT, OutT]: ...
+        @overload
+        def __new__(
+            cls,
+            fn: Callable[[InT], Awaitable[Iterable[OutT]]],
+            *,
+            split: Literal[True],
+            filter: Literal[False] = False,
+            concurrency: int = 1,
+            retry: RetryPolicy | None = None,
+            on_error: Literal["fail", "skip"] = "fail",
+            in_thread: bool = False,
+            name: str = "",
+        ) -> Stage[InT, OutT]: ...
+        @overload
+        def __new__(
+            cls,
+            fn: Callable[[InT], Awaitable[AsyncIterable[OutT]]],
+            *,
+            split: Literal[True],
+            filter: Literal[False] = False,
+            concurrency: int = 1,
+            retry: RetryPolicy | None = None,
+            on_error: Literal["fail", "skip"] = "fail",
+            in_thread: bool = False,
+            name: str = "",
+        ) -> Stage[InT, OutT]: ...
+        @overload
+        def __new__(
+            cls,
+            fn: Callable[[InT], AsyncIterable[OutT]],
+            *,
+            split: Literal[True],
+            filter: Literal[False] = False,
+            concurrency: int = 1,
+            retry: RetryPolicy | None = None,
+            on_error: Literal["fail", "skip"] = "fail",
+            in_thread: bool = False,
+            name: str = "",
+        ) -> Stage[InT, OutT]: ...
+        @overload
+        def __new__(
+            cls,
+            fn: Callable[[InT], Iterable[OutT]],
+            *,
+            split: Literal[True],
+            filter: Literal[False] = False,
+            concurrency: int = 1,
+            retry: RetryPolicy | None = None,
+            on_error: Literal["fail", "skip"] = "fail",
+            in_thread: bool = False,
+            name: str = "",
+        ) -> Stage[InT, OutT]: ...
+        @overload
+        def __new__(
+            cls,
+            fn: Callable[[InT], object],
+            *,
+            split: Literal[False] = False,
+            filter: Literal[True],
+            concurrency: int = 1,
+            retry: RetryPolicy | None = None,
+            on_error: Literal["fail", "skip"] = "fail",
+            in_thread: bool = False,
+            name: str = "",
+        ) -> Stage[InT, InT]: ...
+        def __new__(
+            cls,
+            fn: Callable[[Any], Any],
+            *,
+            concurrency: int = 1,
+            split: bool = False,
+            filter: bool = False,
+            retry: RetryPolicy | None = None,
+            on_error: Literal["fail", "skip"] = "fail",
+            in_thread: bool = False,
+            name: str = "",
+        ) -> Stage[Any, Any]:
+            return super().__new__(cls)
+
+    else:
+
+        def __init__(
+            self,
+            fn: Callable[[Any], Any],
+            *,
+            concurrency: int = 1,
+            split: bool = False,
+            filter: bool = False,
+            retry: RetryPolicy | None = None,
+            on_error: Literal["fail", "skip"] = "fail",
+            in_thread: bool = False,
+            name: str = "",
+        ) -> None:
+            # The type checkers do not read this branch: the annotations are
+            # for run-time introspection (the signature attrs would make).
+            # attrs' own __init__ (init=False keeps its name free) sets the
+            # fields, runs their validators, then __attrs_post_init__.
+            self.__attrs_init__(
+                fn,
+                concurrency=concurrency,
+                split=split,
+                filter=filter,
+                retry=retry,
+                on_error=on_error,
+                in_thread=in_thread,
+                name=name,
+            )
 
     def __attrs_post_init__(self) -> None:
         if self.split and self.filter:
@@ -109,7 +361,7 @@ class Stage:
         if not self.name:
             object.__setattr__(self, "name", getattr(self.fn, "__qualname__", None) or repr(self.fn))
 
-    async def _call(self, item: object) -> list[object]:
+    async def _call(self, item: In_contra) -> list[Any]:
         """Process one item once: the list of its outputs."""
         fn = self.fn
         if self.in_thread:
@@ -198,12 +450,26 @@ class _Counters:
 _END: Any = object()
 
 
+@final
+class _ItemOf:
+    """What a retry log line names: formatted only if a line is written."""
+
+    __slots__ = ("item", "stage")
+
+    def __init__(self, stage: str, item: object) -> None:
+        self.stage = stage
+        self.item = item
+
+    def __str__(self) -> str:
+        return f"stage {self.stage} on {self.item!r}"
+
+
 async def _sleep(delay: float) -> bool:
     await trio.sleep(delay)
     return True
 
 
-class Pipeline(Agent["list[Any] | None"]):
+class Pipeline(Agent[list[Out] | None], Generic[In, Out]):
     """Stages composed into one agent: each stage's outputs are the next stage's inputs.
 
     Run it as any agent: ``await Pipeline(...stages, source=items).run()``
@@ -220,6 +486,17 @@ class Pipeline(Agent["list[Any] | None"]):
     cancels them: they are counted as in flight in `statistics()` at the end.
     As with any agent, an interrupted pipeline's output is None (the results
     are in `results` when they were collected).
+
+    A ``Pipeline[In, Out]`` takes `In` items (from `source`, or fed) and its
+    last stage outputs `Out` items: it is an ``Agent[list[Out] | None]``.
+    The type checkers chain up to six stages: each stage's input type must
+    accept the previous stage's output type, and the first one the items
+    of `source`; a mismatch is a type error. What they do not check:
+
+    - a pipeline of seven stages or more: the chain is not checked, and it
+      is a ``Pipeline[In, Any]`` (`In` from the first stage).
+    - stages whose types are `Any` (lambda stages, see `Stage`): any item
+      goes in or out of them.
 
     Args:
         *stages: the stages, in order (at least one).
@@ -239,9 +516,101 @@ class Pipeline(Agent["list[Any] | None"]):
         ```
     """
 
+    # One signature per length of the chain; past six stages, an unchecked one.
+    @overload
+    def __init__(
+        self: Pipeline[S1, S2],
+        s1: Stage[S1, S2],
+        /,
+        *,
+        source: Iterable[S1] | AsyncIterable[S1] | None = None,
+        buffer: int = 16,
+        ordered: bool = True,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Pipeline[S1, S3],
+        s1: Stage[S1, S2],
+        s2: Stage[S2, S3],
+        /,
+        *,
+        source: Iterable[S1] | AsyncIterable[S1] | None = None,
+        buffer: int = 16,
+        ordered: bool = True,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Pipeline[S1, S4],
+        s1: Stage[S1, S2],
+        s2: Stage[S2, S3],
+        s3: Stage[S3, S4],
+        /,
+        *,
+        source: Iterable[S1] | AsyncIterable[S1] | None = None,
+        buffer: int = 16,
+        ordered: bool = True,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Pipeline[S1, S5],
+        s1: Stage[S1, S2],
+        s2: Stage[S2, S3],
+        s3: Stage[S3, S4],
+        s4: Stage[S4, S5],
+        /,
+        *,
+        source: Iterable[S1] | AsyncIterable[S1] | None = None,
+        buffer: int = 16,
+        ordered: bool = True,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Pipeline[S1, S6],
+        s1: Stage[S1, S2],
+        s2: Stage[S2, S3],
+        s3: Stage[S3, S4],
+        s4: Stage[S4, S5],
+        s5: Stage[S5, S6],
+        /,
+        *,
+        source: Iterable[S1] | AsyncIterable[S1] | None = None,
+        buffer: int = 16,
+        ordered: bool = True,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Pipeline[S1, S7],
+        s1: Stage[S1, S2],
+        s2: Stage[S2, S3],
+        s3: Stage[S3, S4],
+        s4: Stage[S4, S5],
+        s5: Stage[S5, S6],
+        s6: Stage[S6, S7],
+        /,
+        *,
+        source: Iterable[S1] | AsyncIterable[S1] | None = None,
+        buffer: int = 16,
+        ordered: bool = True,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Pipeline[S1, Any],
+        s1: Stage[S1, Any],
+        s2: Stage[Any, Any],
+        s3: Stage[Any, Any],
+        s4: Stage[Any, Any],
+        s5: Stage[Any, Any],
+        s6: Stage[Any, Any],
+        s7: Stage[Any, Any],
+        /,
+        *stages: Stage[Any, Any],
+        source: Iterable[S1] | AsyncIterable[S1] | None = None,
+        buffer: int = 16,
+        ordered: bool = True,
+    ) -> None: ...
     def __init__(
         self,
-        *stages: Stage,
+        *stages: Stage[Any, Any],
         source: Iterable[Any] | AsyncIterable[Any] | None = None,
         buffer: int = 16,
         ordered: bool = True,
@@ -256,22 +625,23 @@ class Pipeline(Agent["list[Any] | None"]):
         if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ValueError(f"buffer must be an int >= 1, got {buffer!r}")
         self.stages = stages
-        self.source = source
+        self.source: Iterable[In] | AsyncIterable[In] | None = source
         self.buffer = buffer
         self.ordered = ordered
-        self.results: list[Any] = []
+        self.results: list[Out] = []
         self.skipped: deque[SkippedItem] = deque(maxlen=1000)
         self._counters = [_Counters() for _ in stages]
         # Set by open_pipeline: items fed by the caller, results streamed to it.
-        self._input: trio.MemoryReceiveChannel[Any] | None = None
-        self._feed: trio.MemorySendChannel[Any] | None = None
-        self._output: trio.MemorySendChannel[Any] | None = None
+        self._input: trio.MemoryReceiveChannel[In] | None = None
+        self._feed: trio.MemorySendChannel[In] | None = None
+        self._output: trio.MemorySendChannel[Out] | None = None
         self._failure: BaseException | None = None
         self._feeder = trio.CancelScope()
         self._scope = trio.CancelScope()
         self._all_stages_done = trio.Event()
 
     def begin(self) -> Next[Self]:
+        """The pipeline's one state: run every stage until the input is through."""
         return Next.do_async(self._process)
 
     def statistics(self) -> tuple[StageStatistics, ...]:
@@ -383,7 +753,7 @@ class Pipeline(Agent["list[Any] | None"]):
     async def _run_stage(
         self,
         index: int,
-        stage: Stage,
+        stage: Stage[Any, Any],
         receive: trio.MemoryReceiveChannel[tuple[int, Any]],
         send: trio.MemorySendChannel[tuple[int, Any]],
     ) -> None:
@@ -404,7 +774,7 @@ class Pipeline(Agent["list[Any] | None"]):
 
     async def _serial(
         self,
-        stage: Stage,
+        stage: Stage[Any, Any],
         counters: _Counters,
         receive: trio.MemoryReceiveChannel[tuple[int, Any]],
         send: trio.MemorySendChannel[tuple[int, Any]],
@@ -425,7 +795,7 @@ class Pipeline(Agent["list[Any] | None"]):
 
     async def _worker(
         self,
-        stage: Stage,
+        stage: Stage[Any, Any],
         counters: _Counters,
         slots: trio.Semaphore,
         receive: trio.MemoryReceiveChannel[tuple[int, Any]],
@@ -447,22 +817,30 @@ class Pipeline(Agent["list[Any] | None"]):
                 return
             done.send_nowait((sequence, outputs))
 
-    async def _process_item(self, stage: Stage, counters: _Counters, item: object) -> list[Any] | None:
+    async def _process_item(self, stage: Stage[Any, Any], counters: _Counters, item: object) -> list[Any] | None:
         """The outputs of one item, after retries and the error policy; None if the pipeline failed."""
         start = trio.current_time()
-
-        def failed(error: Exception) -> None:
-            counters.failed += 1
-
+        policy = stage.retry
         try:
-            outputs = await retrying(
-                lambda: stage._call(item),  # noqa: SLF001 - the stage is this module's
-                stage.retry,
-                what=f"stage {stage.name} on {item!r}",
-                logger=logger,
-                wait=_sleep,
-                failed=failed,
-            )
+            if policy is None:  # the common case, without the retry loop's frames
+                try:
+                    outputs = await stage._call(item)  # noqa: SLF001 - the stage is this module's
+                except Exception:
+                    counters.failed += 1
+                    raise
+            else:
+
+                def failed(error: Exception) -> None:
+                    counters.failed += 1
+
+                outputs = await retrying(
+                    lambda: stage._call(item),  # noqa: SLF001
+                    policy,
+                    what=_ItemOf(stage.name, item),
+                    logger=logger,
+                    wait=_sleep,
+                    failed=failed,
+                )
         except Exception as error:
             if stage.on_error == "fail":
                 self._fail(error)
@@ -522,30 +900,31 @@ class Pipeline(Agent["list[Any] | None"]):
 
 
 @final
-class PipelineRun:
+class PipelineRun(Generic[In, Out]):
     """A running pipeline from [`open_pipeline`][hybrid.open_pipeline]: feed it, iterate its results.
 
     ``async for result in run`` yields the last stage's outputs as they come
     (in input order when the pipeline is `ordered`); the iteration ends when
-    the pipeline has finished.
+    the pipeline has finished. A ``PipelineRun[In, Out]`` is fed `In` items
+    and yields `Out` items, the types of its pipeline's first and last stages.
     """
 
     __slots__ = ("_feed", "_pipeline", "_results", "address")
 
     def __init__(
         self,
-        pipeline: Pipeline,
-        address: Address[Pipeline],
-        feed: trio.MemorySendChannel[Any] | None,
-        results: trio.MemoryReceiveChannel[Any],
+        pipeline: Pipeline[In, Out],
+        address: Address[Pipeline[In, Out]],
+        feed: trio.MemorySendChannel[In] | None,
+        results: trio.MemoryReceiveChannel[Out],
     ) -> None:
         self._pipeline = pipeline
-        self.address: Address[Pipeline] = address
+        self.address: Address[Pipeline[In, Out]] = address
         """The running pipeline's address (interrupt it, join it, read its statistics)."""
         self._feed = feed
         self._results = results
 
-    async def feed(self, item: object) -> None:
+    async def feed(self, item: In) -> None:
         """Send `item` into the pipeline, waiting for room in its first buffer.
 
         Raises:
@@ -575,17 +954,115 @@ class PipelineRun:
         """The items dropped by ``on_error="skip"`` stages (the last 1,000)."""
         return self._pipeline.skipped
 
-    def __aiter__(self) -> AsyncIterator[Any]:
+    def __aiter__(self) -> AsyncIterator[Out]:
         return self._results.__aiter__()
+
+
+@overload
+def open_pipeline(
+    s1: Stage[S1, S2],
+    /,
+    *,
+    source: Iterable[S1] | AsyncIterable[S1] | None = None,
+    buffer: int = 16,
+    ordered: bool = True,
+) -> AbstractAsyncContextManager[PipelineRun[S1, S2]]: ...
+
+
+@overload
+def open_pipeline(
+    s1: Stage[S1, S2],
+    s2: Stage[S2, S3],
+    /,
+    *,
+    source: Iterable[S1] | AsyncIterable[S1] | None = None,
+    buffer: int = 16,
+    ordered: bool = True,
+) -> AbstractAsyncContextManager[PipelineRun[S1, S3]]: ...
+
+
+@overload
+def open_pipeline(
+    s1: Stage[S1, S2],
+    s2: Stage[S2, S3],
+    s3: Stage[S3, S4],
+    /,
+    *,
+    source: Iterable[S1] | AsyncIterable[S1] | None = None,
+    buffer: int = 16,
+    ordered: bool = True,
+) -> AbstractAsyncContextManager[PipelineRun[S1, S4]]: ...
+
+
+@overload
+def open_pipeline(
+    s1: Stage[S1, S2],
+    s2: Stage[S2, S3],
+    s3: Stage[S3, S4],
+    s4: Stage[S4, S5],
+    /,
+    *,
+    source: Iterable[S1] | AsyncIterable[S1] | None = None,
+    buffer: int = 16,
+    ordered: bool = True,
+) -> AbstractAsyncContextManager[PipelineRun[S1, S5]]: ...
+
+
+@overload
+def open_pipeline(
+    s1: Stage[S1, S2],
+    s2: Stage[S2, S3],
+    s3: Stage[S3, S4],
+    s4: Stage[S4, S5],
+    s5: Stage[S5, S6],
+    /,
+    *,
+    source: Iterable[S1] | AsyncIterable[S1] | None = None,
+    buffer: int = 16,
+    ordered: bool = True,
+) -> AbstractAsyncContextManager[PipelineRun[S1, S6]]: ...
+
+
+@overload
+def open_pipeline(
+    s1: Stage[S1, S2],
+    s2: Stage[S2, S3],
+    s3: Stage[S3, S4],
+    s4: Stage[S4, S5],
+    s5: Stage[S5, S6],
+    s6: Stage[S6, S7],
+    /,
+    *,
+    source: Iterable[S1] | AsyncIterable[S1] | None = None,
+    buffer: int = 16,
+    ordered: bool = True,
+) -> AbstractAsyncContextManager[PipelineRun[S1, S7]]: ...
+
+
+@overload
+def open_pipeline(
+    s1: Stage[S1, Any],
+    s2: Stage[Any, Any],
+    s3: Stage[Any, Any],
+    s4: Stage[Any, Any],
+    s5: Stage[Any, Any],
+    s6: Stage[Any, Any],
+    s7: Stage[Any, Any],
+    /,
+    *stages: Stage[Any, Any],
+    source: Iterable[S1] | AsyncIterable[S1] | None = None,
+    buffer: int = 16,
+    ordered: bool = True,
+) -> AbstractAsyncContextManager[PipelineRun[S1, Any]]: ...
 
 
 @asynccontextmanager
 async def open_pipeline(
-    *stages: Stage,
+    *stages: Stage[Any, Any],
     source: Iterable[Any] | AsyncIterable[Any] | None = None,
     buffer: int = 16,
     ordered: bool = True,
-) -> AsyncGenerator[PipelineRun]:
+) -> AsyncGenerator[PipelineRun[Any, Any]]:
     """Run a pipeline for the duration of an ``async with`` block; stream its results.
 
     Without a `source`, feed items with ``await run.feed(item)`` and call
@@ -596,6 +1073,10 @@ async def open_pipeline(
     Leaving the block stops the pipeline (cancelling what is still in it). If
     the pipeline fails, its error leaves the block, as a trio task's would
     (in an `ExceptionGroup`).
+
+    The stages are typed as for [`Pipeline`][hybrid.Pipeline] (a chain of up
+    to six is checked), and the run is a ``PipelineRun[In, Out]``: it is fed
+    `In` items and yields `Out` items.
 
     Example:
         ```python
@@ -612,7 +1093,7 @@ async def open_pipeline(
                     print(page)
         ```
     """
-    pipeline = Pipeline(*stages, source=source, buffer=buffer, ordered=ordered)
+    pipeline: Pipeline[Any, Any] = Pipeline(*stages, source=source, buffer=buffer, ordered=ordered)
     feed: trio.MemorySendChannel[Any] | None = None
     if source is None:
         # Unbuffered: the pipeline's own first buffer holds what is fed.
@@ -635,12 +1116,14 @@ async def open_pipeline(
 
 
 @asynccontextmanager
-async def open_merge(*sources: AsyncIterable[Any], buffer: int = 16) -> AsyncGenerator[AsyncIterator[Any]]:
+async def open_merge(*sources: AsyncIterable[T], buffer: int = 16) -> AsyncGenerator[AsyncIterator[T]]:
     """Merge several async iterables (pipelines' results, say) into one: a fan-in.
 
     Items arrive as they come from any source; the merged iteration ends when
     every source is exhausted. An error in a source leaves the block (in an
-    `ExceptionGroup`), as a trio task's would.
+    `ExceptionGroup`), as a trio task's would. The merged items have the
+    sources' item type (when the sources' types differ, mypy takes their
+    common base class, pyright their union).
 
     Example:
         ```python
@@ -651,9 +1134,9 @@ async def open_merge(*sources: AsyncIterable[Any], buffer: int = 16) -> AsyncGen
                 index(page)
         ```
     """
-    send, receive = trio.open_memory_channel[Any](buffer)
+    send, receive = trio.open_memory_channel[T](buffer)
 
-    async def forward(source: AsyncIterable[Any], send: trio.MemorySendChannel[Any]) -> None:
+    async def forward(source: AsyncIterable[T], send: trio.MemorySendChannel[T]) -> None:
         async with send:
             async for item in source:
                 await send.send(item)

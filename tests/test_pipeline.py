@@ -241,7 +241,7 @@ async def test_open_pipeline_streams_results_of_items_fed_one_by_one() -> None:
 
 
 async def test_open_pipeline_with_a_source_cannot_be_fed_and_leaving_early_stops_it() -> None:
-    async def slow(item: int) -> int:
+    async def slow(item: str) -> str:
         await trio.sleep(3600)
         return item  # pragma: no cover
 
@@ -283,21 +283,21 @@ async def test_a_sync_stage_can_run_in_a_worker_thread_and_sources_can_be_async(
 
 def test_stages_and_pipelines_check_their_arguments() -> None:
     with pytest.raises(TypeError, match="a stage needs a callable"):
-        Stage(42)  # type: ignore[arg-type]
+        Stage(42)  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="concurrency must be an int >= 1"):
         Stage(str, concurrency=0)
     with pytest.raises(ValueError, match='on_error must be "fail" or "skip"'):
-        Stage(str, on_error="ignore")  # type: ignore[arg-type]
+        Stage(str, on_error="ignore")  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="either splits or filters"):
-        Stage(str, split=True, filter=True)
+        Stage(str, split=True, filter=True)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="retry needs a hybrid.RetryPolicy"):
-        Stage(str, retry=3)  # type: ignore[arg-type]
+        Stage(str, retry=3)  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="at least one stage"):
-        Pipeline()
+        Pipeline()  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="hybrid.Stage objects"):
-        Pipeline(str)  # type: ignore[arg-type]
+        Pipeline(str)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="iterable or an async iterable"):
-        Pipeline(Stage(str), source=42)  # type: ignore[arg-type]
+        Pipeline(Stage(str), source=42)  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="buffer must be an int >= 1"):
         Pipeline(Stage(str), buffer=0)
     assert Stage(str).name == "str"
