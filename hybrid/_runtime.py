@@ -365,6 +365,7 @@ class Runtime:
                             self.phase = STATE
                             self.state = nxt
                             if nxt._mods is None:
+                                # _perform_plain, inlined: a frame less per transition
                                 if kind == ASYNC:
                                     step = nxt._fn(*nxt._args)
                                     try:
