@@ -267,7 +267,9 @@ def available() -> dict[str, str | None]:
         except (ImportError, ValueError):
             found = False
         if not found:
-            notes[peer] = f"{peer} is not installed (pip install 'hybrid[bench]' or pip install {peer})"
+            notes[peer] = (
+                f"{peer} is not installed (pip install -e '.[bench]' from the repository, or pip install {peer})"
+            )
             continue
         try:
             with warnings.catch_warnings():

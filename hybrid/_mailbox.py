@@ -6,6 +6,8 @@ Every kind of message a mailbox carries is here too (kameo's ``mailbox.rs``):
 - a `RequestCall`: a request with the way back to its caller;
 - a `Response`: the answer to a forwarded request, on its way to an
   ``on_response`` handler;
+- a `Tick`: a timer's event; a periodic timer queues no other tick while one
+  waits, so ticks never pile up behind a slow handler;
 - `INTERRUPT_MARK`: the first `interrupt()`, in order with the others. It
   takes no room from senders: the bound is raised by one while it is queued.
 
@@ -75,6 +77,22 @@ class Response:
         self.handler = handler
         self.request = request
         self.result = result
+
+
+@final
+class Tick:
+    """A timer's event on its way: the timer does not queue another while this one waits.
+
+    `source` is the timer (any object with a writable ``queued`` flag): the
+    reader clears the flag when it takes the tick, so a periodic timer never
+    has more than one tick in the mailbox, bounded or not.
+    """
+
+    __slots__ = ("event", "source")
+
+    def __init__(self, event: object, source: Any) -> None:
+        self.event = event
+        self.source = source
 
 
 @final
@@ -323,6 +341,8 @@ class Mailbox:
                     elif kind is Response:  # answered to the old class: the new one's handler takes it
                         response = cast("Response", message)
                         response.handler = lookup(self.responses, type(response.request), RESPONSE, agent_type)
+                    elif kind is Tick:
+                        self.event_handler(type(cast("Tick", message).event))
                     else:
                         self.event_handler(kind)
                 except UnhandledMessage as error:

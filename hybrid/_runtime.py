@@ -27,7 +27,7 @@ from trio.lowlevel import Task, checkpoint, current_task, reschedule, wait_task_
 from . import _retry
 from ._exceptions import InvalidTransition, LifecycleError
 from ._instrument import Instruments, current_instruments
-from ._mailbox import CLOSED, INTERRUPT_MARK, Mailbox, RequestCall, Response
+from ._mailbox import CLOSED, INTERRUPT_MARK, Mailbox, RequestCall, Response, Tick
 from ._next import _INTERRUPT, ASYNC, DONE, EVENTS, FAIL, INTERRUPT, PERFORM, STOP, SYNC, Next
 from ._registry import current_names
 from ._stop import CANCELLED_REASON, DONE_REASON, INTERRUPTED_REASON, STOPPED_REASON, StopKind, StopReason
@@ -558,6 +558,13 @@ class Runtime:
                             call._complete(outcome.Value(value))
                     else:
                         start = None  # nothing was handled: nothing to report
+                elif message_type is Tick:
+                    tick = cast("Tick", message)
+                    tick.source.queued = False  # the timer may queue its next tick
+                    try:
+                        await mailbox.event_handler(type(tick.event))(agent, tick.event)
+                    except Exception as error:
+                        await agent.on_error(error)
                 elif message_type is Response:
                     response = cast("Response", message)
                     try:
@@ -596,6 +603,8 @@ class Runtime:
         reported = message
         if isinstance(message, Response):
             reported = message.request
+        elif isinstance(message, Tick):
+            reported = message.event
         elif isinstance(message, RequestCall):
             reported = _request_of(message)  # pyright: ignore[reportUnknownArgumentType]
         self.probe.message_handled(self.address, reported, time.perf_counter() - start)

@@ -9,6 +9,7 @@ import trio
 
 from . import _validate
 from ._exceptions import LifecycleError
+from ._mailbox import Tick
 from ._runtime import Runtime
 from ._thread import threadsafe
 
@@ -18,8 +19,9 @@ class Timer:
     """A handle on a timer from `send_after` or `send_every`.
 
     All timers of an agent are cancelled when the agent ends. A periodic
-    timer never piles up ticks: a tick waits for room in a bounded mailbox,
-    and ticks missed meanwhile are coalesced into the next one.
+    timer never piles up ticks, in a bounded mailbox or not: while one of its
+    ticks waits in the mailbox (behind a slow handler, say), the next ones are
+    coalesced into it; a tick also waits for room in a full bounded mailbox.
 
     Example:
         Debounce: flush one second after the last change.
@@ -34,7 +36,7 @@ class Timer:
         ```
     """
 
-    __slots__ = ("_cancelled", "_deadline", "_event", "_period", "_rt", "_running", "_scope", "_sleep")
+    __slots__ = ("_cancelled", "_deadline", "_event", "_period", "_rt", "_running", "_scope", "_sleep", "queued")
 
     _rt: Runtime
     _event: object
@@ -44,6 +46,7 @@ class Timer:
     _sleep: trio.CancelScope | None
     _running: bool
     _cancelled: bool
+    queued: bool  # a tick of this timer waits in the mailbox (cleared by the reader)
 
     def __init__(self) -> None:
         raise TypeError("Timer has no public constructor: use ctx.send_after or ctx.send_every")
@@ -59,6 +62,7 @@ class Timer:
         timer._sleep = None
         timer._running = False
         timer._cancelled = False
+        timer.queued = False
         timer._start()
         return timer
 
@@ -79,7 +83,9 @@ class Timer:
                         return  # the agent is finishing: its timers stop
                     if trio.current_time() < self._deadline:
                         continue  # reset() moved the deadline while this tick waited for room
-                    mailbox.put(self._event)
+                    if not self.queued:  # else the tick waiting in the mailbox stands for this one
+                        self.queued = True
+                        mailbox.put(Tick(self._event, self))
                     if self._period is None:
                         return
                     # Fixed rate without drift; ticks missed while the mailbox

@@ -382,3 +382,36 @@ async def test_a_stream_can_be_cancelled_from_a_worker_thread() -> None:
     assert agent.items == [0, 1]
     assert agent.stream.items == 2
     assert address.statistics().reason == hybrid.StopReason.INTERRUPTED  # no StreamEnded came
+
+
+async def test_a_periodic_timer_never_piles_up_ticks_in_an_unbounded_mailbox(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Behind a handler slower than the period, ticks coalesce: one waits at most, and an interrupt is prompt."""
+
+    class Slow(Agent):
+        def __init__(self) -> None:
+            self.ticks = 0
+
+        def begin(self) -> Next[Self]:
+            self.ctx.send_every(0.002, Tick("t"))
+            return Next.events()
+
+        @hybrid.on_event
+        async def tick(self, event: Tick) -> None:
+            self.ticks += 1
+            await trio.sleep(0.01)
+
+    agent = Slow()
+    async with trio.open_nursery() as nursery:
+        address = hybrid.spawn(nursery, agent)
+        depths: list[int] = []
+        for _ in range(50):
+            await trio.sleep(0.1)
+            depths.append(address.statistics().mailbox_depth)
+        assert max(depths) <= 1
+        assert 490 <= agent.ticks <= 510  # one tick per handler run: the handler is the pace
+        start = trio.current_time()
+        address.interrupt()
+        await address.join()
+        assert trio.current_time() - start <= 0.03  # the running handler and one queued tick, at most
