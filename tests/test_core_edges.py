@@ -1355,3 +1355,97 @@ async def test_a_supervisor_cancelled_while_a_one_for_all_restart_stops_the_sibl
     assert Crashes.started == [1]
     assert not agent.sibling.is_alive
     assert not agent.child.is_alive
+
+
+async def test_a_timer_handler_that_raises_goes_to_on_error_and_instruments_see_the_tick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A tick is an event like any other: its handler's error goes to on_error, instruments see the event."""
+    errors: list[Exception] = []
+    seen: list[object] = []
+
+    class Watch(hybrid.Instrument):
+        def message_handled(self, address: hybrid.Address[Any], message: object, seconds: float) -> None:
+            seen.append(message)
+
+    class Ticking(Agent):
+        def begin(self) -> Next[Self]:
+            self.ctx.send_after(1, Ping(7))
+            return Next.events()
+
+        @hybrid.on_event
+        async def ping(self, event: Ping) -> None:
+            raise ValueError(f"tick {event.n}")
+
+        async def on_error(self, error: Exception) -> None:
+            errors.append(error)
+
+    hybrid.add_instrument(Watch())
+    async with trio.open_nursery() as nursery:
+        address = hybrid.spawn(nursery, Ticking())
+        await trio.sleep(2)
+        address.interrupt()
+    assert [str(error) for error in errors] == ["tick 7"]
+    assert seen == [Ping(7)]
+
+
+async def test_a_type_error_raised_inside_a_plain_async_state_is_not_mistaken_for_a_sync_function() -> None:
+    """Without modifiers too, the state's own TypeError reaches the caller unchanged."""
+
+    class Buggy(Agent[int]):
+        def begin(self) -> Next[Self]:
+            return Next.do_async(self.work)
+
+        async def work(self) -> Next[Self]:
+            raise TypeError("a bug of its own")
+
+    with pytest.raises(TypeError, match="a bug of its own"):
+        await Buggy().run()
+
+
+async def test_spawning_from_on_child_ended_once_the_supervisor_is_ending_is_refused() -> None:
+    """After its own ending began, a supervisor starts no more children: spawn raises LifecycleError."""
+    refused: list[Exception] = []
+
+    class Worker(Agent):
+        pass
+
+    class Replacing(Supervisor):
+        def begin(self) -> Next[Self]:
+            self.ctx.spawn(Worker())
+            return Next.events()
+
+        @hybrid.on_event
+        async def ping(self, event: Ping) -> None:
+            self.ctx.shutdown()
+
+        async def on_child_ended(self, address: hybrid.Address[Any], reason: StopReason) -> None:
+            self.ctx.spawn(Worker())
+
+        async def on_error(self, error: Exception) -> None:
+            refused.append(error)
+
+    async with trio.open_nursery() as nursery:
+        address = await hybrid.start(nursery, Replacing())
+        address.send(Ping())
+    assert [type(error) for error in refused] == [hybrid.LifecycleError]
+    assert "starts no more children" in str(refused[0])
+
+
+async def test_a_fed_item_still_held_when_the_pipeline_is_cancelled_is_reported_as_skipped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The item feed() handed over but the pipeline never took in is reported, never lost silently."""
+
+    async def stuck(item: int) -> int:
+        await trio.sleep(3600)
+        return item  # pragma: no cover
+
+    async with hybrid.open_pipeline(hybrid.Stage(stuck), buffer=1) as run:
+        for n in range(3):  # 0: in the stage; 1: in its buffer; 2: held by the feeder
+            await run.feed(n)
+        await trio.sleep(1)
+        run.address.interrupt()
+        run.address.interrupt()  # the second interrupt cancels what is in the pipeline
+        await run.address.join()
+    assert [(skipped.stage, skipped.item) for skipped in run.skipped] == [("<input>", 2)]
