@@ -17,7 +17,8 @@ checks it; imports under ``TYPE_CHECKING`` are annotations only):
 - ``_runtime.py``: one agent's run loop, phases and ending; knows no handle
 - handles, each with its own loop: ``_address.py`` (`Address`,
   `AgentStatistics`), ``_context.py`` (`Context`), ``_timers.py`` (`Timer`),
-  ``_streams.py`` (`Stream`, `StreamEnded`), ``_monitors.py`` (`Monitor`, `Ended`)
+  ``_streams.py`` (`Stream`, `StreamEnded`), ``_monitors.py`` (`Monitor`, `Ended`),
+  ``_snapshot.py`` (`snapshot`, `Snapshot`, `AgentInfo`: the tree of live agents)
 - ``_agent.py``: `Agent`, `AgentRunner`, `spawn`, `start`, `open_agent`, `interrupted`
 - built on public names only, as a third party would: ``_supervisor.py``
   (`Supervisor`, `SupervisorContext`, `Restart`, `Strategy`,
@@ -66,6 +67,9 @@ from ._pipeline import open_pipeline as open_pipeline
 from ._request import Request as Request
 from ._retry import Backoff as Backoff
 from ._retry import RetryPolicy as RetryPolicy
+from ._snapshot import AgentInfo as AgentInfo
+from ._snapshot import Snapshot as Snapshot
+from ._snapshot import snapshot as snapshot
 from ._stop import StopKind as StopKind
 from ._stop import StopReason as StopReason
 from ._streams import Stream as Stream
@@ -82,6 +86,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Address",
     "Agent",
+    "AgentInfo",
     "AgentRunner",
     "AgentStatistics",
     "AgentStopped",
@@ -106,6 +111,7 @@ __all__ = [
     "RestartIntensityExceeded",
     "RetryPolicy",
     "SkippedItem",
+    "Snapshot",
     "Stage",
     "StageStatistics",
     "StopKind",
@@ -127,6 +133,7 @@ __all__ = [
     "open_merge",
     "open_pipeline",
     "remove_instrument",
+    "snapshot",
     "spawn",
     "start",
 ]

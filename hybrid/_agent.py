@@ -166,9 +166,13 @@ def start_runtime(
             capacity = _validate.capacity("mailbox_capacity", cls.mailbox_capacity)
         else:
             capacity = _validate.capacity("mailbox_capacity", mailbox_capacity)
-        mailbox = Mailbox(current_names().claim(name, cls.__name__), cls, capacity, tables)
+        names = current_names()
+        mailbox = Mailbox(names.claim(name, cls.__name__), cls, capacity, tables)
+        maker = current_runtime.get()
+        mailbox.parent = None if maker is None else maker.mailbox.name
         rt = Runtime(agent, mailbox, host)
         address = Address._make(mailbox, rt)
+        names.used[mailbox.name] = address
         interrupts = 0
     else:
         if name is not None and name != address.name:
@@ -184,11 +188,13 @@ def start_runtime(
             old.keep_address = False
         else:  # given up: take the name and the mailbox back
             current_names().claim(mailbox.name, cls.__name__)
+            current_names().used[mailbox.name] = address
             mailbox.reopen()
         interrupts = mailbox.hand_over(cls, tables)
         rt = Runtime(agent, mailbox, host)
         address._rt = rt  # noqa: SLF001 - from now on the address reaches this run
     rt.address = address
+    mailbox.runs += 1
     if interrupts:
         rt.interrupts = 1
         mailbox.put_interrupt_mark()

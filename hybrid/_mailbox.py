@@ -113,12 +113,14 @@ class Mailbox:
         "home",
         "limit",
         "name",
+        "parent",
         "parked",
         "queue",
         "reader",
         "requests",
         "responses",
         "room_waiters",
+        "runs",
         "thread_id",
     )
 
@@ -151,6 +153,11 @@ class Mailbox:
         self.abandoned = 0
         """Requests still queued whose callers gave up: skipped by the reader, and
         swept out once they are half the queue, so memory stays bounded."""
+        self.parent: str | None = None
+        """The name of the agent whose code made this address (a supervisor, for its
+        children), or None for an agent started from plain trio code."""
+        self.runs = 0
+        """Runs started with this address: 1 + the restarts of a supervised child."""
         self.home = Home()
         self.thread_id = self.home.thread_id
         """The home thread's ident, copied here for `Address.send`'s fast path."""

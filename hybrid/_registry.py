@@ -32,13 +32,15 @@ class Names:
 
     Only the runtime writes it, on the trio thread: a name is claimed when an
     agent's address is made and released when the address is given up (when
-    its agent ended and no successor will take it over).
+    its agent ended and no successor will take it over). `used` maps each name
+    to its address (None between the claim and the address being made), in
+    the order the addresses were made: `hybrid.snapshot()` reads it.
     """
 
     __slots__ = ("counters", "used")
 
     def __init__(self) -> None:
-        self.used: set[str] = set()
+        self.used: dict[str, object] = {}
         self.counters: dict[str, int] = {}
 
     def claim(self, name: str | None, class_name: str) -> str:
@@ -55,11 +57,11 @@ class Names:
                 raise TypeError(f"an agent name must be a non-empty str, got {name!r}")
             if name in self.used:
                 raise NameInUse(f"the agent name {name!r} is in use by an agent alive in this trio run")
-        self.used.add(name)
+        self.used[name] = None
         return name
 
     def release(self, name: str) -> None:
-        self.used.discard(name)
+        self.used.pop(name, None)
 
 
 _NAMES: RunVar[Names] = RunVar("hybrid_names")

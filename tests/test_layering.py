@@ -16,7 +16,7 @@ LAYERS: list[set[str]] = [
     {"_next", "_handlers", "_thread", "_instrument", "_registry"},
     {"_mailbox"},
     {"_runtime"},
-    {"_address", "_context", "_timers", "_streams", "_monitors"},  # handles
+    {"_address", "_context", "_timers", "_streams", "_monitors", "_snapshot"},  # handles
     {"_agent"},
     {"_supervisor", "_pipeline"},  # built as a third party would build them
     {"__init__"},
