@@ -26,6 +26,8 @@ checks it; imports under ``TYPE_CHECKING`` are annotations only):
   `open_pipeline`, `open_merge` and their records)
 - ``testing/``: `hybrid.testing`, helpers for tests (simulated time, recordings),
   written against ``hybrid`` as a user would
+- ``metrics.py``: `hybrid.metrics`, Prometheus families (the ``metrics`` extra;
+  the core never imports it)
 """
 
 from ._address import Address as Address
@@ -68,6 +70,7 @@ from ._request import Request as Request
 from ._retry import Backoff as Backoff
 from ._retry import RetryPolicy as RetryPolicy
 from ._snapshot import AgentInfo as AgentInfo
+from ._snapshot import ClassCounters as ClassCounters
 from ._snapshot import Snapshot as Snapshot
 from ._snapshot import snapshot as snapshot
 from ._stop import StopKind as StopKind
@@ -91,6 +94,7 @@ __all__ = [
     "AgentStatistics",
     "AgentStopped",
     "Backoff",
+    "ClassCounters",
     "Context",
     "Ended",
     "HandlerDefinitionError",

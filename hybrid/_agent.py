@@ -195,6 +195,8 @@ def start_runtime(
         address._rt = rt  # noqa: SLF001 - from now on the address reaches this run
     rt.address = address
     mailbox.runs += 1
+    if mailbox.runs > 1:
+        current_names().of(cls.__qualname__).restarts += 1
     if interrupts:
         rt.interrupts = 1
         mailbox.put_interrupt_mark()

@@ -27,6 +27,20 @@ def per_run(var: RunVar[T], make: Callable[[], T]) -> T:
 
 
 @final
+class Ended:
+    """What the runs and addresses of one agent class that are gone counted (monotonic)."""
+
+    __slots__ = ("dropped", "failures", "handled", "restarts", "transitions")
+
+    def __init__(self) -> None:
+        self.handled = 0
+        self.dropped = 0
+        self.transitions = 0
+        self.failures = 0
+        self.restarts = 0
+
+
+@final
 class Names:
     """The names in use in one trio run, and a counter per class for default names.
 
@@ -37,11 +51,20 @@ class Names:
     the order the addresses were made: `hybrid.snapshot()` reads it.
     """
 
-    __slots__ = ("counters", "used")
+    __slots__ = ("counters", "ended", "used")
 
     def __init__(self) -> None:
         self.used: dict[str, object] = {}
         self.counters: dict[str, int] = {}
+        self.ended: dict[str, Ended] = {}
+        """By agent class: the counters of runs that ended and addresses given up, and
+        restarts, so that totals (metrics) never go down when agents end."""
+
+    def of(self, class_name: str) -> Ended:
+        ended = self.ended.get(class_name)
+        if ended is None:
+            ended = self.ended[class_name] = Ended()
+        return ended
 
     def claim(self, name: str | None, class_name: str) -> str:
         if name is None:

@@ -288,11 +288,18 @@ class Runtime:
         """
         self.reason = reason
         self.phase = ENDED
-        self.mailbox.parked = self.mailbox.reader = None
+        mailbox = self.mailbox
+        mailbox.parked = mailbox.reader = None
+        names = current_names()
+        ended = names.of(mailbox.agent_type.__qualname__)
+        ended.handled += self.handled
+        ended.transitions += self.transitions
+        ended.failures += reason.kind is StopKind.FAILED
         if self.keep_address:
-            self.mailbox.reopen()
+            mailbox.reopen()
         else:
-            current_names().release(self.mailbox.name)
+            ended.dropped += mailbox.dropped
+            names.release(mailbox.name)
         if self.ended is not None:
             self.ended.set()
         monitors = self.monitors
@@ -310,7 +317,9 @@ class Runtime:
                 return
             self.keep_address = False
             self.mailbox.discard()
-            current_names().release(self.mailbox.name)
+            names = current_names()
+            names.of(self.mailbox.agent_type.__qualname__).dropped += self.mailbox.dropped
+            names.release(self.mailbox.name)
             return
         if self.phase != STARTING or self.task is not None:
             raise LifecycleError(f"{self.name} has started; interrupt it instead")

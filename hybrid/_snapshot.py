@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -25,6 +26,7 @@ class AgentInfo:
         mailbox_depth: messages queued now.
         mailbox_capacity: the bound of its mailbox, or None if unbounded.
         messages_handled: messages taken from the mailbox by its current run.
+        messages_dropped: messages its address dropped unhandled (all its runs).
         transitions: states its current run entered.
         restarts: how many times a supervisor restarted it (0 for the first run).
         children: the agents it started (a supervisor's children), in start order.
@@ -37,6 +39,7 @@ class AgentInfo:
     mailbox_depth: int
     mailbox_capacity: int | None
     messages_handled: int
+    messages_dropped: int
     transitions: int
     restarts: int
     children: tuple[AgentInfo, ...] = ()
@@ -51,10 +54,37 @@ class AgentInfo:
             "mailbox_depth": self.mailbox_depth,
             "mailbox_capacity": self.mailbox_capacity,
             "messages_handled": self.messages_handled,
+            "messages_dropped": self.messages_dropped,
             "transitions": self.transitions,
             "restarts": self.restarts,
             "children": [child.as_dict() for child in self.children],
         }
+
+
+@attrs.frozen
+class ClassCounters:
+    """The totals of one agent class in a run, for metrics: they never go down.
+
+    Attributes:
+        agent_class: the qualified name of the class.
+        phases: how many of its agents are alive now, by phase.
+        mailbox_depth: messages queued now, summed over its live agents.
+        messages_handled: messages handled since the run began, by every run of
+            the class, live or ended.
+        messages_dropped: messages dropped unhandled, likewise.
+        transitions: states entered, likewise.
+        failures: runs that ended failed.
+        restarts: runs a supervisor started again behind the same address.
+    """
+
+    agent_class: str
+    phases: Mapping[str, int] = attrs.field(hash=False)
+    mailbox_depth: int
+    messages_handled: int
+    messages_dropped: int
+    transitions: int
+    failures: int
+    restarts: int
 
 
 @attrs.frozen
@@ -68,9 +98,12 @@ class Snapshot:
 
     Attributes:
         agents: the roots of the tree.
+        counters: by agent class, the totals since the run began (ended
+            agents included): what `hybrid.metrics` exports.
     """
 
     agents: tuple[AgentInfo, ...]
+    counters: tuple[ClassCounters, ...] = ()
 
     def walk(self) -> list[AgentInfo]:
         """Every agent of the tree, each before its children."""
@@ -84,7 +117,10 @@ class Snapshot:
 
     def as_dict(self) -> dict[str, Any]:
         """The tree as plain dicts, lists and scalars (JSON-ready)."""
-        return {"agents": [info.as_dict() for info in self.agents]}
+        return {
+            "agents": [info.as_dict() for info in self.agents],
+            "counters": [attrs.asdict(counters) for counters in self.counters],
+        }
 
     def __str__(self) -> str:
         lines: list[str] = []
@@ -122,10 +158,11 @@ def snapshot() -> Snapshot:
         #   App-1/Store-1 (Store): events, mailbox 0, 12 handled, 0 transitions
         ```
     """
+    names = current_names()
     children: dict[str, list[str]] = {}
     roots: list[str] = []
     addresses: dict[str, Address[Any]] = {}
-    for name, address in current_names().used.items():
+    for name, address in names.used.items():
         if not isinstance(address, Address):  # being made
             continue
         addresses[name] = address
@@ -150,9 +187,36 @@ def snapshot() -> Snapshot:
             mailbox_depth=mailbox.depth(),
             mailbox_capacity=mailbox.capacity,
             messages_handled=rt.handled,
+            messages_dropped=mailbox.dropped,
             transitions=rt.transitions,
             restarts=max(mailbox.runs - 1, 0),
             children=tuple(info(child) for child in children.get(name, ())),
         )
 
-    return Snapshot(tuple(info(name) for name in roots))
+    tree = tuple(info(name) for name in roots)
+    totals: dict[str, list[int]] = {}  # handled, dropped, transitions, failures, restarts, depth
+    phases: dict[str, dict[str, int]] = {}
+    for class_name, ended in names.ended.items():
+        totals[class_name] = [ended.handled, ended.dropped, ended.transitions, ended.failures, ended.restarts, 0]
+    for agent in Snapshot(tree).walk():
+        row = totals.setdefault(agent.agent_class, [0, 0, 0, 0, 0, 0])
+        row[0] += agent.messages_handled
+        row[1] += agent.messages_dropped
+        row[2] += agent.transitions
+        row[5] += agent.mailbox_depth
+        by_phase = phases.setdefault(agent.agent_class, {})
+        by_phase[agent.phase] = by_phase.get(agent.phase, 0) + 1
+    counters = tuple(
+        ClassCounters(
+            agent_class=class_name,
+            phases=phases.get(class_name, {}),
+            mailbox_depth=row[5],
+            messages_handled=row[0],
+            messages_dropped=row[1],
+            transitions=row[2],
+            failures=row[3],
+            restarts=row[4],
+        )
+        for class_name, row in sorted(totals.items())
+    )
+    return Snapshot(tree, counters)

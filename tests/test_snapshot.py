@@ -111,3 +111,29 @@ def test_the_snapshot_needs_a_trio_run() -> None:
     """Outside a trio run there are no agents to show: RuntimeError, as trio's run-local state."""
     with pytest.raises(RuntimeError):
         hybrid.snapshot()
+
+
+async def test_class_counters_never_go_down_when_agents_end(autojump_clock: trio.testing.MockClock) -> None:
+    """Totals by class include the runs that ended, failures and restarts: what metrics need."""
+
+    def counters() -> dict[str, hybrid.ClassCounters]:
+        return {c.agent_class: c for c in hybrid.snapshot().counters}
+
+    async with trio.open_nursery() as nursery:
+        stores = [hybrid.spawn(nursery, Store()) for _ in range(3)]
+        for store in stores:
+            store.send(Ping())
+            store.send(Ping())
+        await trio.testing.wait_all_tasks_blocked()
+        before = counters()["Store"]
+        assert (dict(before.phases), before.messages_handled) == ({"events": 3}, 6)
+        for store in stores:
+            store.interrupt()
+        await trio.testing.wait_all_tasks_blocked()
+        after = counters()["Store"]
+        assert (dict(after.phases), after.messages_handled) == ({}, 9)  # 6 pings and 3 interrupts
+        app = hybrid.spawn(nursery, App(), name="app")
+        await trio.sleep(11.5)  # flaky failed at 1, restarted at 11 (it fails again at 12)
+        worker = counters()["Worker"]
+        assert (worker.failures, worker.restarts) == (1, 1)
+        app.interrupt()
