@@ -45,7 +45,7 @@ from . import _validate
 from ._address import Address
 from ._agent import Agent, AgentRunner
 from ._context import Context
-from ._exceptions import AgentStopped, HybridError, LifecycleError, NameInUse
+from ._exceptions import AgentStopped, HybridError, LifecycleError, MailboxFull, NameInUse
 from ._handlers import on_event
 from ._instrument import instruments
 from ._next import Next
@@ -358,7 +358,10 @@ class _Tracker:
         if not self.exits_signalled:
             self.exits_signalled = True
             with contextlib.suppress(AgentStopped):  # finishing: its on_stop reports the exits
-                await self.ctx.address.send_wait(_ExitsPending())
+                try:
+                    self.ctx.address.send(_ExitsPending())  # no schedule point when there is room
+                except MailboxFull:
+                    await self.ctx.address.send_wait(_ExitsPending())
 
     def ended(self, child: _Child, incarnation: int, reason: StopReason) -> None:
         """A run ended: decide at once, without awaiting, whether its address waits for a successor."""
@@ -580,10 +583,15 @@ class _Tracker:
                 while self.group_heap:
                     group = -heapq.heappop(self.group_heap)
                     self.stopping_group = min(self.stopping_group, group)
-                    async with trio.open_nursery() as nursery:
-                        for child in self.waiting_groups.pop(group):
-                            self.interrupt(child)
-                            nursery.start_soon(self.await_end, child)
+                    members = [child for child in self.waiting_groups.pop(group) if child.running]
+                    for child in members:
+                        self.interrupt(child)
+                    if len(members) == 1:  # the common case of a group of one: no nursery
+                        await self.await_end(members[0])
+                    elif members:
+                        async with trio.open_nursery() as nursery:
+                            for child in members:
+                                nursery.start_soon(self.await_end, child)
             finally:
                 self.round_done.set()
                 self.round_done = None

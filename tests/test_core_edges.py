@@ -1449,3 +1449,45 @@ async def test_a_fed_item_still_held_when_the_pipeline_is_cancelled_is_reported_
         run.address.interrupt()  # the second interrupt cancels what is in the pipeline
         await run.address.join()
     assert [(skipped.stage, skipped.item) for skipped in run.skipped] == [("<input>", 2)]
+
+
+async def test_a_child_exit_waits_for_room_in_a_full_bounded_supervisor_mailbox(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With the supervisor's bounded mailbox full, the exit notice waits for room; the exit is still reported."""
+    ended: list[str] = []
+    gate = trio.Event()
+
+    class Brief(Agent):
+        def begin(self) -> Next[Self]:
+            return Next.do_async(self.work)
+
+        async def work(self) -> Next[Self]:
+            await trio.sleep(1)
+            return Next.done()
+
+    class Busy(Supervisor):
+        mailbox_capacity = 1
+
+        def begin(self) -> Next[Self]:
+            self.ctx.spawn(Brief(), name="brief")
+            return Next.events()
+
+        @hybrid.on_event
+        async def ping(self, event: Ping) -> None:
+            await gate.wait()  # busy until the test opens the gate
+
+        async def on_child_ended(self, address: hybrid.Address[Any], reason: StopReason) -> None:
+            ended.append(f"{address.name} {reason}")
+
+    async with trio.open_nursery() as nursery:
+        sup = await hybrid.start(nursery, Busy(), name="busy")
+        sup.send(Ping(1))  # taken: the handler waits on the gate
+        await trio.testing.wait_all_tasks_blocked()
+        sup.send(Ping(2))  # queued: the mailbox is full
+        await trio.sleep(2)  # the child ended at 1; its exit notice waits for room
+        assert ended == []
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert ended == ["busy/brief done"]
+        sup.interrupt()
