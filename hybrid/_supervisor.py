@@ -148,7 +148,7 @@ class _Child:
 
     @property
     def restartable(self) -> bool:
-        return self.factory is not None and self.restart is not Restart.TEMPORARY
+        return _restartable(self.factory, self.restart)
 
     @property
     def running(self) -> bool:
@@ -275,7 +275,7 @@ class _Tracker:
             timeout = _validate.timeout("shutdown_timeout", self.supervisor.shutdown_timeout)
         else:
             timeout = _validate.timeout("shutdown_timeout", shutdown_timeout)
-        restartable = factory is not None and restart is not Restart.TEMPORARY
+        restartable = _restartable(factory, restart)
         while True:
             try:
                 runner = AgentRunner(
@@ -839,6 +839,11 @@ class Supervisor(Agent[T_co]):
     @on_event
     async def _hybrid_give_up(self, event: _GiveUp) -> None:
         self.ctx.do_next(Next.fail(event.error))
+
+
+def _restartable(factory: Callable[[], Agent[Any]] | None, policy: Restart) -> bool:
+    """Whether a child of this spec is ever started again (its address then waits between runs)."""
+    return factory is not None and policy is not Restart.TEMPORARY
 
 
 def _should_restart(policy: Restart, reason: StopReason) -> bool:

@@ -37,33 +37,20 @@ def count(what: str, value: object, *, minimum: int = 0, optional: bool = False)
     return value
 
 
-@overload
-def seconds(
-    what: str, value: object, *, positive: bool = ..., infinite: bool = ..., optional: Literal[False] = ...
-) -> float: ...
-@overload
-def seconds(
-    what: str, value: object, *, positive: bool = ..., infinite: bool = ..., optional: Literal[True]
-) -> float | None: ...
-def seconds(
-    what: str, value: object, *, positive: bool = False, infinite: bool = False, optional: bool = False
-) -> float | None:
+def seconds(what: str, value: object, *, positive: bool = False, infinite: bool = False) -> float:
     """A number of seconds: finite (or ``inf`` when `infinite`), >= 0 (> 0 when `positive`).
 
     Raises:
         TypeError: `value` is not an int or a float.
         ValueError: NaN, negative, zero when `positive`, or infinite when not allowed.
     """
-    if value is None and optional:
-        return None
     bound = "> 0" if positive else ">= 0"
     kind = "a number of seconds" if infinite else "a finite number of seconds"
-    none = "None or " if optional else ""
     if not _is_number(value):
-        raise TypeError(f"{what} must be {none}{kind} {bound}, got {value!r}")
+        raise TypeError(f"{what} must be {kind} {bound}, got {value!r}")
     number = float(value)  # type: ignore[arg-type]
     if math.isnan(number) or number < 0 or (positive and number == 0) or (math.isinf(number) and not infinite):
-        raise ValueError(f"{what} must be {none}{kind} {bound}, got {value!r}")
+        raise ValueError(f"{what} must be {kind} {bound}, got {value!r}")
     return number
 
 
