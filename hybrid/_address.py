@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from threading import get_ident
-from typing import TYPE_CHECKING, Any, Generic, final
+from typing import TYPE_CHECKING, Any, Generic, cast, final
 
 import attrs
 import trio
@@ -108,6 +108,15 @@ class Address(Generic[A_co]):
         """
         return self._mailbox.name
 
+    @property
+    def agent_type(self) -> type[Agent[Any]]:
+        """The class of the agent behind this address (for a restarted child: of its current run).
+
+        What instruments label their figures with: a class, never a name,
+        keeps the number of series bounded.
+        """
+        return cast("type[Agent[Any]]", self._mailbox.agent_type)
+
     def send(self, event: object) -> None:
         """Queue `event` for the agent's `@hybrid.on_event` handler (tell). Never blocks.
 
@@ -123,7 +132,7 @@ class Address(Generic[A_co]):
         queue = mailbox.queue
         if (
             queue is not None
-            and type(event) in mailbox.events
+            and type(event) in mailbox.fast
             and len(queue) < mailbox.limit
             and get_ident() == mailbox.thread_id
         ):

@@ -171,6 +171,8 @@ def start_runtime(
         maker = current_runtime.get()
         mailbox.parent = None if maker is None else maker.mailbox.name
         rt = Runtime(agent, mailbox, host)
+        if rt.probe.stamps:
+            mailbox.set_stamping(True)
         address = Address._make(mailbox, rt)
         names.used[mailbox.name] = address
         interrupts = 0

@@ -4,16 +4,22 @@ The registry is per trio run (a `trio.lowlevel.RunVar`). The runtime reads it
 through one `Instruments` object per run, fetched once per agent, and pays one
 ``None`` check per message and per transition while no instrument is
 registered.
+
+While some instrument overrides `Instrument.message_received`, the mailboxes
+of the run stamp what they queue (`_mailbox.py`, "Stamps"): registering or
+removing such an instrument switches every live mailbox, and a new mailbox
+starts stamping when it is made.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, final
+from contextvars import Context
+from typing import TYPE_CHECKING, Any, cast, final
 
 from trio.lowlevel import RunVar
 
-from ._registry import per_run
+from ._registry import current_names, per_run
 
 if TYPE_CHECKING:
     from ._address import Address
@@ -58,6 +64,22 @@ class Instrument:
         ``next.is_state`` tells states apart; ``next.kind`` names the transition.
         """
 
+    def message_received(
+        self, address: Address[Any], message: object, waited: float | None, sender: Context | None
+    ) -> None:
+        """An agent is about to handle `message`, in its own task (`message_handled` follows).
+
+        `waited` is how long the message waited in the mailbox, in seconds;
+        `sender` is a copy of the sender's `contextvars` as they were when it
+        was sent (read a trace context from it with ``sender.run(...)`` or
+        ``sender.get(var)``). Both are None for a message queued before an
+        instrument overriding this hook was registered.
+
+        Overriding this hook has a cost the others do not: every message
+        queued in the run is then stamped (the time, and a copy of the
+        sender's context, which is cheap: contexts are immutable maps).
+        """
+
     def message_handled(self, address: Address[Any], message: object, seconds: float) -> None:
         """An agent's event, request or response handler returned (or raised).
 
@@ -77,12 +99,15 @@ class Instruments(Instrument):
     `active` is None while none is registered (the hot paths test only that);
     otherwise a tuple, replaced (never mutated) when the set changes, so that
     a hook that removes instruments cannot disturb the loop calling them.
+    `stamps` is whether one of them overrides `message_received` (then the
+    live mailboxes stamp what they queue).
     """
 
-    __slots__ = ("active",)
+    __slots__ = ("active", "stamps")
 
     def __init__(self) -> None:
         self.active: tuple[Instrument, ...] | None = None
+        self.stamps = False
 
     def add(self, instrument: Instrument) -> None:
         if not isinstance(instrument, Instrument):  # pyright: ignore[reportUnnecessaryIsInstance]
@@ -90,14 +115,21 @@ class Instruments(Instrument):
         current = self.active or ()
         if instrument in current:
             raise ValueError(f"{instrument!r} is already registered")
-        self.active = (*current, instrument)
+        self._set((*current, instrument))
 
     def remove(self, instrument: Instrument) -> None:
         current = self.active or ()
         if instrument not in current:
             raise ValueError(f"{instrument!r} is not registered")
-        rest = tuple(each for each in current if each is not instrument)
-        self.active = rest or None
+        self._set(tuple(each for each in current if each is not instrument))
+
+    def _set(self, active: tuple[Instrument, ...]) -> None:
+        self.active = active or None
+        stamps = any(type(each).message_received is not Instrument.message_received for each in active)
+        if stamps != self.stamps:
+            self.stamps = stamps
+            for address in filter(None, current_names().used.values()):  # None: a name claimed this instant
+                cast("Address[Any]", address)._mailbox.set_stamping(stamps)  # noqa: SLF001
 
     def _call(self, hook: str, *args: Any) -> None:
         for instrument in self.active or ():
@@ -116,6 +148,11 @@ class Instruments(Instrument):
 
     def state_entered(self, address: Address[Any], next: Next[Any]) -> None:
         self._call("state_entered", address, next)
+
+    def message_received(
+        self, address: Address[Any], message: object, waited: float | None, sender: Context | None
+    ) -> None:
+        self._call("message_received", address, message, waited, sender)
 
     def message_handled(self, address: Address[Any], message: object, seconds: float) -> None:
         self._call("message_handled", address, message, seconds)

@@ -9,7 +9,9 @@ Every kind of message a mailbox carries is here too (kameo's ``mailbox.rs``):
 - a `Tick`: a timer's event; a periodic timer queues no other tick while one
   waits, so ticks never pile up behind a slow handler;
 - `INTERRUPT_MARK`: the first `interrupt()`, in order with the others. It
-  takes no room from senders: the bound is raised by one while it is queued.
+  takes no room from senders: the bound is raised by one while it is queued;
+- a `Stamped` event: an event queued while an instrument watches messages
+  received (see "Stamps" below).
 
 The mailbox belongs to the address, not to one run of the agent: a supervisor
 restarting a child hands the same mailbox to the next instance, so messages
@@ -20,17 +22,28 @@ Protocol with the reader (the run loop, `_runtime.py`): the reader pops from
 `trio.lowlevel.wait_task_rescheduled`; `put` reschedules a parked reader.
 Senders waiting for room park in `room_waiters`; the reader wakes one per
 message it takes, `close` wakes them all.
+
+Stamps: while an instrument of the run overrides ``message_received``, every
+message queued is stamped with the time it was queued and a copy of its
+sender's `contextvars` (the caller's trace context travels this way): the
+envelopes carry the stamp in their ``stamp`` slot, an event is wrapped in a
+`Stamped` envelope. `Address.send`'s fast path checks the message type
+against `Mailbox.fast`, which is empty while stamping: so stamping costs the
+unwatched hot path nothing, and every stamped message goes through `put`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import sys
+import time
 import warnings
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from threading import get_ident
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Generic, cast, final
 
 import outcome
@@ -54,6 +67,12 @@ UNBOUNDED: Final = sys.maxsize
 CLOSED: Final = -1
 """`Mailbox.limit` of a closed mailbox: no queue length is below it."""
 
+Stamp = tuple[float, contextvars.Context]
+"""When a message was queued (`time.perf_counter`) and a copy of its sender's context."""
+
+_NO_FAST_PATH: Final[Mapping[type, Any]] = MappingProxyType({})
+"""`Mailbox.fast` while stamping: no event type takes `Address.send`'s fast path."""
+
 
 @final
 class _InterruptMark:
@@ -71,12 +90,13 @@ INTERRUPT_MARK: Final = _InterruptMark()
 class Response:
     """The answer to a forwarded request, on its way to an ``on_response`` handler."""
 
-    __slots__ = ("handler", "request", "result")
+    __slots__ = ("handler", "request", "result", "stamp")
 
     def __init__(self, handler: Callable[..., Awaitable[Any]], request: object, result: outcome.Outcome[Any]) -> None:
         self.handler = handler
         self.request = request
         self.result = result
+        self.stamp: Stamp | None = None
 
 
 @final
@@ -88,11 +108,23 @@ class Tick:
     has more than one tick in the mailbox, bounded or not.
     """
 
-    __slots__ = ("event", "source")
+    __slots__ = ("event", "source", "stamp")
 
     def __init__(self, event: object, source: Any) -> None:
         self.event = event
         self.source = source
+        self.stamp: Stamp | None = None
+
+
+@final
+class Stamped:
+    """An event queued while stamping, with its stamp (see the module docstring)."""
+
+    __slots__ = ("event", "stamp")
+
+    def __init__(self, event: object, stamp: Stamp) -> None:
+        self.event = event
+        self.stamp = stamp
 
 
 @final
@@ -110,6 +142,7 @@ class Mailbox:
         "draining",
         "dropped",
         "events",
+        "fast",
         "home",
         "limit",
         "name",
@@ -121,6 +154,7 @@ class Mailbox:
         "responses",
         "room_waiters",
         "runs",
+        "stamping",
         "thread_id",
     )
 
@@ -131,6 +165,10 @@ class Mailbox:
         """The class of the agent that reads this mailbox now (for error messages)."""
         self.events, self.requests, self.responses = tables
         """The reader's handler tables (class-wide dicts): senders check message types against them."""
+        self.fast: Mapping[type, Any] = self.events
+        """The event types `Address.send` may queue without `put`: `events`, or none while stamping."""
+        self.stamping = False
+        """Whether `put` stamps what it queues (an instrument watches messages received)."""
         self.capacity = capacity
         """The bound given by the user (None: unbounded)."""
         self.limit: int = UNBOUNDED if capacity is None else capacity
@@ -166,6 +204,8 @@ class Mailbox:
 
     def put(self, message: object) -> None:
         """Queue `message` past any bound and wake the reader (trio thread only)."""
+        if self.stamping and message is not INTERRUPT_MARK:
+            message = _stamped(message)
         queue = self.queue
         if queue is None:
             queue = self.queue = deque()
@@ -174,6 +214,11 @@ class Mailbox:
         if task is not None:
             self.parked = None
             reschedule(task)
+
+    def set_stamping(self, on: bool) -> None:
+        """Stamp what is queued from now on, or stop (messages stamped already stay so)."""
+        self.stamping = on
+        self.fast = _NO_FAST_PATH if on else self.events
 
     def wake(self) -> None:
         """Wake the parked reader without a message (a transition was scheduled)."""
@@ -331,6 +376,7 @@ class Mailbox:
         """
         self.agent_type = agent_type
         self.events, self.requests, self.responses = tables
+        self.set_stamping(self.stamping)
         queue = self.queue
         marks = 0
         if queue:
@@ -348,8 +394,8 @@ class Mailbox:
                     elif kind is Response:  # answered to the old class: the new one's handler takes it
                         response = cast("Response", message)
                         response.handler = lookup(self.responses, type(response.request), RESPONSE, agent_type)
-                    elif kind is Tick:
-                        self.event_handler(type(cast("Tick", message).event))
+                    elif kind is Tick or kind is Stamped:
+                        self.event_handler(type(cast("Tick | Stamped", message).event))
                     else:
                         self.event_handler(kind)
                 except UnhandledMessage as error:
@@ -406,7 +452,7 @@ class RequestCall(Generic[R]):
       the caller's `@hybrid.on_response` handler for this request type.
     """
 
-    __slots__ = ("_handler", "_mailbox", "_reply_to", "_request", "_response_handler", "_state", "_task")
+    __slots__ = ("_handler", "_mailbox", "_reply_to", "_request", "_response_handler", "_state", "_task", "stamp")
 
     _mailbox: Mailbox
     _request: Request[R]
@@ -415,6 +461,7 @@ class RequestCall(Generic[R]):
     _task: Task | None
     _reply_to: Mailbox | None
     _response_handler: Callable[..., Awaitable[Any]] | None
+    stamp: Stamp | None
 
     def __new__(cls, *args: object, **kwargs: object) -> Self:
         # In __new__, not __init__: no half-made call is left for __del__ to see.
@@ -527,4 +574,38 @@ def make_call(mailbox: Mailbox, request: Request[R], handler: Callable[..., Awai
     call._task = None  # noqa: SLF001
     call._reply_to = None  # noqa: SLF001
     call._response_handler = None  # noqa: SLF001
+    call.stamp = None
     return call
+
+
+def _stamped(message: object) -> object:
+    """`message` with its stamp: an envelope records it, an event is wrapped in `Stamped`."""
+    stamp = (time.perf_counter(), contextvars.copy_context())
+    kind = type(message)
+    if kind is RequestCall or kind is Tick or kind is Response:
+        cast("RequestCall[Any] | Tick | Response", message).stamp = stamp
+        return message
+    return Stamped(message, stamp)
+
+
+def received(message: object) -> tuple[object, Stamp | None]:
+    """What a queued message carries for instruments: the event or request, and its stamp.
+
+    A forwarded answer reports its request; a tick, its event.
+    """
+    kind = type(message)
+    if kind is Stamped or kind is Tick:
+        envelope = cast("Stamped | Tick", message)
+        return envelope.event, envelope.stamp
+    if kind is RequestCall:
+        call = cast("RequestCall[Any]", message)
+        return call._request, call.stamp  # noqa: SLF001
+    if kind is Response:
+        response = cast("Response", message)
+        return response.request, response.stamp
+    return message, None
+
+
+def is_abandoned(message: object) -> bool:
+    """Whether `message` is a request whose caller gave up (the reader skips it)."""
+    return isinstance(message, RequestCall) and message._state == _ABANDONED  # noqa: SLF001

@@ -270,6 +270,26 @@ class Next(Generic[A_co]):
         """Whether this transition enters a state (`do_async`, `do_sync` or `perform`)."""
         return self._kind <= PERFORM
 
+    @property
+    def state_name(self) -> str | None:
+        """The state's short name, for labels (metrics, traces, diagrams); None if not a state.
+
+        The function's ``__name__`` for `do_async`/`do_sync` (a method's own
+        name: ``"fetch"``), the performer's class name for `perform`.
+
+        Example:
+            ```python
+            assert Next.do_async(self.fetch, url).state_name == "fetch"
+            assert Next.done().state_name is None
+            ```
+        """
+        kind = self._kind
+        if kind > PERFORM:
+            return None
+        if kind == PERFORM:
+            return type(self._fn).__name__
+        return getattr(self._fn, "__name__", None) or repr(self._fn)
+
     def __repr__(self) -> str:
         kind = self._kind
         if kind <= PERFORM:

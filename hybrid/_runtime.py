@@ -27,7 +27,7 @@ from trio.lowlevel import Task, checkpoint, current_task, reschedule, wait_task_
 from . import _retry
 from ._exceptions import InvalidTransition, LifecycleError
 from ._instrument import Instruments, current_instruments
-from ._mailbox import CLOSED, INTERRUPT_MARK, Mailbox, RequestCall, Response, Tick
+from ._mailbox import CLOSED, INTERRUPT_MARK, Mailbox, RequestCall, Response, Stamped, Tick, is_abandoned, received
 from ._next import _INTERRUPT, ASYNC, DONE, EVENTS, FAIL, INTERRUPT, PERFORM, STOP, SYNC, Next
 from ._registry import current_names
 from ._stop import CANCELLED_REASON, DONE_REASON, INTERRUPTED_REASON, STOPPED_REASON, StopKind, StopReason
@@ -55,10 +55,6 @@ def _check_awaitable(step: object, state: Next[Any]) -> None:
             f"state {state!r} is not an 'async def' function: it ran on the trio thread and returned {step!r}; "
             "use Next.do_sync(...) to run a plain function in a worker thread, or make it async"
         ) from None
-
-
-def _request_of(call: RequestCall[Any]) -> object:
-    return call._request
 
 
 @final
@@ -545,7 +541,7 @@ class Runtime:
                     reschedule(waiters.popleft())
                 self.handled += 1
                 # With no instrument registered, timing costs this one test.
-                start = None if probe.active is None else time.perf_counter()
+                start = None if probe.active is None else self._received(message)
                 message_type = type(message)
                 handler = table.get(message_type)
                 if handler is not None:
@@ -580,6 +576,12 @@ class Runtime:
                         await response.handler(agent, response.request, response.result)
                     except Exception as error:
                         await agent.on_error(error)
+                elif message_type is Stamped:
+                    event = cast("Stamped", message).event
+                    try:
+                        await mailbox.event_handler(type(event))(agent, event)
+                    except Exception as error:
+                        await agent.on_error(error)
                 else:
                     assert message is INTERRUPT_MARK, f"{message!r} has no handler in {self.name}"
                     mailbox.unmark()
@@ -605,17 +607,22 @@ class Runtime:
         self.mailbox.parked = None
         return trio.lowlevel.Abort.SUCCEEDED
 
+    def _received(self, message: object) -> float:
+        """Tell the instruments a message is about to be handled; return the time its handling starts."""
+        if message is not INTERRUPT_MARK and not is_abandoned(message):
+            reported, stamp = received(message)
+            if stamp is None:  # queued before an instrument asked for stamps
+                self.probe.message_received(self.address, reported, None, None)
+            else:
+                queued_at, sender = stamp
+                self.probe.message_received(self.address, reported, time.perf_counter() - queued_at, sender)
+        return time.perf_counter()
+
     def _report(self, message: object, start: float) -> None:
         """Tell the instruments a message was handled: the event, or the request (asked or answered)."""
         if self.probe.active is None:  # the last instrument left meanwhile
             return
-        reported = message
-        if isinstance(message, Response):
-            reported = message.request
-        elif isinstance(message, Tick):
-            reported = message.event
-        elif isinstance(message, RequestCall):
-            reported = _request_of(message)  # pyright: ignore[reportUnknownArgumentType]
+        reported, _ = received(message)
         self.probe.message_handled(self.address, reported, time.perf_counter() - start)
 
     async def _perform_modified(self, nxt: Next[Any]) -> Next[Any]:
