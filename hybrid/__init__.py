@@ -26,8 +26,12 @@ checks it; imports under ``TYPE_CHECKING`` are annotations only):
   `open_pipeline`, `open_merge` and their records)
 - ``testing/``: `hybrid.testing`, helpers for tests (simulated time, recordings),
   written against ``hybrid`` as a user would
-- ``metrics.py``: `hybrid.metrics`, Prometheus families (the ``metrics`` extra;
-  the core never imports it)
+- outer modules, built on public names only and imported by no core module:
+  ``diagrams.py`` (`hybrid.diagrams`: Mermaid state diagrams of what ran),
+  ``slowsteps.py`` (`hybrid.slowsteps`: the blocking-call finder), and, each with
+  its extra, ``metrics.py`` (`hybrid.metrics`: Prometheus families and latency
+  histograms), ``tracing.py`` (`hybrid.tracing`: OpenTelemetry spans) and
+  ``service/`` (`hybrid.service`: service mode, ``python -m hybrid run``)
 """
 
 from ._address import Address as Address
