@@ -61,6 +61,12 @@ class Agent(Generic[T_co]):
             overrides it for one agent.
         context_class: the class of ``self.ctx``: `Context`, or a subclass
             that adds operations (`Supervisor` uses `SupervisorContext`).
+        helper_tasks: whether the agent starts helper tasks (timers,
+            `ctx.consume`, `ctx.start_soon`). Declare False for an agent that
+            starts none: `run()` then opens no nursery of its own, which
+            makes a short run cheaper, and starting one raises
+            `LifecycleError`. (A spawned agent's helpers run in the spawner's
+            nursery: there it changes nothing but the check.)
 
     Example:
         ```python
@@ -84,6 +90,7 @@ class Agent(Generic[T_co]):
 
     mailbox_capacity: ClassVar[int | float | None] = None
     context_class: ClassVar[type[Context[Any]]] = Context
+    helper_tasks: ClassVar[bool] = True
 
     if TYPE_CHECKING:
         ctx: Context[Self]
@@ -98,6 +105,9 @@ class Agent(Generic[T_co]):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _validate.capacity(f"{cls.__qualname__}.mailbox_capacity", cls.__dict__.get("mailbox_capacity"))
+        helper_tasks = cls.__dict__.get("helper_tasks", True)
+        if type(helper_tasks) is not bool:
+            raise TypeError(f"{cls.__qualname__}.helper_tasks must be True or False, got {helper_tasks!r}")
         cls._hybrid_events, cls._hybrid_requests, cls._hybrid_responses = build_tables(cls, defining_namespace())
 
     def begin(self) -> Next[Self]:
@@ -138,7 +148,10 @@ class Agent(Generic[T_co]):
         opens, and an error of theirs leaves it as an `ExceptionGroup`.
         """
         rt = start_runtime(self, caller="Agent.run", host=None)
-        await run_hosted(rt, None)
+        if type(self).helper_tasks:
+            await run_hosted(rt, None)
+        else:
+            await rt.main()
         result: T_co = rt.result()
         return result
 
@@ -307,10 +320,13 @@ class AgentRunner(Generic[A]):
             LifecycleError: the runner was already run, or discarded.
         """
         rt = self._rt
-        if rt.phase != STARTING or rt.host is not None:
+        if rt.phase != STARTING or rt.task is not None:
             raise LifecycleError("an AgentRunner runs once")
         status = None if task_status is trio.TASK_STATUS_IGNORED else task_status
-        await run_hosted(rt, status)
+        if type(rt.agent).helper_tasks:
+            await run_hosted(rt, status)
+        else:
+            await rt.main(False, status)
         reason = rt.reason
         assert reason is not None
         return reason

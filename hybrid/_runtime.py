@@ -231,6 +231,11 @@ class Runtime:
         """Run `fn` beside the agent, in its host nursery, until it returns or the agent ends."""
         if self.phase == ENDED:
             raise LifecycleError(f"{self.name} has ended; it cannot start helper tasks")
+        if not type(self.agent).helper_tasks:
+            raise LifecycleError(
+                f"{self.name} cannot start helper tasks (timers, consume, start_soon): "
+                f"{type(self.agent).__qualname__} declares helper_tasks = False"
+            )
         if self.host is None:
             raise LifecycleError(f"{self.name} has not started yet; helper tasks start with it")
         scope = trio.CancelScope()
