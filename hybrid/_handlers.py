@@ -9,12 +9,13 @@ one dict lookup by exact type.
 
 from __future__ import annotations
 
+import dis
 import inspect
 import sys
 import types
 import typing
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, overload
 
 from ._exceptions import HandlerDefinitionError, UnhandledMessage
 from ._request import Request
@@ -22,6 +23,10 @@ from ._request import Request
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 _MARK: Final = "__hybrid_handler__"
+INLINE: Final = "__hybrid_inline__"
+"""Set (True) on a request handler declared ``inline=True``."""
+# What an `async def` compiles an await, an `async for` or an `async with` to.
+_SUSPENDING_OPS: Final = frozenset({"GET_AWAITABLE", "GET_AITER", "GET_ANEXT", "BEFORE_ASYNC_WITH", "END_ASYNC_FOR"})
 EVENT: Final = "event"
 REQUEST: Final = "request"
 RESPONSE: Final = "response"
@@ -57,7 +62,11 @@ def on_event(fn: F) -> F:
     return _mark(EVENT, fn)
 
 
-def on_request(fn: F) -> F:
+@overload
+def on_request(fn: F, /) -> F: ...
+@overload
+def on_request(*, inline: bool = False) -> Callable[[F], F]: ...
+def on_request(fn: F | None = None, /, *, inline: bool = False) -> F | Callable[[F], F]:
     """Mark an ``async def`` method as the handler of one or more request types.
 
     The request type (a subclass of [`hybrid.Request`][hybrid.Request]) is the
@@ -65,14 +74,60 @@ def on_request(fn: F) -> F:
     returns is the answer; an exception it raises is re-raised in the caller,
     and the agent keeps running.
 
+    ``@hybrid.on_request(inline=True)`` declares a handler that never awaits
+    (it reads or updates the agent's fields and returns). When the agent is
+    idle (waiting for messages in actor mode, nothing queued), the caller's
+    task then runs it directly, with the agent's context set, instead of
+    queueing the request and waiting for the agent's task: the answer comes
+    without a task switch. Otherwise (the agent is busy, in a state, or an
+    instrument watches messages) the request is queued as any other, so the
+    order of messages is kept either way. A caller still yields to other
+    tasks at least every 64 inline answers (the fairness rule).
+
     Example:
         ```python
         @hybrid.on_request
         async def count(self, request: GetCount) -> int:
             return len(self.urls)
+
+        @hybrid.on_request(inline=True)   # no await inside: answered in the caller's task
+        async def peek(self, request: Peek) -> int:
+            return len(self.urls)
         ```
+
+    Raises:
+        HandlerDefinitionError: an inline handler awaits (``await``,
+            ``async for`` or ``async with`` in its body).
     """
-    return _mark(REQUEST, fn)
+    if type(inline) is not bool:
+        raise TypeError(f"on_request(inline=...) must be True or False, got {inline!r}")
+
+    def mark(fn: F) -> F:
+        marked = _mark(REQUEST, fn)
+        if inline:
+            if awaits(fn):
+                name = str(getattr(fn, "__qualname__", fn))
+                raise HandlerDefinitionError(
+                    f"@hybrid.on_request(inline=True) handler {name} awaits: an inline handler runs in its "
+                    "caller's task and must not (drop inline=True, or move the await into a state)"
+                )
+            setattr(marked, INLINE, True)
+        return marked
+
+    return mark if fn is None else mark(fn)
+
+
+def awaits(fn: Callable[..., Any]) -> bool:
+    """Whether the body of ``async def`` `fn` may suspend: an await, ``async for`` or ``async with``.
+
+    Only what is written in the body can suspend a coroutine, and it is compiled
+    to one of a few opcodes, so this reading of the bytecode is exact (nested
+    functions have their own code; an async comprehension is awaited here).
+    """
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    if code is None:
+        return True  # not a plain function: assume it may
+    return any(instruction.opname in _SUSPENDING_OPS for instruction in dis.get_instructions(code))
 
 
 def on_response(fn: F) -> F:

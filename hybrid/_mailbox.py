@@ -52,7 +52,7 @@ from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_resch
 from typing_extensions import Self, TypeVar
 
 from ._exceptions import AgentStopped, LifecycleError, MailboxFull, UnhandledMessage
-from ._handlers import EVENT, RESPONSE, Table, lookup
+from ._handlers import EVENT, INLINE, RESPONSE, Table, lookup
 from ._thread import Home, at_home, check_awaited_at_home
 
 if TYPE_CHECKING:
@@ -138,6 +138,7 @@ class Mailbox:
     __slots__ = (
         "abandoned",
         "agent_type",
+        "answer_inline",
         "capacity",
         "draining",
         "dropped",
@@ -196,6 +197,9 @@ class Mailbox:
         children), or None for an agent started from plain trio code."""
         self.runs = 0
         """Runs started with this address: 1 + the restarts of a supervised child."""
+        self.answer_inline: Callable[[Callable[..., Awaitable[Any]], object], outcome.Outcome[Any] | None] | None = None
+        """The reader's way to answer an inline request in the caller's task (set by the run
+        that reads this mailbox): the answer, or None when it cannot be answered inline now."""
         self.home = Home()
         self.thread_id = self.home.thread_id
         """The home thread's ident, copied here for `Address.send`'s fast path."""
@@ -436,6 +440,10 @@ class Mailbox:
 # reader, answered; or abandoned by its caller while still queued.
 _NEW, _QUEUED, _TAKEN, _USED, _ABANDONED = range(5)
 
+_INLINE_FAIRNESS: Final = 64
+"""A caller yields to other tasks at least every this many inline answers (the loop's rule)."""
+_inline_answers = 0
+
 
 @final
 class RequestCall(Generic[R]):
@@ -482,6 +490,20 @@ class RequestCall(Generic[R]):
         self._state = _QUEUED
         # A caller that is already cancelled sends nothing.
         yield from trio.lowlevel.checkpoint_if_cancelled().__await__()  # noqa: ASYNC105
+        # An idle reader (parked: nothing queued, no transition pending) answers
+        # an inline handler in this task: no message overtakes another.
+        if mailbox.parked is not None and getattr(self._handler, INLINE, False):
+            assert mailbox.answer_inline is not None
+            answer = mailbox.answer_inline(self._handler, self._request)
+            if answer is not None:
+                self._state = _USED
+                global _inline_answers  # noqa: PLW0603 - the fairness count of this thread's inline answers
+                _inline_answers += 1
+                if _inline_answers >= _INLINE_FAIRNESS:
+                    _inline_answers = 0
+                    yield from trio.lowlevel.cancel_shielded_checkpoint().__await__()  # noqa: ASYNC105
+                answered: R = answer.unwrap()
+                return answered
         # A closed or full bounded mailbox: wait for room (or learn it is closed).
         if not mailbox.has_room() and not (yield from mailbox.put_wait().__await__()):
             raise AgentStopped(f"{mailbox.name} has ended; request {self._request!r} was not sent")

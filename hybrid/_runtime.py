@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast, final
 
@@ -175,6 +175,7 @@ class Runtime:
         """Called once when the agent ends (made by the first monitor)."""
         self.probe: Instruments = current_instruments()
         """The run's instruments; ``probe.active is None`` while there are none."""
+        mailbox.answer_inline = self.answer_inline
 
     @property
     def name(self) -> str:
@@ -607,6 +608,29 @@ class Runtime:
                 mailbox.parked = self.task
                 await wait_task_rescheduled(self._abort_park)
                 queue = mailbox.queue  # made by the first message
+
+    def answer_inline(self, handler: Callable[..., Awaitable[Any]], request: object) -> outcome.Outcome[Any] | None:
+        """Run an inline request handler now, in the caller's task; None if it must be queued instead.
+
+        Called only while this run's task is parked in `_loop` (idle). Queued
+        instead while an instrument watches: instruments see every message.
+        """
+        if self.probe.active is not None:
+            return None
+        self.handled += 1
+        token = current_runtime.set(self)
+        try:
+            step = cast("Coroutine[Any, Any, Any]", handler(self.agent, request))
+            try:
+                step.send(None)
+            except StopIteration as returned:
+                return outcome.Value(returned.value)
+            except Exception as error:
+                return outcome.Error(error)
+            step.close()  # unreachable: on_request(inline=True) refused a handler that awaits
+            raise LifecycleError(f"inline request handler {handler!r} of {self.name} suspended")
+        finally:
+            current_runtime.reset(token)
 
     def _abort_park(self, raise_cancel: Any) -> trio.lowlevel.Abort:
         self.mailbox.parked = None
