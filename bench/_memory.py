@@ -1,6 +1,6 @@
 """W3 memory: bytes per idle live agent (or plain trio task), in a fresh process.
 
-Usage: ``python -m bench._memory {hybrid|trio} N {tracemalloc|rss}``; prints
+Usage: ``python -m bench._memory {hybrid|hibernating|trio} N {tracemalloc|rss}``; prints
 one JSON object. Run by `bench.workloads.memory_per_idle`, never imported by
 the benchmark process itself (tracemalloc would slow every other workload).
 
@@ -9,7 +9,11 @@ started, and the measurement once all of them are parked (started, idle,
 waiting for a message), after a full collection. What is counted is
 everything one more live agent costs: its task, coroutine frames, runtime
 record, mailbox, address, context and the agent object; for plain trio, the
-task, its frames and the two ends of its memory channel.
+task, its frames and the two ends of its memory channel. ``hibernating``:
+the same agents with ``hibernate_after = 0``, idle without a task (what is
+counted then is the agent, its runtime record, mailbox, address, context and
+saved contextvars; their nursery's one keeper task is shared by all). They are
+spawned in batches of 1,000, each batch idle before the next.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ def _rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class SleepingIdle(Idle):
+    hibernate_after = 0
+
+
 async def _idle_task(receiver: trio.MemoryReceiveChannel[Tick]) -> None:
     async for _message in receiver:
         pass
@@ -56,9 +64,14 @@ async def _measure(side: str, n: int, mode: str) -> dict[str, Any]:
         keep.clear()
         await trio.testing.wait_all_tasks_blocked()
         before = now()
-        if side == "hybrid":
-            for _ in range(n):
-                keep.append(hybrid.spawn(nursery, Idle()))
+        if side != "trio":
+            cls = Idle if side == "hybrid" else SleepingIdle
+            for i in range(n):
+                keep.append(hybrid.spawn(nursery, cls()))
+                if side == "hibernating" and i % 1000 == 999:
+                    # As a program makes agents over time: each batch hibernates before the next,
+                    # so there is never a task per agent (spawning all at once briefly would).
+                    await trio.testing.wait_all_tasks_blocked()
         else:
             for _ in range(n):
                 sender, receiver = trio.open_memory_channel[Tick](math.inf)
@@ -67,8 +80,11 @@ async def _measure(side: str, n: int, mode: str) -> dict[str, Any]:
         await trio.testing.wait_all_tasks_blocked()
         after = now()
         live = len(nursery.child_tasks)
-        if side == "hybrid":
+        if side == "hibernating":
+            live = sum(1 for a in keep if a.statistics().hibernating)
+        elif side == "hybrid":
             live = min(live, sum(1 for a in keep if a.statistics().phase == "events"))
+        if side != "trio":
             for address in keep:
                 address.interrupt()
         else:
@@ -79,7 +95,7 @@ async def _measure(side: str, n: int, mode: str) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     side, n, mode = argv[0], int(argv[1]), argv[2]
-    if side not in ("hybrid", "trio") or mode not in ("tracemalloc", "rss"):
+    if side not in ("hybrid", "hibernating", "trio") or mode not in ("tracemalloc", "rss"):
         print(__doc__, file=sys.stderr)
         return 2
     if mode == "tracemalloc":

@@ -14,7 +14,7 @@ from ._exceptions import AgentStopped, LifecycleError
 from ._handlers import REQUEST, lookup
 from ._mailbox import CLOSED, Mailbox, RequestCall, make_call
 from ._request import Request
-from ._runtime import ENDED, Runtime
+from ._runtime import ENDED, HIBERNATING, Runtime
 from ._stop import StopReason
 from ._thread import at_home, check_awaited_at_home
 
@@ -43,6 +43,8 @@ class AgentStatistics:
             (their senders were told: requests failed with `AgentStopped`).
         transitions: states entered so far.
         reason: how the agent ended, or None while it runs.
+        hibernating: idle in actor mode without a trio task (see
+            `Agent.hibernate_after`); its phase is ``"events"``.
     """
 
     name: str
@@ -55,6 +57,7 @@ class AgentStatistics:
     messages_dropped: int
     transitions: int
     reason: StopReason | None
+    hibernating: bool = False
 
 
 @final
@@ -248,6 +251,7 @@ class Address(Generic[A_co]):
             messages_dropped=mailbox.dropped,
             transitions=rt.transitions,
             reason=rt.reason,
+            hibernating=rt.phase == HIBERNATING,
         )
 
     # Equality and hashing are by identity: one Address object per agent (and

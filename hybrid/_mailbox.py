@@ -53,7 +53,7 @@ from typing_extensions import Self, TypeVar
 
 from ._exceptions import AgentStopped, LifecycleError, MailboxFull, UnhandledMessage
 from ._handlers import EVENT, INLINE, RESPONSE, Table, lookup
-from ._thread import Home, at_home, check_awaited_at_home
+from ._thread import at_home, check_awaited_at_home, current_home
 
 if TYPE_CHECKING:
     from ._request import Request
@@ -138,7 +138,7 @@ class Mailbox:
     __slots__ = (
         "abandoned",
         "agent_type",
-        "answer_inline",
+        "asleep",
         "capacity",
         "draining",
         "dropped",
@@ -154,6 +154,7 @@ class Mailbox:
         "requests",
         "responses",
         "room_waiters",
+        "run",
         "runs",
         "stamping",
         "thread_id",
@@ -167,7 +168,8 @@ class Mailbox:
         self.events, self.requests, self.responses = tables
         """The reader's handler tables (class-wide dicts): senders check message types against them."""
         self.fast: Mapping[type, Any] = self.events
-        """The event types `Address.send` may queue without `put`: `events`, or none while stamping."""
+        """The event types `Address.send` may queue without `put`: `events`, or none while
+        stamping or asleep (then every message goes through `put`)."""
         self.stamping = False
         """Whether `put` stamps what it queues (an instrument watches messages received)."""
         self.capacity = capacity
@@ -197,10 +199,12 @@ class Mailbox:
         children), or None for an agent started from plain trio code."""
         self.runs = 0
         """Runs started with this address: 1 + the restarts of a supervised child."""
-        self.answer_inline: Callable[[Callable[..., Awaitable[Any]], object], outcome.Outcome[Any] | None] | None = None
-        """The reader's way to answer an inline request in the caller's task (set by the run
-        that reads this mailbox): the answer, or None when it cannot be answered inline now."""
-        self.home = Home()
+        self.run: Any = None
+        """The run that reads this mailbox (a `Runtime`, opaque here; set by it): it answers
+        inline requests in their callers' tasks, and wakes up from hibernation."""
+        self.asleep = False
+        """The reader hibernates (no task): `put` and `wake` wake it up through `run`."""
+        self.home = current_home()
         self.thread_id = self.home.thread_id
         """The home thread's ident, copied here for `Address.send`'s fast path."""
 
@@ -218,18 +222,29 @@ class Mailbox:
         if task is not None:
             self.parked = None
             reschedule(task)
+        elif self.asleep:
+            self.run.wake_up()
 
     def set_stamping(self, on: bool) -> None:
         """Stamp what is queued from now on, or stop (messages stamped already stay so)."""
         self.stamping = on
-        self.fast = _NO_FAST_PATH if on else self.events
+        self._set_fast()
+
+    def set_asleep(self, on: bool) -> None:
+        self.asleep = on
+        self._set_fast()
+
+    def _set_fast(self) -> None:
+        self.fast = _NO_FAST_PATH if self.stamping or self.asleep else self.events
 
     def wake(self) -> None:
-        """Wake the parked reader without a message (a transition was scheduled)."""
+        """Wake the reader without a message (a transition was scheduled)."""
         task = self.parked
         if task is not None:
             self.parked = None
             reschedule(task)
+        elif self.asleep:
+            self.run.wake_up()
 
     def event_handler(self, message_type: type) -> Callable[..., Awaitable[Any]]:
         """The reader's event handler for `message_type`.
@@ -380,7 +395,7 @@ class Mailbox:
         """
         self.agent_type = agent_type
         self.events, self.requests, self.responses = tables
-        self.set_stamping(self.stamping)
+        self._set_fast()
         queue = self.queue
         marks = 0
         if queue:
@@ -490,11 +505,10 @@ class RequestCall(Generic[R]):
         self._state = _QUEUED
         # A caller that is already cancelled sends nothing.
         yield from trio.lowlevel.checkpoint_if_cancelled().__await__()  # noqa: ASYNC105
-        # An idle reader (parked: nothing queued, no transition pending) answers
-        # an inline handler in this task: no message overtakes another.
-        if mailbox.parked is not None and getattr(self._handler, INLINE, False):
-            assert mailbox.answer_inline is not None
-            answer = mailbox.answer_inline(self._handler, self._request)
+        # An idle reader (parked or asleep: nothing queued, no transition pending)
+        # answers an inline handler in this task: no message overtakes another.
+        if (mailbox.parked is not None or mailbox.asleep) and getattr(self._handler, INLINE, False):
+            answer = mailbox.run.answer_inline(self._handler, self._request)
             if answer is not None:
                 self._state = _USED
                 global _inline_answers  # noqa: PLW0603 - the fairness count of this thread's inline answers

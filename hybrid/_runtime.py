@@ -13,6 +13,7 @@ transitions), and dispatch is one dict lookup by exact type.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import time
@@ -28,8 +29,8 @@ from . import _retry
 from ._exceptions import InvalidTransition, LifecycleError
 from ._instrument import Instruments, current_instruments
 from ._mailbox import CLOSED, INTERRUPT_MARK, Mailbox, RequestCall, Response, Stamped, Tick, is_abandoned, received
-from ._next import _INTERRUPT, ASYNC, DONE, EVENTS, FAIL, INTERRUPT, PERFORM, STOP, SYNC, Next
-from ._registry import current_names
+from ._next import _INTERRUPT, ASYNC, DONE, EVENTS, FAIL, INTERRUPT, PERFORM, STOP, SYNC, Next, _make
+from ._registry import current_names, per_run
 from ._stop import CANCELLED_REASON, DONE_REASON, INTERRUPTED_REASON, STOPPED_REASON, StopKind, StopReason
 
 if TYPE_CHECKING:
@@ -43,9 +44,14 @@ FAIRNESS: Final = 64
 current_runtime: ContextVar[Runtime | None] = ContextVar("hybrid_current_agent", default=None)
 """The runtime of the agent whose code runs in this task (or worker thread)."""
 
-# Phases, in the order an agent goes through them (HOOK: on_interrupt runs).
-STARTING, STATE, EVENTS_PHASE, HOOK, FINISHING, ENDED = range(6)
-PHASE_NAMES: Final = ("starting", "state", "events", "hook", "finishing", "ended")
+# Phases, in the order an agent goes through them (HOOK: on_interrupt runs);
+# HIBERNATING: idle in actor mode without a task (see `Runtime.hibernate`). It is
+# named "events" outside: the agent is in actor mode, only without a task.
+STARTING, STATE, EVENTS_PHASE, HOOK, FINISHING, ENDED, HIBERNATING = range(7)
+PHASE_NAMES: Final = ("starting", "state", "events", "hook", "finishing", "ended", "events")
+
+_RESUMING: Final[Next[Any]] = _make(EVENTS)
+"""The transition a woken hibernating agent resumes with: actor mode, not reported again."""
 
 
 def _check_awaitable(step: object, state: Next[Any]) -> None:
@@ -94,6 +100,7 @@ class Runtime:
     __slots__ = (
         "address",
         "agent",
+        "context",
         "ctx",
         "ended",
         "ending",
@@ -101,6 +108,7 @@ class Runtime:
         "escaped",
         "handled",
         "helpers",
+        "hibernate_after",
         "host",
         "interrupt_event",
         "interrupt_handled",
@@ -175,7 +183,13 @@ class Runtime:
         """Called once when the agent ends (made by the first monitor)."""
         self.probe: Instruments = current_instruments()
         """The run's instruments; ``probe.active is None`` while there are none."""
-        mailbox.answer_inline = self.answer_inline
+        self.hibernate_after: float | None = None if host is None else type(agent).hibernate_after
+        """Idle seconds in actor mode after which the agent gives its task up (None: never).
+        Only an agent hosted in a nursery (spawned) hibernates: a run() holds its caller's task."""
+        self.context: contextvars.Context | None = None
+        """For an agent that may hibernate: the contextvars its next task starts with (those
+        its last task had; set by `main`)."""
+        mailbox.run = self
 
     @property
     def name(self) -> str:
@@ -202,7 +216,7 @@ class Runtime:
         if type(nxt) is not Next:
             raise InvalidTransition(f"do_next needs a Next, got {nxt!r}")
         phase = self.phase
-        if phase not in (EVENTS_PHASE, HOOK):
+        if phase not in (EVENTS_PHASE, HOOK, HIBERNATING):
             if phase == STATE:
                 raise LifecycleError(
                     "do_next is for message handlers and on_interrupt; a state returns its next transition"
@@ -331,11 +345,15 @@ class Runtime:
 
     # -- the run ---------------------------------------------------------------
 
-    async def main(self, spawned: bool = False, task_status: trio.TaskStatus[Any] | None = None) -> None:
+    async def main(
+        self, spawned: bool = False, task_status: trio.TaskStatus[Any] | None = None, resumed: bool = False
+    ) -> None:
         """Run the agent to its end, then `on_stop`; `finish` it whatever happens.
 
         The transition loop is written here, in the agent's outermost frame,
         so that an idle agent parks two frames deep (here and `_loop`).
+        `resumed`: a hibernating agent woke up; this new task goes on in actor
+        mode (and may hibernate again, returning without ending the agent).
 
         The agent's own failure is recorded (``self.error``) and raised only
         for a spawned agent (its task's error leaves the nursery, as a trio
@@ -343,28 +361,34 @@ class Runtime:
         unchanged, after the agent has ended (``on_stop`` runs shielded).
         """
         self.task = self.mailbox.reader = current_task()
+        if self.hibernate_after is not None and not resumed:
+            self.context = contextvars.copy_context()  # as spawned: what it resumes with, unless it sets more
         token = current_runtime.set(self)
         starter = None if task_status is None else _Starter(task_status, self.address)
         try:
             agent = self.agent
             probe = self.probe
-            if probe.active is not None:
+            if probe.active is not None and not resumed:
                 probe.agent_started(self.address)
             try:
                 with trio.CancelScope() as scope:
                     self.scope = scope
                     if self.interrupts > 1:
                         scope.cancel()
-                    nxt: Next[Any] = agent.begin()
-                    if type(nxt) is not Next:
-                        raise InvalidTransition(f"{self.name}.begin() must return a Next, got {nxt!r}")
-                    if starter is not None:
-                        starter.fire()
-                    if self.interrupts and nxt._kind <= PERFORM:
-                        nxt = _INTERRUPT  # interrupted before its first state: never enters it
+                    nxt: Next[Any]
+                    if resumed:
+                        nxt = _RESUMING
+                    else:
+                        nxt = agent.begin()
+                        if type(nxt) is not Next:
+                            raise InvalidTransition(f"{self.name}.begin() must return a Next, got {nxt!r}")
+                        if starter is not None:
+                            starter.fire()
+                        if self.interrupts and nxt._kind <= PERFORM:
+                            nxt = _INTERRUPT  # interrupted before its first state: never enters it
                     steps = self.steps
                     while True:
-                        if probe.active is not None:
+                        if probe.active is not None and nxt is not _RESUMING:
                             probe.state_entered(self.address, nxt)
                         kind = nxt._kind
                         if kind <= PERFORM:
@@ -400,7 +424,8 @@ class Runtime:
                             self.phase = EVENTS_PHASE
                             self.steps = steps
                             scheduled = await self._loop(False)
-                            assert scheduled is not None  # only a draining loop ends without a transition
+                            if scheduled is None:  # hibernating: this task ends, the agent does not
+                                break
                             nxt = scheduled
                             steps = self.steps
                         elif kind == DONE:
@@ -435,11 +460,19 @@ class Runtime:
             except BaseException as exc:
                 await self._cut_short(exc, stop_hook_started=False)
                 raise
+            if self.phase == HIBERNATING:
+                return
             # A spawned agent whose begin() failed never reports itself started:
             # its error goes to whoever waits in nursery.start().
             await self._end(None if spawned else starter)
         finally:
             current_runtime.reset(token)
+            if self.phase == HIBERNATING:
+                # Keep the contextvars the agent set; when it set none, keep the
+                # context it was spawned with, whose values its spawner shares.
+                now = contextvars.copy_context()
+                if now != self.context:
+                    self.context = now
         if spawned and self.error is not None:
             raise self.error
 
@@ -605,15 +638,73 @@ class Runtime:
                 return None
             else:
                 count = 0
-                mailbox.parked = self.task
-                await wait_task_rescheduled(self._abort_park)
+                if self.hibernate_after is not None:
+                    if await self._idle(self.hibernate_after):
+                        self.steps = 0
+                        self.hibernate()
+                        return None
+                else:
+                    mailbox.parked = self.task
+                    await wait_task_rescheduled(self._abort_park)
                 queue = mailbox.queue  # made by the first message
+
+    # -- hibernation -------------------------------------------------------------
+
+    async def _idle(self, seconds: float) -> bool:
+        """Wait up to `seconds` for a message or a transition; True if none came (time to hibernate)."""
+        if seconds > 0:
+            with trio.move_on_after(seconds):
+                self.mailbox.parked = self.task
+                await wait_task_rescheduled(self._abort_park)
+                return False
+        return True
+
+    def hibernate(self) -> None:
+        """Give the task up, idle in actor mode: the mailbox and the agent stay; a message wakes it.
+
+        Called by the agent's own task, which then returns from `main` without
+        ending the agent. The host nursery's `_Keeper` stands for it there
+        meanwhile: it keeps the nursery open and ends the agent as cancelled
+        if the nursery is cancelled, as the agent's task would have been.
+        """
+        self.phase = HIBERNATING
+        self.task = self.scope = None
+        mailbox = self.mailbox
+        mailbox.reader = None
+        mailbox.set_asleep(True)
+        assert self.host is not None
+        _keeper_of(self.host).add(self)
+        # `main` saves the task's contextvars once it has reset its own
+        # (the variables the agent set stay; the runtime's is set again).
+
+    def wake_up(self) -> None:
+        """A message or a transition came for the hibernating agent: resume it in a new task."""
+        assert self.phase == HIBERNATING
+        assert self.host is not None
+        assert self.context is not None
+        self.phase = EVENTS_PHASE
+        self.mailbox.set_asleep(False)
+        _keepers()[self.host].discard()
+        context = self.context
+        # The new task starts with the contextvars the agent's task had (trio
+        # copies the spawner's context: run the spawn inside the saved one).
+        host = self.host
+        context.run(lambda: host.start_soon(self.main, True, None, True, name=f"hybrid agent {self.name}"))
+
+    async def end_hibernating(self, cancelled: trio.Cancelled) -> None:
+        """The host nursery was cancelled while the agent hibernated: end it as its task would have."""
+        self.mailbox.set_asleep(False)
+        token = current_runtime.set(self)
+        try:
+            await self._cut_short(cancelled, stop_hook_started=False)
+        finally:
+            current_runtime.reset(token)
 
     def answer_inline(self, handler: Callable[..., Awaitable[Any]], request: object) -> outcome.Outcome[Any] | None:
         """Run an inline request handler now, in the caller's task; None if it must be queued instead.
 
-        Called only while this run's task is parked in `_loop` (idle). Queued
-        instead while an instrument watches: instruments see every message.
+        Called only while this run is idle (parked in `_loop`, or hibernating).
+        Queued instead while an instrument watches: instruments see every message.
         """
         if self.probe.active is not None:
             return None
@@ -627,8 +718,8 @@ class Runtime:
                 return outcome.Value(returned.value)
             except Exception as error:
                 return outcome.Error(error)
-            step.close()  # unreachable: on_request(inline=True) refused a handler that awaits
-            raise LifecycleError(f"inline request handler {handler!r} of {self.name} suspended")
+            step.close()  # pragma: no cover - on_request(inline=True) refused a handler that awaits
+            raise LifecycleError(f"inline request handler {handler!r} of {self.name} suspended")  # pragma: no cover
         finally:
             current_runtime.reset(token)
 
@@ -730,3 +821,76 @@ class Runtime:
     @property
     def phase_name(self) -> str:
         return PHASE_NAMES[self.phase]
+
+
+@final
+class _Keeper:
+    """Stands in a host nursery for its hibernating agents (one task per nursery, not one per agent).
+
+    While it has sleepers it keeps the nursery open, as their tasks would;
+    it returns once none is left (each woke up or ended). If the nursery is
+    cancelled, it ends each sleeper as cancelled (its `on_stop` runs,
+    shielded) and lets the cancellation go on.
+
+    `sleepers` is every run that hibernated here, woken ones included until
+    the list is compacted (a run that wakes up is not searched for: that
+    would cost a scan per wake-up); `count` is how many still hibernate.
+    """
+
+    __slots__ = ("count", "host", "sleepers", "task")
+
+    def __init__(self, host: trio.Nursery) -> None:
+        self.host = host
+        self.sleepers: list[Runtime] = []
+        self.count = 0
+        self.task: Task | None = None  # parked while it has sleepers
+
+    def add(self, rt: Runtime) -> None:
+        self.count += 1
+        sleepers = self.sleepers
+        if len(sleepers) >= 2 * self.count + 64:  # mostly woken: keep those that still sleep
+            sleepers[:] = [each for each in sleepers if each.phase == HIBERNATING and each.host is self.host]
+        sleepers.append(rt)
+
+    def discard(self) -> None:
+        self.count -= 1
+        if not self.count and self.task is not None:
+            task, self.task = self.task, None
+            reschedule(task)
+
+    async def keep(self) -> None:
+        try:
+            while self.count:
+                self.task = current_task()
+                await wait_task_rescheduled(self._abort)
+        except trio.Cancelled as cancelled:
+            ended: set[int] = set()
+            for rt in self.sleepers:
+                if rt.phase == HIBERNATING and id(rt) not in ended:  # a run appears once per hibernation
+                    ended.add(id(rt))
+                    self.count -= 1
+                    await rt.end_hibernating(cancelled)
+            raise
+        finally:
+            del _keepers()[self.host]
+
+    def _abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
+        self.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
+_KEEPERS: trio.lowlevel.RunVar[dict[trio.Nursery, _Keeper]] = trio.lowlevel.RunVar("hybrid_keepers")
+
+
+def _keepers() -> dict[trio.Nursery, _Keeper]:
+    return per_run(_KEEPERS, dict)
+
+
+def _keeper_of(host: trio.Nursery) -> _Keeper:
+    """The keeper of `host`, started there when its first agent hibernates."""
+    keepers = _keepers()
+    keeper = keepers.get(host)
+    if keeper is None:
+        keeper = keepers[host] = _Keeper(host)
+        host.start_soon(keeper.keep, name="hybrid keeper of hibernating agents")
+    return keeper

@@ -16,10 +16,11 @@ from threading import get_ident
 from typing import Any, Protocol, TypeVar, final
 
 import trio
-from trio.lowlevel import TrioToken, current_trio_token
+from trio.lowlevel import RunVar, TrioToken, current_trio_token
 from typing_extensions import ParamSpec
 
 from ._exceptions import LifecycleError
+from ._registry import per_run
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -30,7 +31,7 @@ class Home:
     """The trio run and the thread an agent lives in.
 
     Both fields are set when the agent's mailbox is made (in its trio run)
-    and never change.
+    and never change; the agents of one run share one `Home` (`current_home`).
     """
 
     __slots__ = ("thread_id", "token")
@@ -99,3 +100,11 @@ def check_awaited_at_home(home: Home, what: str, *, run_is_live: bool = False) -
         token = None
     if token is not home.token:
         raise LifecycleError(f"{what} must be awaited in the trio run of the agent; this is another trio run")
+
+
+_HOME: RunVar[Home] = RunVar("hybrid_home")
+
+
+def current_home() -> Home:
+    """The `Home` of the current trio run, shared by all its mailboxes (made on first use)."""
+    return per_run(_HOME, Home)

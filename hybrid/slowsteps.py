@@ -105,13 +105,18 @@ class SlowSteps(hybrid.Instrument):
     # -- what each agent is doing (hybrid's hooks, in the agent's own task) ----
 
     def _begin(self, address: hybrid.Address[Any], doing: str) -> None:
+        # Hooks run in the agent's task; a hibernating agent wakes up in a new one.
+        task = trio.lowlevel.current_task()
+        old = self._tasks.get(address)
+        if old is not task:
+            if old is not None:
+                del self._agents[old]
+            self._agents[task] = address
+            self._tasks[address] = task
         self._doing[address] = doing
         self._timer.marks.append((time.perf_counter(), doing))
 
     def agent_started(self, address: hybrid.Address[Any]) -> None:
-        task = trio.lowlevel.current_task()
-        self._agents[task] = address
-        self._tasks[address] = task
         self._begin(address, "starting")
 
     def state_entered(self, address: hybrid.Address[Any], next: hybrid.Next[Any]) -> None:
