@@ -1,9 +1,20 @@
-"""A service under a supervisor: storage, workers and an HTTP-like front group.
+"""A service under a supervisor, run in service mode: storage, workers and a front group.
 
-The front accepts "requests" from a built-in load generator and hands them to
-workers, which store results. On Ctrl-C (or SIGTERM) the supervisor stops its
-groups in order, greatest first: the front stops taking requests, the workers
-finish, then storage flushes. A second Ctrl-C cancels at once.
+The front takes a "request" every two milliseconds from a periodic timer and
+hands it to a worker; the workers store their results. The agents that take
+load have bounded mailboxes and are sent to with ``send_wait``, so a busy
+worker slows the front down instead of piling work up (backpressure); the
+timer's ticks never pile up either (one waits at most). On Ctrl-C (or SIGTERM)
+the supervisor stops its groups in order, greatest first: the front stops
+taking requests, the workers finish, then storage flushes. A second Ctrl-C
+cancels at once.
+
+From the repository root, in service mode (``hybrid run``, see the guide
+"Running in production"), with the live page at http://127.0.0.1:8000/:
+
+    hybrid run examples.service:make_app --http :8000
+
+or as a script, through `hybrid.service.serve`:
 
     python examples/service.py              # runs until Ctrl-C
     python examples/service.py --seconds 2  # or stops by itself after 2 seconds
@@ -17,7 +28,6 @@ import argparse
 import enum
 import itertools
 import logging
-import signal
 from typing import Any
 
 import attrs
@@ -26,6 +36,7 @@ from typing_extensions import Self
 
 import hybrid
 from hybrid import Agent, Next, StopReason, Supervisor
+from hybrid.service import serve
 
 log = logging.getLogger("service")
 
@@ -57,7 +68,14 @@ class Tick:
     pass
 
 
+@attrs.frozen
+class TimeUp:
+    pass
+
+
 class Storage(Agent):
+    mailbox_capacity = 64  # four workers write here: a full mailbox makes them wait
+
     def __init__(self) -> None:
         self.rows: dict[str, int] = {}
 
@@ -78,7 +96,7 @@ class Storage(Agent):
 
 
 class Worker(Agent):
-    mailbox_capacity = 16
+    mailbox_capacity = 16  # the front waits when a worker is this far behind
 
     def __init__(self, name: str, storage: hybrid.Address[Storage]) -> None:
         self.name = name
@@ -88,7 +106,7 @@ class Worker(Agent):
     @hybrid.on_event
     async def job(self, event: Job) -> None:
         await trio.sleep(0.01)  # the work
-        self.storage.send(Save(f"job-{event.n}", event.n * event.n))
+        await self.storage.send_wait(Save(f"job-{event.n}", event.n * event.n))  # backpressure
         self.done += 1
 
     async def on_stop(self, reason: StopReason) -> None:
@@ -104,7 +122,7 @@ class Http(Agent):
         self.accepted = 0
 
     def begin(self) -> Next[Self]:
-        self.ctx.send_every(0.002, Tick())
+        self.ctx.send_every(0.002, Tick())  # at most one tick waits while a worker is busy
         return Next.events()
 
     @hybrid.on_event
@@ -120,12 +138,27 @@ class Http(Agent):
 
 
 class Service(Supervisor):
+    """Storage, four workers and the front, in three groups; stops by itself after `seconds` if given."""
+
+    def __init__(self, seconds: float | None = None) -> None:
+        self.seconds = seconds
+
     def begin(self) -> Next[Self]:
-        self.storage = self.ctx.spawn(Storage(), group=Group.STORAGE)
-        workers = [self.ctx.spawn(Worker(f"worker-{i}", self.storage), group=Group.WORKERS) for i in range(4)]
-        self.ctx.spawn(Http(workers), group=Group.HTTP)
+        self.storage = self.ctx.spawn(Storage(), group=Group.STORAGE, name="storage")
+        workers = [
+            self.ctx.spawn(Worker(f"worker-{i}", self.storage), group=Group.WORKERS, name=f"worker-{i}")
+            for i in range(4)
+        ]
+        self.ctx.spawn(Http(workers), group=Group.HTTP, name="http")
+        if self.seconds is not None:
+            self.ctx.send_after(self.seconds, TimeUp())
         log.info("service: ready")
         return Next.events()
+
+    @hybrid.on_event
+    async def time_up(self, event: TimeUp) -> None:
+        log.info("service: %gs are up", self.seconds)
+        self.ctx.do_next(Next.interrupt())  # the same ordered shutdown as Ctrl-C
 
     async def on_interrupt(self) -> None:
         log.info("service: shutting down in group order")
@@ -137,34 +170,20 @@ class Service(Supervisor):
         log.info("service: stopped (%s)", reason)
 
 
-async def main(seconds: float | None = None) -> int:
-    async with trio.open_nursery() as nursery:
-        address = hybrid.spawn(nursery, Service())
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+def make_app(seconds: float | None = None) -> Service:
+    """The factory ``hybrid run examples.service:make_app`` calls."""
+    return Service(seconds)
 
-            async def on_signals() -> None:
-                count = 0
-                async for signum in signals:
-                    count += 1
-                    if count == 1:
-                        log.info("service: %s received: graceful shutdown", signal.Signals(signum).name)
-                        address.interrupt()
-                    else:
-                        log.info("service: second signal: cancelling")
-                        nursery.cancel_scope.cancel()
 
-            nursery.start_soon(on_signals)
-            if seconds is not None:
-                await trio.sleep(seconds)
-                address.interrupt()
-            await address.join()
-            nursery.cancel_scope.cancel()  # stop listening for signals
-    return 0
+async def main(seconds: float | None = None, port: int | None = None) -> int:
+    """Run the service as ``hybrid run`` would; return its exit status."""
+    return await serve(make_app(seconds), http=None if port is None else ("127.0.0.1", port))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=None, help="stop by itself after this long")
+    parser.add_argument("--http", type=int, default=None, metavar="PORT", help="serve HTTP on 127.0.0.1:PORT")
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(relativeCreated)7.0fms %(message)s")
-    raise SystemExit(trio.run(main, arguments.seconds))
+    raise SystemExit(trio.run(main, arguments.seconds, arguments.http))

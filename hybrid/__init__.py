@@ -31,7 +31,8 @@ checks it; imports under ``TYPE_CHECKING`` are annotations only):
   ``slowsteps.py`` (`hybrid.slowsteps`: the blocking-call finder), and, each with
   its extra, ``metrics.py`` (`hybrid.metrics`: Prometheus families and latency
   histograms), ``tracing.py`` (`hybrid.tracing`: OpenTelemetry spans) and
-  ``service/`` (`hybrid.service`: service mode, ``python -m hybrid run``)
+  ``service/`` and ``__main__.py`` (`hybrid.service`: service mode,
+  ``python -m hybrid run``)
 """
 
 from ._address import Address as Address

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import runpy
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -110,7 +112,40 @@ def test_service_shuts_down_in_group_order_on_ctrl_c() -> None:
     assert order[0] == "http"
     assert sorted(order[1:5]) == [f"worker-{i}" for i in range(4)]
     assert order[5:] == ["storage", "service"]
-    assert any("SIGINT received: graceful shutdown" in line for line in lines)
+    assert any("SIGINT received: interrupting Service-1 (graceful shutdown" in line for line in lines)
+
+
+def test_service_runs_under_hybrid_run_with_http_and_stops_in_group_order_on_sigterm() -> None:
+    """`hybrid run examples.service:make_app --http ...`: probes and metrics answer; SIGTERM, then exit 0 in order."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hybrid", "run", "examples.service:make_app", "--http", "127.0.0.1:0"],
+        cwd=EXAMPLES.parent,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    port = None
+    for line in process.stderr:
+        lines.append(line)
+        if found := re.search(r"hybrid\.service: serving http://127\.0\.0\.1:(\d+)", line):
+            port = int(found.group(1))
+        if "service: ready" in line:
+            break
+    assert port is not None, "".join(lines)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=30) as ready:
+        assert ready.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as metrics:
+        assert 'hybrid_agents{agent_type="Service",phase="events"} 1.0' in metrics.read().decode()
+    process.send_signal(signal.SIGTERM)
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == 0, rest
+    lines += rest.splitlines()
+    order = [found.group(1) for line in lines if (found := re.search(r" service: ([\w-]+): stopped", line))]
+    assert order[0] == "http"
+    assert sorted(order[1:5]) == [f"worker-{i}" for i in range(4)]
+    assert order[5:] == ["storage", "service"]
 
 
 async def test_service_stops_by_itself_after_its_duration() -> None:

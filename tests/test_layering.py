@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"_agent"},
     {"_supervisor", "_pipeline"},  # built as a third party would build them
     {"__init__"},
+    {"__main__"},  # python -m hybrid: service mode's command line
 ]
 # Built on public names only: what they take from a private module must be exported by
 # `hybrid`, except from these shared helpers (argument checks, the retry loop).
