@@ -100,14 +100,17 @@ class Instruments(Instrument):
     otherwise a tuple, replaced (never mutated) when the set changes, so that
     a hook that removes instruments cannot disturb the loop calling them.
     `stamps` is whether one of them overrides `message_received` (then the
-    live mailboxes stamp what they queue).
+    live mailboxes stamp what they queue); `messages`, whether one overrides
+    `message_received` or `message_handled` (then no request is answered
+    inline: instruments that watch messages see every one).
     """
 
-    __slots__ = ("active", "stamps")
+    __slots__ = ("active", "messages", "stamps")
 
     def __init__(self) -> None:
         self.active: tuple[Instrument, ...] | None = None
         self.stamps = False
+        self.messages = False
 
     def add(self, instrument: Instrument) -> None:
         if not isinstance(instrument, Instrument):  # pyright: ignore[reportUnnecessaryIsInstance]
@@ -126,6 +129,7 @@ class Instruments(Instrument):
     def _set(self, active: tuple[Instrument, ...]) -> None:
         self.active = active or None
         stamps = any(type(each).message_received is not Instrument.message_received for each in active)
+        self.messages = stamps or any(type(each).message_handled is not Instrument.message_handled for each in active)
         if stamps != self.stamps:
             self.stamps = stamps
             for address in filter(None, current_names().used.values()):  # None: a name claimed this instant

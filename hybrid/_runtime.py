@@ -704,9 +704,9 @@ class Runtime:
         """Run an inline request handler now, in the caller's task; None if it must be queued instead.
 
         Called only while this run is idle (parked in `_loop`, or hibernating).
-        Queued instead while an instrument watches: instruments see every message.
+        Queued instead while an instrument watches messages: it sees every one.
         """
-        if self.probe.active is not None:
+        if self.probe.messages:
             return None
         self.handled += 1
         token = current_runtime.set(self)

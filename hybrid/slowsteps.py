@@ -80,8 +80,11 @@ class _StepTimer(trio.abc.Instrument):
             return
         self.started = None
         ended = time.perf_counter()
-        if ended - started >= self.owner.threshold:
-            self.owner.report(task, started, ended, self.marks)
+        owner = self.owner
+        if ended - started >= owner.threshold:
+            owner.report(task, started, ended, self.marks)
+        if owner.ended:  # forgotten after the step, which may still be reported with them
+            owner.forget_ended()
 
 
 @final
@@ -100,6 +103,8 @@ class SlowSteps(hybrid.Instrument):
         self._agents: dict[trio.lowlevel.Task, hybrid.Address[Any]] = {}
         self._tasks: dict[hybrid.Address[Any], trio.lowlevel.Task] = {}
         self._doing: dict[hybrid.Address[Any], str] = {}
+        self.ended: list[hybrid.Address[Any]] = []
+        """Agents that ended during the current step: forgotten once it is over."""
         self._closed = False
 
     # -- what each agent is doing (hybrid's hooks, in the agent's own task) ----
@@ -136,10 +141,16 @@ class SlowSteps(hybrid.Instrument):
         self._begin(address, "in actor mode")
 
     def agent_stopped(self, address: hybrid.Address[Any], reason: hybrid.StopReason) -> None:
-        task = self._tasks.pop(address, None)
-        if task is not None:
-            del self._agents[task]
-        self._doing.pop(address, None)
+        self.ended.append(address)
+
+    def forget_ended(self) -> None:
+        """Drop what is kept of the agents that ended (after the step they ended in)."""
+        for address in self.ended:
+            task = self._tasks.pop(address, None)
+            if task is not None:
+                del self._agents[task]
+            self._doing.pop(address, None)
+        self.ended.clear()
 
     # -- reporting -------------------------------------------------------------
 
@@ -185,6 +196,7 @@ class SlowSteps(hybrid.Instrument):
         self._agents.clear()
         self._tasks.clear()
         self._doing.clear()
+        self.ended.clear()
 
 
 def watch(threshold: float = 0.1) -> SlowSteps:

@@ -269,3 +269,17 @@ def test_what_counts_as_awaiting() -> None:
         True,
     ]
     assert awaits(len)  # not a plain function: assumed to await
+
+
+async def test_an_instrument_that_does_not_watch_messages_keeps_inline_answers() -> None:
+    class Transitions(hybrid.Instrument):
+        def state_entered(self, address: hybrid.Address[Any], next: Next[Any]) -> None:
+            pass
+
+    hybrid.add_instrument(Transitions())
+    async with trio.open_nursery() as nursery:
+        counter = hybrid.spawn(nursery, Counter())
+        await hybrid.testing.wait_idle(counter)
+        task, _ = await counter.request(Where())
+        assert task is trio.lowlevel.current_task()
+        counter.interrupt()

@@ -94,3 +94,21 @@ async def test_the_threshold_is_checked(threshold: float) -> None:
 def test_watching_needs_a_trio_run() -> None:
     with pytest.raises(RuntimeError):
         hybrid.slowsteps.watch()
+
+
+async def test_a_slow_step_in_which_the_agent_ends_still_names_it(caplog: pytest.LogCaptureFixture) -> None:
+    class Last(Agent):
+        def begin(self) -> Next[Self]:
+            return Next.do_async(self.finish)
+
+        async def finish(self) -> Next[Self]:
+            time.sleep(BLOCK)  # noqa: ASYNC251
+            return Next.done()
+
+    caplog.set_level(logging.WARNING)
+    watcher = hybrid.slowsteps.watch(THRESHOLD)
+    async with trio.open_nursery() as nursery:
+        hybrid.spawn(nursery, Last(), name="last")
+    watcher.close()
+    assert any(line.startswith("last (") and line.endswith(" s in state finish") for line in slow_lines(caplog))
+    assert not watcher._agents and not watcher.ended
