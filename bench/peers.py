@@ -138,9 +138,9 @@ def asyncio_ask(requests: list[Ask]) -> Sample:
 
 
 def _pykka_actor_class() -> Any:
-    import pykka  # noqa: PLC0415 - an optional peer, imported only when measured
+    import pykka  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415 - an optional peer
 
-    class PykkaCounter(pykka.ThreadingActor):
+    class PykkaCounter(pykka.ThreadingActor):  # type: ignore[misc, unused-ignore]
         def __init__(self, target: int, done: threading.Event | None) -> None:
             super().__init__()
             self.count = 0
@@ -192,7 +192,7 @@ def pykka_ask(requests: list[Ask]) -> Sample:
 
 
 def _thespian_system() -> Any:
-    from thespian.actors import Actor, ActorSystem  # type: ignore[import-untyped]  # noqa: PLC0415 - an optional peer
+    from thespian.actors import Actor, ActorSystem  # type: ignore[import-untyped, import-not-found, unused-ignore]  # noqa: PLC0415 - an optional peer
 
     class ThespianCounter(Actor):  # type: ignore[misc]
         def __init__(self) -> None:

@@ -8,8 +8,10 @@ Options:
     --repeat N     measured rounds per workload (default 5), after --warmup rounds
     --warmup N     discarded rounds before measuring (default 1)
     --output PATH  the JSON file (default bench/results.json)
-    --only W1,W2   run only these workloads (``peers`` is a workload name too)
-    --no-peers     skip the peer libraries (asyncio, pykka, thespian)
+    --only W1,W2   run only these workloads; the other sections are named too: ``peers``,
+                   ``asyncio`` (hand-written asyncio on the selected workloads, all if none),
+                   ``agents`` (LangGraph, pydantic-graph, autogen-core) and ``scaling``
+    --no-peers     skip the other libraries: the ``peers`` and ``agents`` sections
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +35,16 @@ if __package__ in (None, ""):  # run as a script: python bench/run.py
 import trio
 
 import hybrid
+from bench import agent_peers, asyncio_side, scaling
 from bench import peers as peers_module
 from bench.workloads import WORKLOADS
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
-ALL = [*WORKLOADS, "peers"]
+SECTIONS = ["peers", "asyncio", "agents", "scaling"]
+"""Named sections besides the workloads; each has its own entry in the results (None when not run)."""
+PEER_SECTIONS = ("peers", "agents")
+"""The sections --no-peers skips: those measuring other libraries."""
+ALL = [*WORKLOADS, *SECTIONS]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -47,7 +54,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="discarded warm-up rounds (default 1)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(ALL)}")
-    parser.add_argument("--no-peers", action="store_true", help="skip asyncio, pykka and thespian")
+    parser.add_argument(
+        "--no-peers", action="store_true", help="skip the other libraries: the peers and agents sections"
+    )
     args = parser.parse_args(argv)
     if not args.size > 0:
         parser.error("--size must be > 0")
@@ -56,13 +65,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     selected = (
         ALL
         if args.only is None
-        else [w.strip().upper() if w.strip() != "peers" else "peers" for w in args.only.split(",")]
+        else [w.strip().lower() if w.strip().lower() in SECTIONS else w.strip().upper() for w in args.only.split(",")]
     )
     unknown = [w for w in selected if w not in ALL]
     if unknown:
         parser.error(f"unknown workloads {unknown}; choose from {ALL}")
     if args.no_peers:
-        selected = [w for w in selected if w != "peers"]
+        selected = [w for w in selected if w not in PEER_SECTIONS]
     args.selected = selected
     return args
 
@@ -89,14 +98,17 @@ def run(
             "warmup": warmup,
             "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(timespec="seconds"),
             "gc": "collected before every sample, enabled during it (both sides)",
-            "order": "sides alternate within each round: hybrid, trio[, peers]",
+            "order": "sides alternate within each round: hybrid, trio[, asyncio, peers]",
         },
         "workloads": {},
         "peers": None,
+        "asyncio": None,
+        "agents": None,
+        "scaling": None,
         "targets": [],
     }
     for key in selected:
-        if key == "peers":
+        if key in SECTIONS:
             continue
         t0 = time.perf_counter()
         if progress:
@@ -114,6 +126,22 @@ def run(
         results["peers"]["wall_seconds"] = time.perf_counter() - t0
         if progress:
             print(f" {results['peers']['wall_seconds']:.1f}s", file=sys.stderr)
+    workloads = [key for key in selected if key in WORKLOADS]
+    sections: dict[str, Callable[[], dict[str, Any]]] = {
+        "asyncio": lambda: asyncio_side.run_asyncio(size, repeat, warmup, only=workloads or None, progress=progress),
+        "agents": lambda: agent_peers.run_agent_peers(size, repeat, warmup, progress=progress),
+        "scaling": lambda: scaling.run_scaling(size, repeat, warmup, progress=progress),
+    }
+    for name, section in sections.items():
+        if name not in selected:
+            continue
+        t0 = time.perf_counter()
+        if progress:
+            print(f"  {name} ...", end="", flush=True, file=sys.stderr)
+        results[name] = section()
+        results[name]["wall_seconds"] = time.perf_counter() - t0
+        if progress:
+            print(f" {results[name]['wall_seconds']:.1f}s", file=sys.stderr)
     for key, entry in results["workloads"].items():
         for name, metric in entry["metrics"].items():
             if metric["target"] is not None:
@@ -152,7 +180,7 @@ def _target_text(target: dict[str, Any] | None) -> tuple[str, str]:
 
 
 def table(results: dict[str, Any]) -> str:
-    """The human-readable report: one row per metric, then the peers."""
+    """The human-readable report: one row per metric, then the peers, asyncio, the agents, scaling."""
     header = ("workload", "metric", "unit", "hybrid", "trio", "ratio", "ratio is", "target", "met")
     rows: list[tuple[str, ...]] = []
     for key, entry in results["workloads"].items():
@@ -174,14 +202,12 @@ def table(results: dict[str, Any]) -> str:
                 )
             )
             first = False
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines = _grid(header, rows) if rows else []
     peers = results.get("peers")
     if peers:
         p = peers["params"]
-        lines.append("")
+        if lines:
+            lines.append("")
         lines.append(
             f"peers (per message, us; tell: {p['tell_messages']} events, ask: {p['ask_requests']} requests; "
             "'ahead' = peer cost / hybrid cost)"
@@ -197,17 +223,158 @@ def table(results: dict[str, Any]) -> str:
                 )
             else:
                 notes.append(f"  {peer}: skipped: {e['note']}")
-        pw = [max(len(r[i]) for r in [pheader, *prow]) for i in range(len(pheader))]
-        lines.append("  ".join(c.ljust(w) for c, w in zip(pheader, pw, strict=True)).rstrip())
-        lines.append("  ".join("-" * w for w in pw))
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, pw, strict=True)).rstrip() for r in prow]
+        lines += _grid(pheader, prow)
         lines += notes
+    for name, render in (("asyncio", asyncio_table), ("agents", agents_table), ("scaling", scaling_tables)):
+        if results.get(name):
+            lines += [*([""] if lines else []), *render(results[name])]
     targets = results["targets"]
     if targets:
         met_count = sum(1 for t in targets if t["met"])
         lines.append("")
         lines.append(f"targets met: {met_count}/{len(targets)}")
     return "\n".join(lines)
+
+
+def _grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Columns padded to their widest cell, two spaces apart, a rule under the header."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return lines
+
+
+def _x(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.2f}x"
+
+
+def asyncio_table(section: dict[str, Any]) -> list[str]:
+    """hybrid / trio / hand-written asyncio on each workload, with the ratios to asyncio."""
+    rows: list[tuple[str, ...]] = []
+    for key, entry in section["workloads"].items():
+        first = True
+        for name, m in entry["metrics"].items():
+            better = "higher=better" if m["higher_is_better"] else "lower=better"
+            rows.append(
+                (
+                    f"{key} {entry['short']}" if first else "",
+                    name,
+                    m["unit"],
+                    _num(m["hybrid"]),
+                    _num(m["trio"]),
+                    _num(m["asyncio"]),
+                    _x(m["hybrid_vs_asyncio"]),
+                    _x(m["trio_vs_asyncio"]),
+                    better,
+                )
+            )
+            first = False
+    header = ("workload", "metric", "unit", "hybrid", "trio", "asyncio", "hybrid/asyncio", "trio/asyncio", "ratio is")
+    return [
+        f"asyncio: the same work hand-written on asyncio ({section['event_loop']}, Python {section['python']}); "
+        "hybrid, trio and asyncio alternate in every round",
+        *_grid(header, rows),
+    ]
+
+
+def agents_table(section: dict[str, Any]) -> list[str]:
+    """µs per operation of hybrid and of the AI-agent frameworks, and how far hybrid is ahead."""
+    p = section["params"]
+    kinds = agent_peers.KINDS
+    header = ("library", "version", *(f"{k} us" for k in kinds), *(f"hybrid ahead ({k})" for k in kinds))
+    h = section["hybrid"]
+    rows = [("hybrid", hybrid.__version__, *(_num(h[f"{k}_us"]) for k in kinds), *("1.00x" for _ in kinds))]
+    notes: list[str] = []
+    for peer in agent_peers.PEERS:
+        e = section[peer]
+        if e["measured"]:
+            rows.append(
+                (
+                    peer,
+                    e["version"] or "?",
+                    *(_num(e[f"{k}_us"]) for k in kinds),
+                    *(_x(e[f"{k}_ahead"]) for k in kinds),
+                )
+            )
+        else:
+            notes.append(f"  {peer}: skipped: {e['note']}")
+    return [
+        f"AI-agent frameworks (us per operation; {p['peer_ops']} operations per peer sample, {p['hybrid_ops']} "
+        "per hybrid sample; 'ahead' = peer cost / hybrid cost)",
+        "  run: a 3-step state machine; message: an event to a stateful agent (LangGraph, pydantic-graph: an "
+        "awaited 1-node run); request: an answer awaited (see bench/README.md)",
+        *_grid(header, rows),
+        *notes,
+    ]
+
+
+def scaling_tables(section: dict[str, Any]) -> list[str]:
+    """One table per sweep: idle agents, concurrent callers, pipeline workers."""
+    lines: list[str] = []
+    agents = section.get("agents")
+    if agents:
+        sides = agents["sides"]
+        header = (
+            "agents",
+            *(f"{side} us" for side in sides),
+            *(f"{side} B tracemalloc" for side in sides),
+            *(f"{side} B rss" for side in sides),
+        )
+        rows = [
+            (
+                f"{row['agents']:,}",
+                *(_num(row[side]["us_per_agent"]) for side in sides),
+                *(_num(row[side]["tracemalloc_bytes"]) for side in sides),
+                *(_num(row[side]["rss_bytes"]) for side in sides),
+            )
+            for row in agents["rows"]
+        ]
+        lines += [
+            "scaling: idle agents, spawn+stop (us/agent) and memory per idle agent (bytes, a fresh process each)",
+            *_grid(header, rows),
+        ]
+    callers = section.get("callers")
+    if callers:
+        header = ("callers", "requests", "hybrid us", "inline us", "trio us", "hybrid/trio", "inline/trio")
+        rows = [
+            (
+                f"{row['callers']:,}",
+                f"{row['requests']:,}",
+                _num(row["hybrid"]),
+                _num(row["hybrid_inline"]),
+                _num(row["trio"]),
+                _x(row["hybrid_vs_trio"]),
+                _x(row["inline_vs_trio"]),
+            )
+            for row in callers["rows"]
+        ]
+        lines += [
+            *([""] if lines else []),
+            "scaling: concurrent callers, sequential requests each, to ONE agent (us per request, lower=better)",
+            *_grid(header, rows),
+        ]
+    pipeline = section.get("pipeline")
+    if pipeline:
+        header = ("workers/stage", "hybrid items/s", "ordered items/s", "trio items/s", "hybrid/trio", "ordered/trio")
+        rows = [
+            (
+                str(row["workers"]),
+                _num(row["hybrid"]),
+                _num(row["hybrid_ordered"]),
+                _num(row["trio"]),
+                _x(row["hybrid_vs_trio"]),
+                _x(row["ordered_vs_trio"]),
+            )
+            for row in pipeline["rows"]
+        ]
+        lines += [
+            *([""] if lines else []),
+            f"scaling: pipeline workers per stage ({pipeline['params']['items']:,} items, 3 stages that yield, "
+            f"buffers of {pipeline['params']['buffer']}; higher=better; hybrid unordered, and ordered)",
+            *_grid(header, rows),
+        ]
+    return lines
 
 
 def write(results: dict[str, Any], output: Path) -> None:
