@@ -372,6 +372,7 @@ def spawn(
     *,
     mailbox_capacity: int | float | None = None,
     name: str | None = None,
+    hibernate_after: float | None = None,
 ) -> Address[A]:
     """Start `agent` as a task in `nursery` and return its address at once.
 
@@ -387,10 +388,13 @@ def spawn(
             None (the default) takes the class's `mailbox_capacity`.
         name: the agent's name, unique among the live agents of the run;
             by default ``"{ClassName}-{n}"``.
+        hibernate_after: idle seconds in actor mode after which the agent
+            gives its task up until its next message (see
+            `Agent.hibernate_after`); None (the default) takes the class's.
 
     Raises:
         LifecycleError: the agent was already started.
-        ValueError: `mailbox_capacity` is invalid.
+        ValueError: `mailbox_capacity` or `hibernate_after` is invalid.
         NameInUse: `name` is taken by a live agent of the run (a `ValueError`).
 
     Example:
@@ -401,7 +405,10 @@ def spawn(
     """
     if not isinstance(nursery, trio.Nursery):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"hybrid.spawn needs a trio nursery to run the agent in, got {nursery!r}")
+    sleep_after = None if hibernate_after is None else _validate.seconds("hibernate_after", hibernate_after)
     rt = start_runtime(agent, caller="hybrid.spawn", host=nursery, mailbox_capacity=mailbox_capacity, name=name)
+    if sleep_after is not None:
+        rt.hibernate_after = sleep_after
     nursery.start_soon(rt.main, True, name=f"hybrid agent {rt.name}")
     address: Address[A] = rt.address
     return address
@@ -413,6 +420,7 @@ async def start(
     *,
     mailbox_capacity: int | float | None = None,
     name: str | None = None,
+    hibernate_after: float | None = None,
 ) -> Address[A]:
     """Start `agent` in `nursery` and return its address once its `begin()` has run.
 
@@ -427,6 +435,7 @@ async def start(
         agent: a new agent instance (an instance runs once).
         mailbox_capacity: as for `hybrid.spawn`.
         name: as for `hybrid.spawn`.
+        hibernate_after: as for `hybrid.spawn`.
 
     Example:
         ```python
@@ -437,7 +446,10 @@ async def start(
     """
     if not isinstance(nursery, trio.Nursery):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"hybrid.start needs a trio nursery to run the agent in, got {nursery!r}")
+    sleep_after = None if hibernate_after is None else _validate.seconds("hibernate_after", hibernate_after)
     rt = start_runtime(agent, caller="hybrid.start", host=nursery, mailbox_capacity=mailbox_capacity, name=name)
+    if sleep_after is not None:
+        rt.hibernate_after = sleep_after
     address: Address[A] = await nursery.start(rt.main, True, name=f"hybrid agent {rt.name}")
     return address
 

@@ -312,3 +312,20 @@ async def test_a_transition_scheduled_on_a_sleeper_wakes_it_to_take_it() -> None
         with trio.fail_after(5):
             await agent.join()
     assert agent.statistics().reason == hybrid.StopReason(hybrid.StopKind.DONE)
+
+
+async def test_hibernation_can_be_chosen_per_spawn(autojump_clock: trio.testing.MockClock) -> None:
+    class Awake(Sleepy):
+        hibernate_after = None
+
+    async with trio.open_nursery() as nursery:
+        default = hybrid.spawn(nursery, Awake())
+        chosen = hybrid.spawn(nursery, Awake(), hibernate_after=2)
+        started = await hybrid.start(nursery, Awake(), hibernate_after=0)
+        await trio.sleep(3)
+        assert [hibernating(agent) for agent in (default, chosen, started)] == [False, True, True]
+        with pytest.raises(ValueError, match="hibernate_after must be a finite number of seconds >= 0"):
+            hybrid.spawn(nursery, Awake(), hibernate_after=-1, name="refused")
+        assert "refused" not in [info.name for info in hybrid.snapshot().walk()]
+        for agent in (default, chosen, started):
+            agent.interrupt()
