@@ -7,7 +7,7 @@ these tests check what is particular to hibernation.
 from __future__ import annotations
 
 import contextvars
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import pytest
@@ -17,6 +17,7 @@ from typing_extensions import Self
 
 import hybrid
 from hybrid import Agent, Next
+from hybrid._runtime import _keepers
 from tests.messages import Echo, Ping
 
 where: contextvars.ContextVar[str] = contextvars.ContextVar("where", default="unset")
@@ -33,7 +34,7 @@ class Where(hybrid.Request[str]):
 
 
 class Sleepy(Agent):
-    hibernate_after = 0
+    hibernate_after: ClassVar[float | None] = 0
 
     def __init__(self) -> None:
         self.pings: list[int] = []
@@ -266,12 +267,12 @@ async def test_the_keepers_list_stays_bounded_as_agents_wake_and_sleep_again() -
     async with trio.open_nursery() as nursery:
         agents = [hybrid.spawn(nursery, Sleepy()) for _ in range(11)]
         await trio.testing.wait_all_tasks_blocked()
-        (keeper,) = hybrid._runtime._keepers().values()
+        (keeper,) = _keepers().values()
         for round_ in range(50):
             for agent in agents[1:]:  # the first one sleeps throughout: the keeper stays
                 agent.send(Ping(round_))
             await trio.testing.wait_all_tasks_blocked()
-        assert hybrid._runtime._keepers()[nursery] is keeper
+        assert _keepers()[nursery] is keeper
         assert keeper.count == 11
         assert len(keeper.sleepers) <= 2 * 11 + 64 + 1
         agents[1].send(Ping(0))  # awake (its new task not started yet) when the nursery is cancelled
