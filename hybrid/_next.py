@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, Protocol, final
@@ -275,7 +276,9 @@ class Next(Generic[A_co]):
         """The state's short name, for labels (metrics, traces, diagrams); None if not a state.
 
         The function's ``__name__`` for `do_async`/`do_sync` (a method's own
-        name: ``"fetch"``), the performer's class name for `perform`.
+        name: ``"fetch"``; a `functools.partial`'s function's; a callable
+        object's class name), the performer's class name for `perform`:
+        never anything that differs from one agent to the next.
 
         Example:
             ```python
@@ -286,9 +289,13 @@ class Next(Generic[A_co]):
         kind = self._kind
         if kind > PERFORM:
             return None
+        fn = self._fn
         if kind == PERFORM:
-            return type(self._fn).__name__
-        return getattr(self._fn, "__name__", None) or repr(self._fn)
+            return type(fn).__name__
+        while isinstance(fn, functools.partial):  # a bounded label: never a repr with an address
+            fn = fn.func
+        name: str = getattr(fn, "__name__", None) or type(fn).__name__
+        return name
 
     def __repr__(self) -> str:
         kind = self._kind

@@ -161,3 +161,10 @@ def test_command_line_runs_a_subset_without_peers(tmp_path: Path) -> None:
     results = json.loads(output.read_text())
     assert list(results["workloads"]) == ["W6", "W7"]
     assert results["peers"] is None
+
+
+def test_the_instruments_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import instruments  # noqa: PLC0415 - it imports the optional metrics and tracing libraries
+
+    assert instruments.main(["--size", "0.002", "--repeat", "1", "--warmup", "0", "--scrape-agents", "10"]) == 0
+    assert "W1" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,13 @@ def test_state_names_label_states_only() -> None:
     assert Next.do_sync(machine.end, 1).state_name == "end"
     assert Next.perform(Finish(1)).state_name == "Finish"
     assert [n.state_name for n in (Next.events(), Next.done(), Next.stop(), Next.interrupt())] == [None] * 4
+    assert Next.do_async(functools.partial(functools.partial(machine.poll), 1)).state_name == "poll"
+
+    class Callable:
+        async def __call__(self) -> Next[Any]:
+            return Next.done()
+
+    assert Next.do_async(Callable()).state_name == "Callable"
 
 
 def test_unknown_classes_are_named_in_the_error() -> None:
