@@ -1,4 +1,4 @@
-"""The outer modules (diagrams, slowsteps, metrics, tracing, service) sit on the public API, and the core never imports them."""
+"""The outer modules (diagrams, slowsteps, metrics, tracing, service) use public names; the core never imports them."""
 
 from __future__ import annotations
 
