@@ -773,6 +773,20 @@ def run_w7(size: float, rounds: int, warmup: int) -> dict[str, Any]:
 
 
 # -- W8 a 3-stage pipeline ------------------------------------------------------------------
+#
+# Two shapes of the same three stages (+1, *2, -1):
+# - plain ``async def`` functions that never yield, one worker per stage (the
+#   `throughput` metric; an asyncio version of the hand-written side is
+#   measured too, reported in the results file as ``W8.asyncio``);
+# - functions that await a schedule point (``trio.sleep(0)``, as any I/O
+#   would) with 1, 4 and 16 workers per stage, to show how throughput goes
+#   with the number of workers. The hand-written trio side runs that many
+#   tasks per stage on shared channels, which gives outputs in no particular
+#   order: the hybrid side is measured ordered (the default, which does more)
+#   and, for 16 workers, unordered as well.
+
+W8_WORKER_ITEMS = 5_000
+W8_WORKERS = (1, 4, 16)
 
 
 async def _increment(x: int) -> int:
@@ -787,31 +801,58 @@ async def _decrement(x: int) -> int:
     return x - 1
 
 
-def hybrid_pipeline(n: int) -> Sample:
-    """`n` items through ``Pipeline(Stage(+1), Stage(*2), Stage(-1))`` with buffers of W8_BUFFER."""
+async def _increment_yielding(x: int) -> int:
+    await checkpoint()  # what trio.sleep(0) does: a schedule point
+    return x + 1
 
-    async def main() -> Sample:
+
+async def _double_yielding(x: int) -> int:
+    await checkpoint()
+    return x * 2
+
+
+async def _decrement_yielding(x: int) -> int:
+    await checkpoint()
+    return x - 1
+
+
+_PLAIN = (_increment, _double, _decrement)
+_YIELDING = (_increment_yielding, _double_yielding, _decrement_yielding)
+
+
+def _pipeline_sample(side: str, n: int, seconds: float, results: list[int], ordered: bool) -> Sample:
+    check(f"W8 {side} items", len(results), n)
+    check(f"W8 {side} total", sum(results), n * n)
+    if ordered:
+        check(f"W8 {side} order", results, [2 * x + 1 for x in range(n)])
+    return {"seconds": seconds, "items_per_s": n / seconds, "total": sum(results), "count": len(results)}
+
+
+def hybrid_pipeline(n: int, workers: int = 1, *, yielding: bool = False, ordered: bool = True) -> Sample:
+    """`n` items through ``Pipeline(Stage(+1), Stage(*2), Stage(-1))`` with buffers of W8_BUFFER.
+
+    `workers` is each stage's concurrency; `yielding` stages await ``trio.sleep(0)``.
+    """
+
+    async def main() -> tuple[float, list[int]]:
         pipeline = hybrid.Pipeline(
-            hybrid.Stage(_increment),
-            hybrid.Stage(_double),
-            hybrid.Stage(_decrement),
+            *(hybrid.Stage(fn, concurrency=workers) for fn in (_YIELDING if yielding else _PLAIN)),
             source=range(n),
             buffer=W8_BUFFER,
+            ordered=ordered,
         )
         start = perf_counter()
         results = await pipeline.run()
         seconds = perf_counter() - start
         assert results is not None
-        return {"seconds": seconds, "items_per_s": n / seconds, "total": sum(results), "count": len(results)}
+        return seconds, results
 
-    sample = trio.run(main)
-    check("W8 hybrid items", sample["count"], n)
-    check("W8 hybrid total", sample["total"], n * n)
-    return sample
+    seconds, results = trio.run(main)
+    return _pipeline_sample("hybrid", n, seconds, results, ordered)
 
 
-def trio_pipeline(n: int) -> Sample:
-    """The same three stages hand-written: a task each, linked by memory channels of W8_BUFFER."""
+def trio_pipeline(n: int, workers: int = 1, *, yielding: bool = False) -> Sample:
+    """The same three stages hand-written: `workers` tasks each, linked by memory channels of W8_BUFFER."""
 
     async def stage(
         fn: Callable[[int], Any], receive: trio.MemoryReceiveChannel[int], send: trio.MemorySendChannel[int]
@@ -820,14 +861,19 @@ def trio_pipeline(n: int) -> Sample:
             async for item in receive:
                 await send.send(await fn(item))
 
-    async def main() -> Sample:
+    async def main() -> tuple[float, list[int]]:
         results: list[int] = []
         start = perf_counter()
         async with trio.open_nursery() as nursery:
             source_send, receive = trio.open_memory_channel[int](W8_BUFFER)
-            for fn in (_increment, _double, _decrement):
+            for fn in _YIELDING if yielding else _PLAIN:
                 send, next_receive = trio.open_memory_channel[int](W8_BUFFER)
-                nursery.start_soon(stage, fn, receive, send)
+                if workers == 1:
+                    nursery.start_soon(stage, fn, receive, send)
+                else:
+                    async with receive, send:  # each task has its own clones; these close here
+                        for _ in range(workers):
+                            nursery.start_soon(stage, fn, receive.clone(), send.clone())
                 receive = next_receive
 
             async def feed() -> None:
@@ -839,35 +885,103 @@ def trio_pipeline(n: int) -> Sample:
             async with receive:
                 async for item in receive:
                     results.append(item)
-        seconds = perf_counter() - start
-        return {"seconds": seconds, "items_per_s": n / seconds, "total": sum(results), "count": len(results)}
+        return perf_counter() - start, results
 
-    sample = trio.run(main)
-    check("W8 trio items", sample["count"], n)
-    check("W8 trio total", sample["total"], n * n)
-    return sample
+    seconds, results = trio.run(main)
+    return _pipeline_sample("trio", n, seconds, results, ordered=workers == 1)
+
+
+def asyncio_pipeline(n: int) -> Sample:
+    """The plain stages hand-written for asyncio: a task each, linked by ``asyncio.Queue(W8_BUFFER)``."""
+    import asyncio  # noqa: PLC0415 - only this side needs it
+
+    end = object()
+
+    async def stage(fn: Callable[[int], Any], receive: asyncio.Queue[Any], send: asyncio.Queue[Any]) -> None:
+        while (item := await receive.get()) is not end:
+            await send.put(await fn(item))
+        await send.put(end)
+
+    async def main() -> tuple[float, list[int]]:
+        results: list[int] = []
+        start = perf_counter()
+        first: asyncio.Queue[Any] = asyncio.Queue(W8_BUFFER)
+        receive = first
+        tasks = []
+        for fn in _PLAIN:
+            send: asyncio.Queue[Any] = asyncio.Queue(W8_BUFFER)
+            tasks.append(asyncio.create_task(stage(fn, receive, send)))
+            receive = send
+
+        async def feed() -> None:
+            for item in range(n):
+                await first.put(item)
+            await first.put(end)
+
+        tasks.append(asyncio.create_task(feed()))
+        while (item := await receive.get()) is not end:
+            results.append(item)
+        await asyncio.gather(*tasks)
+        return perf_counter() - start, results
+
+    seconds, results = asyncio.run(main())
+    return _pipeline_sample("asyncio", n, seconds, results, ordered=True)
+
+
+def _bind(side: Callable[..., Sample], *args: Any, **kwargs: Any) -> Callable[[], Sample]:
+    return lambda: side(*args, **kwargs)
 
 
 def run_w8(size: float, rounds: int, warmup: int) -> dict[str, Any]:
     n = scaled(W8_ITEMS, size)
-    samples = alternate({"hybrid": lambda: hybrid_pipeline(n), "trio": lambda: trio_pipeline(n)}, rounds, warmup)
-    h = summary(samples["hybrid"], ["items_per_s", "seconds"])
-    t = summary(samples["trio"], ["items_per_s", "seconds"])
+    m = scaled(W8_WORKER_ITEMS, size)
+    sides: dict[str, Callable[[], Sample]] = {
+        "hybrid": lambda: hybrid_pipeline(n),
+        "trio": lambda: trio_pipeline(n),
+        "asyncio": lambda: asyncio_pipeline(n),
+    }
+    for w in W8_WORKERS:
+        sides[f"hybrid_async_{w}"] = _bind(hybrid_pipeline, m, w, yielding=True)
+        sides[f"trio_async_{w}"] = _bind(trio_pipeline, m, w, yielding=True)
+    top = W8_WORKERS[-1]
+    sides[f"hybrid_async_{top}_unordered"] = _bind(hybrid_pipeline, m, top, yielding=True, ordered=False)
+    samples = alternate(sides, rounds, warmup)
+    s = {name: summary(side_samples, ["items_per_s", "seconds"]) for name, side_samples in samples.items()}
+    metrics = {
+        "throughput": _metric(
+            "items/s",
+            s["hybrid"]["items_per_s"],
+            s["trio"]["items_per_s"],
+            "hybrid throughput / trio throughput",
+            higher_is_better=True,
+        ),
+    }
+    for w in W8_WORKERS:
+        metrics[f"async_{w}_workers"] = _metric(
+            "items/s",
+            s[f"hybrid_async_{w}"]["items_per_s"],
+            s[f"trio_async_{w}"]["items_per_s"],
+            f"hybrid throughput / trio throughput, {w} workers per stage awaiting a schedule point",
+            higher_is_better=True,
+        )
+    metrics[f"async_{top}_workers_unordered"] = _metric(
+        "items/s",
+        s[f"hybrid_async_{top}_unordered"]["items_per_s"],
+        s[f"trio_async_{top}"]["items_per_s"],
+        f"hybrid throughput / trio throughput, {top} workers per stage, ordered=False",
+        higher_is_better=True,
+    )
     return {
         "title": "pipeline: 3 stages (+1, *2, -1) vs the same stages as trio tasks and channels",
         "short": "3-stage pipeline",
-        "params": {"items": n, "buffer": W8_BUFFER},
-        "hybrid": h,
-        "trio": t,
-        "metrics": {
-            "throughput": _metric(
-                "items/s",
-                h["items_per_s"],
-                t["items_per_s"],
-                "hybrid throughput / trio throughput",
-                higher_is_better=True,
-            ),
-        },
+        "params": {"items": n, "buffer": W8_BUFFER, "worker_items": m, "workers": list(W8_WORKERS)},
+        "hybrid": s.pop("hybrid"),
+        "trio": s.pop("trio"),
+        # asyncio.Queue stages, as the trio side: JSON only (the table compares with trio).
+        "asyncio": s.pop("asyncio"),
+        "hybrid_vs_asyncio": ratio(metrics["throughput"]["hybrid"], median(samples["asyncio"], "items_per_s")),
+        "variants": s,
+        "metrics": metrics,
     }
 
 

@@ -1,33 +1,51 @@
 """Pipelines: agents (and functions) composed as reusable blocks.
 
 Built only on the public agent API: a `Pipeline` is an agent whose single
-async state runs one task group per stage, linked by bounded trio memory
-channels; agent stages run each item's agent through an `AgentRunner`.
+async state runs a few tasks per stage, linked by bounded buffers; agent
+stages run each item's agent through an `AgentRunner`.
 
-Per stage::
+::
 
-    input channel ──> [reader] ──(at most `concurrency` in flight)──> [workers]
-                                                                          │
-    output channel <── [emitter: input order, or completion order] <──────┘
+    source or feed ──> [feeder] ──> buffer ──> [stage 1: `concurrency` workers] ──> buffer ──> ...
+        ... ──> [last stage's workers] ──> results list, or buffer ──> [sink] ──> open_pipeline's consumer
 
-A worker's slot is released only once its outputs have been sent downstream,
-so a slow stage fills its input buffer, which blocks the stage before it, and
-so on up to the source: memory stays bounded by the buffers and the
-concurrency limits.
+A worker takes an item, processes it and sends its outputs on, then takes
+the next. Items are numbered as they are taken (buffers are FIFO), and in
+an ordered stage a worker whose item finished before the items ahead of it
+waits, holding its slot, until the worker of the item ahead sends its
+outputs on too: the items in flight, waiting ones included, never exceed
+`concurrency`. A full buffer blocks the workers putting into it, which stop
+taking items, and so on up to the source: memory stays bounded by the
+buffers and the concurrency limits.
+
+Taking a buffered item, or putting one into a buffer with room, is not a
+schedule point (`_Buffer`): a stage runs through what is buffered in one
+scheduling turn, and yields every `_FAIRNESS` items, as an agent's message
+loop does. Waiting for an item, for room or for a turn is a cancellable
+park. A plain ``async def`` stage is awaited directly, without the general
+path's checks and output list (`_StageRun.fast`).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import math
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Generic, Literal, final, overload
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Protocol, final, overload
 
 import attrs
 import trio
+from trio.lowlevel import (
+    Abort,
+    cancel_shielded_checkpoint,
+    checkpoint,
+    current_clock,
+    current_task,
+    reschedule,
+    wait_task_rescheduled,
+)
 from typing_extensions import Self, TypeVar
 
 from ._address import Address
@@ -434,20 +452,270 @@ class StageStatistics:
     latency_max: float
 
 
-@attrs.define
-class _Counters:
-    items_in: int = 0
-    items_out: int = 0
-    failed: int = 0
-    skipped: int = 0
-    in_flight: int = 0
-    latency_total: float = 0.0
-    latency_max: float = 0.0
-    finished: int = 0
-    buffer: trio.MemoryReceiveChannel[Any] | None = None
+# The project's fairness rule (API.md, "Fairness"; ``hybrid._runtime.FAIRNESS``,
+# which this module, built on public names only, does not import): a loop that
+# takes or sends items without a schedule point yields at least every 64 of them.
+_FAIRNESS: Final = 64
 
-
+# Markers, never items: the end of a buffer's input; "no item (yet)"; and,
+# handed to a worker waiting for its turn, "the items ahead went on, but the
+# next buffer is full: send your outputs on yourself".
 _END: Any = object()
+_EMPTY: Any = object()
+_TURN: Any = object()
+
+
+@final
+class _Waiter:
+    """A task of a pipeline (a worker, the feeder, the sink), as it parks; one per task, reused.
+
+    A task parks in one of three places: a buffer's `getters` (waiting for
+    an item), its `putters` (waiting for room, with the item it still
+    owns), or, for a worker of an ordered stage, the stage's `turns`
+    (waiting for the items ahead of its own to go on, its outputs ready).
+
+    Fields (written by the task itself before it parks, then by the task
+    that wakes it, all in the trio thread):
+        task: the task.
+        queue: the getters or putters queue it waits in; None otherwise
+            (waiting for its turn, or not parked). The task that wakes it
+            pops it from there; a cancellation removes it.
+        turns: for a worker of an ordered stage, the stage's map of workers
+            waiting for their turn, by sequence; None otherwise.
+        item: a putter's item, until it is in the buffer. For a woken
+            getter, the item handed to it (or `_END`); for a worker woken
+            from its turn, `_EMPTY` (its outputs went on: take an item) or
+            `_TURN` (the next buffer is full: send the outputs on yourself).
+        sequence: a woken getter's item's place in input order; waiting for
+            its turn, that of the item whose outputs it holds.
+        outputs: waiting for its turn, the outputs of its item.
+    """
+
+    __slots__ = ("item", "outputs", "queue", "sequence", "task", "turns")
+
+    def __init__(self, turns: dict[int, _Waiter] | None = None) -> None:
+        self.task = current_task()
+        self.queue: deque[_Waiter] | None = None
+        self.turns = turns
+        self.item: Any = None
+        self.sequence = 0
+        self.outputs: list[Any] = []
+
+    def abort(self, raise_cancel: Any) -> Abort:
+        # Only a task still parked can be cancelled: one that was woken was
+        # rescheduled, and trio no longer aborts it.
+        queue = self.queue
+        if queue is not None:
+            # A putter takes its item away with it; the item stays counted
+            # in flight by its stage (or is reported, for a fed item).
+            queue.remove(self)
+            self.queue = None
+        else:
+            # Waiting for its turn (whoever ends that wait takes it out of
+            # `turns` first): its outputs are dropped with the item, which
+            # stays counted in flight.
+            assert self.turns is not None
+            del self.turns[self.sequence]
+        return Abort.SUCCEEDED
+
+
+@final
+class _Buffer:
+    """A bounded FIFO between two stages (or between the source and the first one).
+
+    Unlike a trio memory channel, taking an item that is there, or putting
+    one where there is room, is not a schedule point: a stage runs through
+    what is buffered in one scheduling turn, and its loops yield every
+    `_FAIRNESS` items instead (the same rule as an agent's message loop).
+    Only a taker facing an empty buffer, or a putter facing a full one,
+    parks, cancellably.
+
+    Invariants: getters wait only while `items` is empty and putters only
+    while it is full, so at most one of the two queues is non-empty; every
+    item is in `items`, or held by exactly one task (a parked putter, or the
+    taker it was handed to). Items are taken in the order they were put,
+    and the count of items taken so far is the next one's place in input
+    order (its sequence), which ordered stages use to send outputs on in
+    order. An item handed to a parked getter is numbered when it is handed
+    over, not when the getter runs: getters woken together run in no
+    particular order.
+
+    Fields (written only from the trio thread, by the tasks on either side):
+        items: the buffered items, at most `capacity`.
+        capacity: the bound (the pipeline's `buffer`).
+        taken: items taken so far, handed-over ones included.
+        closed: no more puts (the end of input); takers get `_END` once
+            `items` is empty.
+        getters, putters: the parked tasks, in arrival order.
+    """
+
+    __slots__ = ("capacity", "closed", "getters", "items", "putters", "taken")
+
+    def __init__(self, capacity: int) -> None:
+        self.items: deque[Any] = deque()
+        self.capacity = capacity
+        self.taken = 0
+        self.closed = False
+        self.getters: deque[_Waiter] = deque()
+        self.putters: deque[_Waiter] = deque()
+
+    def put_nowait(self, item: Any) -> bool:
+        """Put `item` (to a parked getter first); False, with nothing done, if the buffer is full."""
+        if self.getters:
+            getter = self.getters.popleft()
+            getter.queue = None
+            getter.item = item
+            getter.sequence = self.taken
+            self.taken += 1
+            reschedule(getter.task)
+            return True
+        if len(self.items) < self.capacity:
+            self.items.append(item)
+            return True
+        return False
+
+    async def put(self, waiter: _Waiter, item: Any) -> None:
+        """Park until `item` is in the buffer (after `put_nowait` found it full)."""
+        waiter.item = item
+        waiter.queue = self.putters
+        self.putters.append(waiter)
+        await wait_task_rescheduled(waiter.abort)
+
+    def get_nowait(self) -> Any:
+        """The next item; `_END` if the buffer is closed and empty; `_EMPTY` if none is there yet."""
+        items = self.items
+        if items:
+            item = items.popleft()
+            self.taken += 1
+            if self.putters:
+                self.admit()
+            return item
+        return _END if self.closed else _EMPTY
+
+    async def get(self, waiter: _Waiter) -> None:
+        """Park until an item comes (after `get_nowait` found none); it is then in `waiter.item`."""
+        waiter.queue = self.getters
+        self.getters.append(waiter)
+        await wait_task_rescheduled(waiter.abort)
+
+    def admit(self) -> None:
+        """A taker made room: the first parked putter's item goes in, and the putter goes on."""
+        putter = self.putters.popleft()
+        putter.queue = None
+        self.items.append(putter.item)
+        reschedule(putter.task)
+
+    def release(self, waiter: _Waiter) -> None:
+        """Let a worker parked for its turn go on: to take an item when it runs, or to wait for one parked."""
+        if self.items or self.closed:
+            # It takes its item itself when it runs: items are numbered in
+            # the order processing starts, which keeps ordered stages in order.
+            waiter.item = _EMPTY
+            reschedule(waiter.task)
+        else:  # nothing for it yet: it waits for an item instead, without waking up in between
+            waiter.queue = self.getters
+            self.getters.append(waiter)
+
+    def close(self) -> None:
+        """No more input: the parked getters (only there while the buffer is empty) get `_END`."""
+        self.closed = True
+        while self.getters:
+            getter = self.getters.popleft()
+            getter.queue = None
+            getter.item = _END
+            reschedule(getter.task)
+
+
+@final
+class _Results:
+    """The last stage's outlet when the pipeline collects its results: `Pipeline.results` itself."""
+
+    __slots__ = ("done", "results")
+
+    def __init__(self, results: list[Any], done: trio.Event) -> None:
+        self.results = results
+        self.done = done
+
+    def put_nowait(self, item: Any) -> bool:
+        self.results.append(item)
+        return True
+
+    async def put(self, waiter: _Waiter, item: Any) -> None:  # pragma: no cover - put_nowait always has room
+        self.results.append(item)
+
+    def close(self) -> None:
+        self.done.set()
+
+
+class _Outlet(Protocol):
+    """Where a stage sends its outputs: the next stage's `_Buffer`, or `_Results`."""
+
+    def put_nowait(self, item: Any) -> bool: ...
+    async def put(self, waiter: _Waiter, item: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+@final
+class _StageRun:
+    """One stage's machinery and counters in a pipeline (the `StageStatistics` are read from it).
+
+    Fields (written by the stage's workers, read by `Pipeline.statistics`):
+        stage: the stage.
+        input: its input buffer; ``input.taken`` is the items taken (items_in).
+        output: where its outputs go, set when the pipeline starts.
+        fast: `fn` is an ``async def`` called as is (no agent, split,
+            filter, thread or retry): one output per item, no list.
+        in_order: outputs go on in input order while several items are in
+            flight (an ordered pipeline, concurrency above 1).
+        done: items whose outputs all went on (or that had none); the items
+            in flight are ``input.taken - done``.
+        items_out, failed, skipped: as in `StageStatistics`.
+        finished, latency_total, latency_max: items processed (outputs
+            ready; failed ones excepted) and their processing times.
+        next_emit: (in order) the sequence of the next item to send on.
+        turns: (in order) workers parked with their outputs ready, waiting
+            for the items ahead to go on, by sequence.
+        workers: workers still running; the last one out closes `output`.
+    """
+
+    __slots__ = (
+        "done",
+        "failed",
+        "fast",
+        "finished",
+        "in_order",
+        "input",
+        "items_out",
+        "latency_max",
+        "latency_total",
+        "next_emit",
+        "output",
+        "skipped",
+        "stage",
+        "turns",
+        "workers",
+    )
+
+    def __init__(self, stage: Stage[Any, Any], buffer: int, ordered: bool) -> None:
+        self.stage = stage
+        self.input = _Buffer(buffer)
+        self.output: _Outlet | None = None
+        self.fast = (
+            stage.retry is None
+            and not (stage.split or stage.filter or stage.in_thread)
+            and inspect.iscoroutinefunction(stage.fn)
+        )
+        self.in_order = ordered and stage.concurrency > 1
+        self.done = 0
+        self.items_out = 0
+        self.failed = 0
+        self.skipped = 0
+        self.finished = 0
+        self.latency_total = 0.0
+        self.latency_max = 0.0
+        self.next_emit = 0
+        self.turns: dict[int, _Waiter] = {}
+        self.workers = 0
 
 
 @final
@@ -630,7 +898,7 @@ class Pipeline(Agent[list[Out] | None], Generic[In, Out]):
         self.ordered = ordered
         self.results: list[Out] = []
         self.skipped: deque[SkippedItem] = deque(maxlen=1000)
-        self._counters = [_Counters() for _ in stages]
+        self._runs = [_StageRun(stage, buffer, ordered) for stage in stages]
         # Set by open_pipeline: items fed by the caller, results streamed to it.
         self._input: trio.MemoryReceiveChannel[In] | None = None
         self._feed: trio.MemorySendChannel[In] | None = None
@@ -647,38 +915,48 @@ class Pipeline(Agent[list[Out] | None], Generic[In, Out]):
     def statistics(self) -> tuple[StageStatistics, ...]:
         """A snapshot of every stage, in order."""
         snapshot: list[StageStatistics] = []
-        for stage, counters in zip(self.stages, self._counters, strict=True):
-            buffer = counters.buffer
-            stats = buffer.statistics() if buffer is not None else None
+        for run in self._runs:
+            taken = run.input.taken
             snapshot.append(
                 StageStatistics(
-                    name=stage.name,
-                    items_in=counters.items_in,
-                    items_out=counters.items_out,
-                    failed=counters.failed,
-                    skipped=counters.skipped,
-                    in_flight=counters.in_flight,
-                    buffer_depth=stats.current_buffer_used if stats is not None else 0,
-                    buffer_size=stats.max_buffer_size if stats is not None else self.buffer,
-                    latency_mean=counters.latency_total / counters.finished if counters.finished else 0.0,
-                    latency_max=counters.latency_max,
+                    name=run.stage.name,
+                    items_in=taken,
+                    items_out=run.items_out,
+                    failed=run.failed,
+                    skipped=run.skipped,
+                    in_flight=taken - run.done,
+                    buffer_depth=len(run.input.items),
+                    buffer_size=self.buffer,
+                    latency_mean=run.latency_total / run.finished if run.finished else 0.0,
+                    latency_max=run.latency_max,
                 )
             )
         return tuple(snapshot)
 
     async def _process(self) -> Next[Self]:
+        runs = self._runs
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
-            # One feeder task numbers the items, from the source or from what
-            # open_pipeline's caller feeds.
-            send, receive = trio.open_memory_channel[Any](self.buffer)
-            nursery.start_soon(self._feed_source, send)
-            for index, stage in enumerate(self.stages):
-                self._counters[index].buffer = receive
-                send, next_receive = trio.open_memory_channel[Any](self.buffer)
-                nursery.start_soon(self._run_stage, index, stage, receive, send)
-                receive = next_receive
-            nursery.start_soon(self._sink, receive)
+            # The last stage appends to `results`, or hands its outputs to a
+            # sink task that streams them to open_pipeline's consumer.
+            last: _Outlet
+            if self._output is None:
+                last = _Results(self.results, self._all_stages_done)
+            else:
+                sink = _Buffer(self.buffer)
+                nursery.start_soon(self._sink, sink, self._output)
+                last = sink
+            for run, after in zip(runs, [*runs[1:], None], strict=True):
+                run.output = last if after is None else after.input
+            # One feeder task brings the items in, from the source or from
+            # what open_pipeline's caller feeds; each stage runs `concurrency`
+            # workers, each taking an item, processing it and sending its
+            # outputs on.
+            nursery.start_soon(self._feed_source, runs[0].input)
+            for run in runs:
+                run.workers = run.stage.concurrency
+                for _ in range(run.stage.concurrency):
+                    nursery.start_soon(self._work, run)
             nursery.start_soon(self._stop_taking_input_when_interrupted)
             await self._all_stages_done.wait()
             nursery.cancel_scope.cancel()  # the interrupt watcher
@@ -697,50 +975,74 @@ class Pipeline(Agent[list[Out] | None], Generic[In, Out]):
         else:
             self._feeder.cancel()
 
-    async def _feed_source(self, send: trio.MemorySendChannel[Any]) -> None:
-        with self._feeder:
-            async with send:
+    async def _feed_source(self, first: _Buffer) -> None:
+        waiter = _Waiter()
+        held: Any = _END
+        try:
+            with self._feeder:
                 source = self.source if self._input is None else self._input
                 if source is None:
                     return
-                sequence = 0
-                held: Any = _END
-                try:
-                    if isinstance(source, AsyncIterable):
-                        async for item in source:
-                            held = item
-                            await send.send((sequence, item))
-                            held = _END
-                            sequence += 1
-                    else:
-                        for item in source:
-                            held = item
-                            await send.send((sequence, item))
-                            held = _END
-                            sequence += 1
-                finally:
-                    if held is not _END and self._input is not None:
-                        # A fed item that never entered the first stage (the
-                        # pipeline was cancelled or failed): reported, not lost.
-                        error = AgentStopped("the pipeline ended before this fed item entered it")
-                        self.skipped.append(SkippedItem("<input>", held, error))
-                        logger.warning("pipeline ended before the fed item %r entered it", held)
+                steps = 0
+                if isinstance(source, AsyncIterable):
+                    async for item in source:
+                        held = item
+                        if not first.put_nowait(item):
+                            await first.put(waiter, item)
+                        held = _END
+                        steps += 1
+                        if steps >= _FAIRNESS:
+                            steps = 0
+                            await checkpoint()
+                else:
+                    feeder = self._feeder
+                    for item in source:
+                        if feeder.cancel_called:  # interrupted: a sync source is not read further
+                            break
+                        held = item
+                        if not first.put_nowait(item):
+                            await first.put(waiter, item)
+                        held = _END
+                        steps += 1
+                        if steps >= _FAIRNESS:
+                            steps = 0
+                            await checkpoint()
+        finally:
+            first.close()
+            if held is not _END and self._input is not None:
+                # A fed item that never entered the first stage (the
+                # pipeline was cancelled or failed): reported, not lost.
+                error = AgentStopped("the pipeline ended before this fed item entered it")
+                self.skipped.append(SkippedItem("<input>", held, error))
+                logger.warning("pipeline ended before the fed item %r entered it", held)
 
-    async def _sink(self, receive: trio.MemoryReceiveChannel[Any]) -> None:
-        output = self._output
+    async def _sink(self, last: _Buffer, output: trio.MemorySendChannel[Any]) -> None:
+        waiter = _Waiter()
+        steps = 0
         try:
-            async with receive:
-                async for _, item in receive:
-                    if output is None:
-                        self.results.append(item)
-                    else:
-                        await output.send(item)
+            while True:
+                item = last.get_nowait()
+                if item is _EMPTY:
+                    await last.get(waiter)
+                    item = waiter.item
+                if item is _END:
+                    break
+                try:
+                    output.send_nowait(item)
+                except trio.WouldBlock:
+                    await output.send(item)
+                steps += 1
+                if steps >= _FAIRNESS:
+                    steps = 0
+                    # Not a cancel point: when the pipeline fails, what the
+                    # last stage sent on before still reaches the consumer, as
+                    # far as the results buffer has room.
+                    await cancel_shielded_checkpoint()
         except trio.BrokenResourceError:
             # The consumer of open_pipeline left: nobody wants more results.
             self._scope.cancel()
         finally:
-            if output is not None:
-                output.close()
+            output.close()
             self._all_stages_done.set()
 
     def _fail(self, error: BaseException) -> None:
@@ -750,153 +1052,177 @@ class Pipeline(Agent[list[Out] | None], Generic[In, Out]):
             logger.error("another stage failed while the pipeline was failing", exc_info=error)
         self._scope.cancel()
 
-    async def _run_stage(
-        self,
-        index: int,
-        stage: Stage[Any, Any],
-        receive: trio.MemoryReceiveChannel[tuple[int, Any]],
-        send: trio.MemorySendChannel[tuple[int, Any]],
-    ) -> None:
-        # Items travel as (sequence, item): the sender numbers them, because
-        # workers waiting in receive() wake in no particular order.
-        counters = self._counters[index]
-        if stage.concurrency == 1:
-            await self._serial(stage, counters, receive, send)
-            return
-        slots = trio.Semaphore(stage.concurrency)
-        done_send, done_receive = trio.open_memory_channel[tuple[int, Any]](math.inf)
-        async with send, trio.open_nursery() as nursery:
-            nursery.start_soon(self._emit, counters, slots, done_receive, send)
-            async with trio.open_nursery() as pool:
-                for _ in range(stage.concurrency):
-                    pool.start_soon(self._worker, stage, counters, slots, receive, done_send)
-            done_send.send_nowait((counters.items_in, _END))
+    async def _work(self, run: _StageRun) -> None:
+        """One worker of a stage: take an item, process it, send its outputs on; until the input ends.
 
-    async def _serial(
-        self,
-        stage: Stage[Any, Any],
-        counters: _Counters,
-        receive: trio.MemoryReceiveChannel[tuple[int, Any]],
-        send: trio.MemorySendChannel[tuple[int, Any]],
-    ) -> None:
-        sent = 0
-        async with send:
-            async for _, item in receive:
-                counters.items_in += 1
-                counters.in_flight += 1
-                outputs = await self._process_item(stage, counters, item)
+        Taking a buffered item and sending into a buffer with room are not
+        schedule points: the loop yields every `_FAIRNESS` items instead
+        (parking counts as yielding). The clock is read once per item: the
+        end of one item's processing is the start of the next, unless the
+        worker waited in between.
+        """
+        source = run.input
+        items = source.items
+        fn = run.stage.fn
+        fast = run.fast
+        turns = run.turns if run.in_order else None
+        waiter = _Waiter(turns)
+        now = current_clock().current_time
+        output: Any = None
+        outputs: list[Any] | None = None
+        item: Any = _EMPTY
+        sequence = 0
+        steps = 0
+        mark = now()
+        while True:
+            if item is _EMPTY:
+                if items:
+                    item = items.popleft()
+                    sequence = source.taken
+                    source.taken = sequence + 1
+                    if source.putters:
+                        source.admit()
+                elif source.closed:
+                    break
+                else:
+                    await source.get(waiter)
+                    item = waiter.item
+                    sequence = waiter.sequence
+                    steps = 0
+                    mark = now()
+            if item is _END:
+                break
+            if fast:
+                try:
+                    output = await fn(item)
+                except Exception as error:
+                    run.failed += 1
+                    outputs = self._item_failed(run, item, error)
+                    if outputs is None:
+                        return
+                else:
+                    outputs = None  # one output, in `output`
+            else:
+                outputs = await self._attempt(run, item)
                 if outputs is None:
                     return
-                for output in outputs:
-                    await send.send((sent, output))
-                    sent += 1
-                counters.items_out += len(outputs)
-                counters.in_flight -= 1
-
-    async def _worker(
-        self,
-        stage: Stage[Any, Any],
-        counters: _Counters,
-        slots: trio.Semaphore,
-        receive: trio.MemoryReceiveChannel[tuple[int, Any]],
-        done: trio.MemorySendChannel[tuple[int, Any]],
-    ) -> None:
-        while True:
-            # A slot first, then an item: no item waits outside the buffers,
-            # and a slot is given back only once the item's outputs went on.
-            await slots.acquire()
-            try:
-                sequence, item = await receive.receive()
-            except trio.EndOfChannel:
-                slots.release()
-                return
-            counters.items_in += 1
-            counters.in_flight += 1
-            outputs = await self._process_item(stage, counters, item)
+            end = now()
+            elapsed = end - mark
+            mark = end
+            run.finished += 1
+            run.latency_total += elapsed
+            run.latency_max = max(run.latency_max, elapsed)
+            item = _EMPTY
+            if turns is not None and sequence != run.next_emit:
+                # Items ahead are still in flight: park, holding the slot,
+                # until the worker that sends them on sends these outputs on
+                # too and hands this one its next item (or the end); or, if
+                # the next buffer is full, hands it its turn to send them.
+                waiter.outputs = [output] if outputs is None else outputs
+                waiter.sequence = sequence
+                turns[sequence] = waiter
+                await wait_task_rescheduled(waiter.abort)
+                steps = 0
+                mark = now()
+                if waiter.item is not _TURN:
+                    item = waiter.item
+                    sequence = waiter.sequence
+                    continue
+                outputs = waiter.outputs
+            out = run.output
+            assert out is not None
             if outputs is None:
-                return
-            done.send_nowait((sequence, outputs))
+                if not out.put_nowait(output):
+                    await out.put(waiter, output)
+                    steps = 0
+                    mark = now()
+                run.items_out += 1
+            elif outputs:
+                await self._send_on(out, waiter, outputs)
+                run.items_out += len(outputs)
+                mark = now()
+            run.done += 1
+            if turns is not None:
+                run.next_emit = sequence + 1
+                if turns:
+                    self._send_on_in_turn(run, out)
+            steps += 1
+            if steps >= _FAIRNESS:
+                steps = 0
+                await checkpoint()
+                mark = now()
+        run.workers -= 1
+        if run.workers == 0:  # the last one out: every output of this stage went on
+            assert run.output is not None
+            run.output.close()
 
-    async def _process_item(self, stage: Stage[Any, Any], counters: _Counters, item: object) -> list[Any] | None:
+    async def _attempt(self, run: _StageRun, item: object) -> list[Any] | None:
         """The outputs of one item, after retries and the error policy; None if the pipeline failed."""
-        start = trio.current_time()
+        stage = run.stage
         policy = stage.retry
         try:
-            if policy is None:  # the common case, without the retry loop's frames
+            if policy is None:  # without the retry loop's frames
                 try:
-                    outputs = await stage._call(item)  # noqa: SLF001 - the stage is this module's
+                    return await stage._call(item)  # noqa: SLF001 - the stage is this module's
                 except Exception:
-                    counters.failed += 1
+                    run.failed += 1
                     raise
-            else:
 
-                def failed(error: Exception) -> None:
-                    counters.failed += 1
+            def failed(error: Exception) -> None:
+                run.failed += 1
 
-                outputs = await retrying(
-                    lambda: stage._call(item),  # noqa: SLF001
-                    policy,
-                    what=_ItemOf(stage.name, item),
-                    logger=logger,
-                    wait=_sleep,
-                    failed=failed,
-                )
+            return await retrying(
+                lambda: stage._call(item),  # noqa: SLF001
+                policy,
+                what=_ItemOf(stage.name, item),
+                logger=logger,
+                wait=_sleep,
+                failed=failed,
+            )
         except Exception as error:
-            if stage.on_error == "fail":
-                self._fail(error)
-                return None
-            counters.skipped += 1
-            self.skipped.append(SkippedItem(stage.name, item, error))
-            logger.warning("stage %s skipped %r: %r", stage.name, item, error)
-            outputs = []
-        elapsed = trio.current_time() - start
-        counters.finished += 1
-        counters.latency_total += elapsed
-        counters.latency_max = max(counters.latency_max, elapsed)
-        return outputs
+            return self._item_failed(run, item, error)
 
-    async def _emit(
-        self,
-        counters: _Counters,
-        slots: trio.Semaphore,
-        done: trio.MemoryReceiveChannel[tuple[int, Any]],
-        send: trio.MemorySendChannel[tuple[int, Any]],
-    ) -> None:
-        pending: dict[int, list[Any]] = {}
-        next_sequence = 0
-        total = -1
-        emitted = 0
-        sent = 0
-        async for sequence, outputs in done:
-            if outputs is _END:
-                total = sequence
-            elif self.ordered:
-                pending[sequence] = outputs
-            else:
-                sent = await self._send_all(counters, slots, send, outputs, sent)
-                emitted += 1
-            while next_sequence in pending:
-                sent = await self._send_all(counters, slots, send, pending.pop(next_sequence), sent)
-                next_sequence += 1
-                emitted += 1
-            if emitted == total:
-                return
+    def _item_failed(self, run: _StageRun, item: object, error: Exception) -> list[Any] | None:
+        """Apply the stage's error policy: the item's outputs (none) when skipped; None when the pipeline fails."""
+        stage = run.stage
+        if stage.on_error == "fail":
+            self._fail(error)
+            return None
+        run.skipped += 1
+        self.skipped.append(SkippedItem(stage.name, item, error))
+        logger.warning("stage %s skipped %r: %r", stage.name, item, error)
+        return []
 
-    async def _send_all(
-        self,
-        counters: _Counters,
-        slots: trio.Semaphore,
-        send: trio.MemorySendChannel[tuple[int, Any]],
-        outputs: list[Any],
-        sent: int,
-    ) -> int:
+    @staticmethod
+    async def _send_on(out: _Outlet, waiter: _Waiter, outputs: list[Any]) -> None:
         for output in outputs:
-            await send.send((sent, output))
-            sent += 1
-        counters.items_out += len(outputs)
-        counters.in_flight -= 1
-        slots.release()
-        return sent
+            if not out.put_nowait(output):
+                await out.put(waiter, output)
+
+    @staticmethod
+    def _send_on_in_turn(run: _StageRun, out: _Outlet) -> None:
+        """Send on the outputs of the workers waiting next in line, while there is room, and release them."""
+        turns = run.turns
+        while (turn := turns.pop(run.next_emit, None)) is not None:
+            outputs = turn.outputs
+            sent = 0
+            for output in outputs:
+                if not out.put_nowait(output):
+                    break
+                sent += 1
+            run.items_out += sent
+            if sent < len(outputs):
+                # The next buffer is full: the worker of these outputs sends
+                # the rest on itself (a worker only ever parks with its own
+                # item), and takes the turn on from there.
+                del outputs[:sent]
+                turn.item = _TURN
+                reschedule(turn.task)
+                return
+            run.done += 1
+            run.next_emit += 1
+            turn.outputs = []
+            run.input.release(turn)
 
 
 @final
