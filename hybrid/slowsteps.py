@@ -48,7 +48,7 @@ from hybrid import _validate
 
 __all__ = ["SlowSteps", "watch"]
 
-logger = logging.getLogger("hybrid.slowsteps")
+logger: logging.Logger = logging.getLogger("hybrid.slowsteps")
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 120
@@ -97,8 +97,8 @@ class SlowSteps(hybrid.Instrument):
     """
 
     def __init__(self, threshold: float) -> None:
-        self.threshold = _validate.seconds("threshold", threshold, positive=True)
-        self.reported = 0
+        self.threshold: float = _validate.seconds("threshold", threshold, positive=True)
+        self.reported: int = 0
         self._timer = _StepTimer(self)
         self._agents: dict[trio.lowlevel.Task, hybrid.Address[Any]] = {}
         self._tasks: dict[hybrid.Address[Any], trio.lowlevel.Task] = {}
