@@ -84,7 +84,12 @@ class EmptyHooks(hybrid.Instrument):
         pass
 
     def message_received(
-        self, address: hybrid.Address[Any], message: object, waited: float | None, sender: Context | None
+        self,
+        address: hybrid.Address[Any],
+        message: object,
+        kind: hybrid.MessageKind,
+        waited: float | None,
+        sender: Context | None,
     ) -> None:
         pass
 

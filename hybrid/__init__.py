@@ -56,6 +56,7 @@ from ._handlers import on_event as on_event
 from ._handlers import on_request as on_request
 from ._handlers import on_response as on_response
 from ._instrument import Instrument as Instrument
+from ._instrument import MessageKind as MessageKind
 from ._instrument import add_instrument as add_instrument
 from ._instrument import instruments as instruments
 from ._instrument import remove_instrument as remove_instrument
@@ -108,6 +109,7 @@ __all__ = [
     "InvalidTransition",
     "LifecycleError",
     "MailboxFull",
+    "MessageKind",
     "Monitor",
     "NameInUse",
     "Next",

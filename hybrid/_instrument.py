@@ -13,6 +13,7 @@ starts stamping when it is made.
 
 from __future__ import annotations
 
+import enum
 import logging
 from contextvars import Context
 from typing import TYPE_CHECKING, Any, cast, final
@@ -27,6 +28,20 @@ if TYPE_CHECKING:
     from ._stop import StopReason
 
 logger = logging.getLogger("hybrid.instrument")
+
+
+class MessageKind(enum.StrEnum):
+    """Which kind of handler takes a message, as `Instrument.message_received` tells it.
+
+    A string enum, as `StopKind` is: ``MessageKind.REQUEST == "request"``.
+    """
+
+    EVENT = "event"
+    """An ``on_event`` handler: an event, a timer's tick, a stream item, a monitor's `Ended`."""
+    REQUEST = "request"
+    """An ``on_request`` handler: its caller waits for the answer."""
+    RESPONSE = "response"
+    """An ``on_response`` handler: the answer to a request this agent forwarded."""
 
 
 class Instrument:
@@ -65,9 +80,14 @@ class Instrument:
         """
 
     def message_received(
-        self, address: Address[Any], message: object, waited: float | None, sender: Context | None
+        self, address: Address[Any], message: object, kind: MessageKind, waited: float | None, sender: Context | None
     ) -> None:
         """An agent is about to handle `message`, in its own task (`message_handled` follows).
+
+        `kind` says which handler takes it: ``"event"`` (an `on_event`
+        handler: an event, a timer's tick, a stream item), ``"request"`` (an
+        `on_request` handler) or ``"response"`` (an `on_response` handler:
+        `message` is then the request whose forwarded answer arrived).
 
         `waited` is how long the message waited in the mailbox, in seconds;
         `sender` is a copy of the sender's `contextvars` as they were when it
@@ -154,9 +174,9 @@ class Instruments(Instrument):
         self._call("state_entered", address, next)
 
     def message_received(
-        self, address: Address[Any], message: object, waited: float | None, sender: Context | None
+        self, address: Address[Any], message: object, kind: MessageKind, waited: float | None, sender: Context | None
     ) -> None:
-        self._call("message_received", address, message, waited, sender)
+        self._call("message_received", address, message, kind, waited, sender)
 
     def message_handled(self, address: Address[Any], message: object, seconds: float) -> None:
         self._call("message_handled", address, message, seconds)

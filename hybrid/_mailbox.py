@@ -53,6 +53,7 @@ from typing_extensions import Self, TypeVar
 
 from ._exceptions import AgentStopped, LifecycleError, MailboxFull, UnhandledMessage
 from ._handlers import EVENT, INLINE, RESPONSE, Table, lookup
+from ._instrument import MessageKind
 from ._thread import at_home, check_awaited_at_home, current_home
 
 if TYPE_CHECKING:
@@ -624,22 +625,22 @@ def _stamped(message: object) -> object:
     return Stamped(message, stamp)
 
 
-def received(message: object) -> tuple[object, Stamp | None]:
-    """What a queued message carries for instruments: the event or request, and its stamp.
+def received(message: object) -> tuple[object, MessageKind, Stamp | None]:
+    """What a queued message carries for instruments: the event or request, its handler's kind, its stamp.
 
     A forwarded answer reports its request; a tick, its event.
     """
     kind = type(message)
     if kind is Stamped or kind is Tick:
         envelope = cast("Stamped | Tick", message)
-        return envelope.event, envelope.stamp
+        return envelope.event, MessageKind.EVENT, envelope.stamp
     if kind is RequestCall:
         call = cast("RequestCall[Any]", message)
-        return call._request, call.stamp  # noqa: SLF001
+        return call._request, MessageKind.REQUEST, call.stamp  # noqa: SLF001
     if kind is Response:
         response = cast("Response", message)
-        return response.request, response.stamp
-    return message, None
+        return response.request, MessageKind.RESPONSE, response.stamp
+    return message, MessageKind.EVENT, None
 
 
 def is_abandoned(message: object) -> bool:

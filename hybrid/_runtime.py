@@ -730,19 +730,20 @@ class Runtime:
     def _received(self, message: object) -> float:
         """Tell the instruments a message is about to be handled; return the time its handling starts."""
         if message is not INTERRUPT_MARK and not is_abandoned(message):
-            reported, stamp = received(message)
+            reported, kind, stamp = received(message)
             if stamp is None:  # queued before an instrument asked for stamps
-                self.probe.message_received(self.address, reported, None, None)
+                self.probe.message_received(self.address, reported, kind, None, None)
             else:
                 queued_at, sender = stamp
-                self.probe.message_received(self.address, reported, time.perf_counter() - queued_at, sender)
+                waited = time.perf_counter() - queued_at
+                self.probe.message_received(self.address, reported, kind, waited, sender)
         return time.perf_counter()
 
     def _report(self, message: object, start: float) -> None:
         """Tell the instruments a message was handled: the event, or the request (asked or answered)."""
         if self.probe.active is None:  # the last instrument left meanwhile
             return
-        reported, _ = received(message)
+        reported, _, _ = received(message)
         self.probe.message_handled(self.address, reported, time.perf_counter() - start)
 
     async def _perform_modified(self, nxt: Next[Any]) -> Next[Any]:

@@ -289,7 +289,12 @@ class LatencyHistograms(hybrid.Instrument, Collector):
             left[1].observe(perf_counter() - left[0])
 
     def message_received(
-        self, address: hybrid.Address[Any], message: object, waited: float | None, sender: Context | None
+        self,
+        address: hybrid.Address[Any],
+        message: object,
+        kind: hybrid.MessageKind,
+        waited: float | None,
+        sender: Context | None,
     ) -> None:
         """Observe how long `message` waited (nothing for a message queued before registration)."""
         if waited is None:

@@ -133,7 +133,12 @@ class SlowSteps(hybrid.Instrument):
             self._begin(address, f"ending ({next.kind})")
 
     def message_received(
-        self, address: hybrid.Address[Any], message: object, waited: float | None, sender: Context | None
+        self,
+        address: hybrid.Address[Any],
+        message: object,
+        kind: hybrid.MessageKind,
+        waited: float | None,
+        sender: Context | None,
     ) -> None:
         self._begin(address, f"handling {_repr.repr(message)}")
 

@@ -165,7 +165,7 @@ class TracingInstrument(hybrid.Instrument):
         self._agents: dict[hybrid.Address[Any], _Spans] = {}
         # Names by class, made once (bounded by the classes and message types of the run).
         self._state_names: dict[tuple[type, str], tuple[str, str]] = {}
-        self._message_names: dict[tuple[type, type], _MessageNames] = {}
+        self._message_names: dict[tuple[type, type, hybrid.MessageKind], _MessageNames] = {}
 
     def state_entered(self, address: hybrid.Address[Any], next: hybrid.Next[Any]) -> None:
         """End the span of the state the agent leaves; start (and enter) the span of the state it enters."""
@@ -212,7 +212,12 @@ class TracingInstrument(hybrid.Instrument):
         spans.state = (span, otel_context.attach(trace.set_span_in_context(span, parent)))
 
     def message_received(
-        self, address: hybrid.Address[Any], message: object, waited: float | None, sender: Context | None
+        self,
+        address: hybrid.Address[Any],
+        message: object,
+        kind: hybrid.MessageKind,
+        waited: float | None,
+        sender: Context | None,
     ) -> None:
         """Start (and enter) the span of the handler about to run, as a child of the sender's span.
 
@@ -224,10 +229,10 @@ class TracingInstrument(hybrid.Instrument):
             spans = self._agents[address] = _Spans(_task_context())
         else:
             spans.scheduler = None
-        key = (address.agent_type, type(message))
+        key = (address.agent_type, type(message), kind)
         names = self._message_names.get(key)
         if names is None:
-            names = self._message_names[key] = _MessageNames(address, key[0], key[1])
+            names = self._message_names[key] = _MessageNames(*key)
         parent = TraceContext() if sender is None else sender.run(otel_context.get_current)
         attributes: dict[str, str | float] = {
             "hybrid.agent.name": address.name,
@@ -315,16 +320,11 @@ class _MessageNames:
 
     __slots__ = ("agent_type", "kind", "message_type", "span", "what")
 
-    def __init__(self, address: hybrid.Address[Any], agent_type: type, message_type: type) -> None:
+    def __init__(self, agent_type: type, message_type: type, kind: hybrid.MessageKind) -> None:
         self.agent_type = agent_type.__qualname__
         self.message_type = message_type.__qualname__
-        if not issubclass(message_type, hybrid.Request):
-            self.kind, self.what = SpanKind.CONSUMER, "event"
-        # The hook reports a forwarded answer as its request: the agent's request table tells
-        # which one it is (a public accessor of an agent's handlers is to be asked for).
-        elif message_type in address._mailbox.requests:  # noqa: SLF001
-            self.kind, self.what = SpanKind.SERVER, "request"
-        else:
-            self.kind, self.what = SpanKind.CONSUMER, "response"
-        suffix = " response" if self.what == "response" else ""
+        # A request is a call its sender waits on (SERVER); an event or a forwarded answer is not.
+        self.kind = SpanKind.SERVER if kind == "request" else SpanKind.CONSUMER
+        self.what = str(kind)
+        suffix = " response" if kind == "response" else ""
         self.span = f"{self.agent_type} handle {self.message_type}{suffix}"

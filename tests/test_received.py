@@ -36,11 +36,18 @@ class Received(hybrid.Instrument):
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, object, float | None, str | None]] = []
+        self.kinds: list[str] = []
         self.handled: list[object] = []
 
     def message_received(
-        self, address: hybrid.Address[Any], message: object, waited: float | None, sender: Context | None
+        self,
+        address: hybrid.Address[Any],
+        message: object,
+        kind: hybrid.MessageKind,
+        waited: float | None,
+        sender: Context | None,
     ) -> None:
+        self.kinds.append(kind)
         self.seen.append((address.name, message, waited, None if sender is None else sender.run(who.get)))
 
     def message_handled(self, address: hybrid.Address[Any], message: object, seconds: float) -> None:
@@ -118,6 +125,12 @@ async def test_every_kind_of_message_carries_its_wait_and_sender() -> None:
     assert [name for name, _ in echo_7].count("client") == 1  # the answer, received by the client
     assert all(waited is not None and waited >= 0 for _, _, waited, _ in received.seen)
     assert Tock() in by_message
+    kinds = {
+        (name, repr(message)): kind for (name, message, _, _), kind in zip(received.seen, received.kinds, strict=True)
+    }
+    assert kinds[("server", repr(Ping(0)))] == kinds[("server", repr(Tock()))] == "event"
+    assert kinds[("server", repr(Echo(7)))] == "request"
+    assert kinds[("client", repr(Echo(7)))] == "response"
     assert received.handled.count(Ping(1)) == 1
     assert len(received.handled) == len(received.seen)
 
@@ -233,7 +246,12 @@ async def test_stamped_messages_wait_for_a_restarted_child(autojump_clock: trio.
 async def test_a_raising_message_received_hook_is_removed_and_the_agent_goes_on(queued_before: bool) -> None:
     class Raising(hybrid.Instrument):
         def message_received(
-            self, address: hybrid.Address[Any], message: object, waited: float | None, sender: Context | None
+            self,
+            address: hybrid.Address[Any],
+            message: object,
+            kind: hybrid.MessageKind,
+            waited: float | None,
+            sender: Context | None,
         ) -> None:
             raise RuntimeError("instrument bug")
 
