@@ -45,14 +45,13 @@ from typing import Any
 
 import trio
 import trio.testing
-from trio.lowlevel import checkpoint
 
 import hybrid
 from hybrid import Agent
 
 from . import workloads as w
 from ._harness import Sample, alternate, check, median, ratio, scaled
-from .workloads import Ask, Idle, make_asks
+from .workloads import W8_BUFFER, Ask, Idle, hybrid_pipeline, make_asks, trio_pipeline
 
 AGENT_COUNTS = (1_000, 10_000, 100_000)
 TRACEMALLOC_UP_TO = 10_000
@@ -65,7 +64,6 @@ CALLERS = (1, 10, 100, 1_000)
 CALLER_REQUESTS = 20_000
 PIPELINE_WORKERS = (1, 4, 16)
 PIPELINE_ITEMS = 5_000
-PIPELINE_BUFFER = 16
 
 AGENT_SIDES = ("hybrid", "hibernating", "trio")
 CALLER_SIDES = ("hybrid", "hybrid_inline", "trio")
@@ -288,86 +286,8 @@ def run_callers(size: float, rounds: int, warmup: int) -> dict[str, Any]:
 # -- pipeline ------------------------------------------------------------------------------------
 
 
-async def _yield_increment(x: int) -> int:
-    await checkpoint()
-    return x + 1
-
-
-async def _yield_double(x: int) -> int:
-    await checkpoint()
-    return x * 2
-
-
-async def _yield_decrement(x: int) -> int:
-    await checkpoint()
-    return x - 1
-
-
-YIELDING_STAGES: tuple[Callable[[int], Any], ...] = (_yield_increment, _yield_double, _yield_decrement)
-
-
-def hybrid_workers(n: int, workers: int, *, ordered: bool) -> Sample:
-    """`n` items through ``Pipeline(Stage(fn, concurrency=workers), ...)`` of the three yielding stages."""
-
-    async def main() -> Sample:
-        pipeline = hybrid.Pipeline(
-            hybrid.Stage(_yield_increment, concurrency=workers),
-            hybrid.Stage(_yield_double, concurrency=workers),
-            hybrid.Stage(_yield_decrement, concurrency=workers),
-            source=range(n),
-            buffer=PIPELINE_BUFFER,
-            ordered=ordered,
-        )
-        start = perf_counter()
-        results = await pipeline.run()
-        seconds = perf_counter() - start
-        assert results is not None
-        return {"seconds": seconds, "items_per_s": n / seconds, "total": sum(results), "count": len(results)}
-
-    sample = trio.run(main)
-    check("hybrid pipeline items", sample["count"], n)
-    check("hybrid pipeline total", sample["total"], n * n)
-    return sample
-
-
-def trio_workers(n: int, workers: int) -> Sample:
-    """The same hand-written: `workers` tasks per stage, sharing the stage's channels (clones)."""
-
-    async def worker(
-        fn: Callable[[int], Any], receive: trio.MemoryReceiveChannel[int], send: trio.MemorySendChannel[int]
-    ) -> None:
-        async with receive, send:
-            async for item in receive:
-                await send.send(await fn(item))
-
-    async def main() -> Sample:
-        results: list[int] = []
-        start = perf_counter()
-        async with trio.open_nursery() as nursery:
-            source_send, receive = trio.open_memory_channel[int](PIPELINE_BUFFER)
-            for fn in YIELDING_STAGES:
-                send, next_receive = trio.open_memory_channel[int](PIPELINE_BUFFER)
-                async with receive, send:  # the clones keep them open; each closes with its worker
-                    for _ in range(workers):
-                        nursery.start_soon(worker, fn, receive.clone(), send.clone())
-                receive = next_receive
-
-            async def feed() -> None:
-                async with source_send:
-                    for item in range(n):
-                        await source_send.send(item)
-
-            nursery.start_soon(feed)
-            async with receive:
-                async for item in receive:
-                    results.append(item)
-        seconds = perf_counter() - start
-        return {"seconds": seconds, "items_per_s": n / seconds, "total": sum(results), "count": len(results)}
-
-    sample = trio.run(main)
-    check("trio workers items", sample["count"], n)
-    check("trio workers total", sample["total"], n * n)
-    return sample
+# The W8 stages, each awaiting a schedule point, with `workers` tasks per stage on both
+# sides (bench/workloads.py): hybrid's Pipeline against hand-written trio workers.
 
 
 def run_pipeline(size: float, rounds: int, warmup: int) -> dict[str, Any]:
@@ -376,9 +296,9 @@ def run_pipeline(size: float, rounds: int, warmup: int) -> dict[str, Any]:
     for workers in PIPELINE_WORKERS:
         samples = alternate(
             {
-                "hybrid": functools.partial(hybrid_workers, n, workers, ordered=False),
-                "hybrid_ordered": functools.partial(hybrid_workers, n, workers, ordered=True),
-                "trio": functools.partial(trio_workers, n, workers),
+                "hybrid": functools.partial(hybrid_pipeline, n, workers, yielding=True, ordered=False),
+                "hybrid_ordered": functools.partial(hybrid_pipeline, n, workers, yielding=True, ordered=True),
+                "trio": functools.partial(trio_pipeline, n, workers, yielding=True),
             },
             min(rounds, 3),
             min(warmup, 1),
@@ -389,7 +309,7 @@ def run_pipeline(size: float, rounds: int, warmup: int) -> dict[str, Any]:
         row["hybrid_vs_trio"] = ratio(row["hybrid"], row["trio"])
         row["ordered_vs_trio"] = ratio(row["hybrid_ordered"], row["trio"])
         rows.append(row)
-    return {"params": {"items": n, "buffer": PIPELINE_BUFFER}, "sides": list(PIPELINE_SIDES), "rows": rows}
+    return {"params": {"items": n, "buffer": W8_BUFFER}, "sides": list(PIPELINE_SIDES), "rows": rows}
 
 
 # -- all of it -----------------------------------------------------------------------------------

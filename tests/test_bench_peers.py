@@ -136,9 +136,9 @@ def test_concurrent_callers_get_every_answer_on_each_side(callers: int) -> None:
 @pytest.mark.parametrize("workers", [1, 4, 16])
 def test_pipelines_with_workers_per_stage_deliver_every_item_on_each_side(workers: int) -> None:
     for sample in (
-        scaling.hybrid_workers(60, workers, ordered=False),
-        scaling.hybrid_workers(60, workers, ordered=True),
-        scaling.trio_workers(60, workers),
+        workloads.hybrid_pipeline(60, workers, yielding=True, ordered=False),
+        workloads.hybrid_pipeline(60, workers, yielding=True, ordered=True),
+        workloads.trio_pipeline(60, workers, yielding=True),
     ):
         assert sample["count"] == 60
         assert sample["total"] == 60 * 60
