@@ -170,6 +170,12 @@ class ThreeStates(Agent[int]):
         return Next.done(x + 3)
 
 
+class LeanThreeStates(ThreeStates):
+    """`ThreeStates` declaring that it starts no helper task: its run() opens no nursery (W7)."""
+
+    helper_tasks = False
+
+
 # -- W1 tell -----------------------------------------------------------------------
 
 
@@ -722,14 +728,14 @@ async def _plain_machine() -> int:
     return x
 
 
-def hybrid_machine(n: int) -> Sample:
-    """`n` runs of a new `ThreeStates` agent with ``await agent.run()``."""
+def hybrid_machine(n: int, machine: type[ThreeStates] = ThreeStates) -> Sample:
+    """`n` runs of a new `ThreeStates` (or `LeanThreeStates`) agent with ``await agent.run()``."""
 
     async def main() -> Sample:
         total = 0
         start = perf_counter()
         for _ in range(n):
-            total += await ThreeStates().run()
+            total += await machine().run()
         seconds = perf_counter() - start
         return {"seconds": seconds, "us_per_run": seconds / n * 1e6, "total": total}
 
@@ -756,8 +762,17 @@ def trio_machine(n: int) -> Sample:
 
 def run_w7(size: float, rounds: int, warmup: int) -> dict[str, Any]:
     n = scaled(W7_RUNS, size)
-    samples = alternate({"hybrid": lambda: hybrid_machine(n), "trio": lambda: trio_machine(n)}, rounds, warmup)
+    samples = alternate(
+        {
+            "hybrid": lambda: hybrid_machine(n),
+            "lean": lambda: hybrid_machine(n, LeanThreeStates),
+            "trio": lambda: trio_machine(n),
+        },
+        rounds,
+        warmup,
+    )
     h, t = summary(samples["hybrid"], ["us_per_run", "seconds"]), summary(samples["trio"], ["us_per_run", "seconds"])
+    lean = summary(samples["lean"], ["us_per_run", "seconds"])
     return {
         "title": "3-state machine: a new agent.run() per run",
         "short": "3-state run",
@@ -767,6 +782,10 @@ def run_w7(size: float, rounds: int, warmup: int) -> dict[str, Any]:
         "metrics": {
             "run_cost": _metric(
                 "us/run", h["us_per_run"], t["us_per_run"], "hybrid cost / trio cost", higher_is_better=False
+            ),
+            # The same machine declaring helper_tasks = False: run() opens no nursery.
+            "run_cost_no_helpers": _metric(
+                "us/run", lean["us_per_run"], t["us_per_run"], "hybrid cost / trio cost", higher_is_better=False
             ),
         },
     }
