@@ -100,6 +100,13 @@ class Instrument:
         sender's context, which is cheap: contexts are immutable maps).
         """
 
+    def message_failed(self, address: Address[Any], message: object, kind: MessageKind, error: Exception) -> None:
+        """The handler of `message` raised `error` (`message_handled` follows).
+
+        For an event or a forwarded answer, the agent's `on_error` gets the
+        error next; for a request, its caller does. The agent goes on.
+        """
+
     def message_handled(self, address: Address[Any], message: object, seconds: float) -> None:
         """An agent's event, request or response handler returned (or raised).
 
@@ -121,8 +128,8 @@ class Instruments(Instrument):
     a hook that removes instruments cannot disturb the loop calling them.
     `stamps` is whether one of them overrides `message_received` (then the
     live mailboxes stamp what they queue); `messages`, whether one overrides
-    `message_received` or `message_handled` (then no request is answered
-    inline: instruments that watch messages see every one).
+    `message_received`, `message_failed` or `message_handled` (then no request
+    is answered inline: instruments that watch messages see every one).
     """
 
     __slots__ = ("active", "messages", "stamps")
@@ -149,7 +156,11 @@ class Instruments(Instrument):
     def _set(self, active: tuple[Instrument, ...]) -> None:
         self.active = active or None
         stamps = any(type(each).message_received is not Instrument.message_received for each in active)
-        self.messages = stamps or any(type(each).message_handled is not Instrument.message_handled for each in active)
+        self.messages = stamps or any(
+            type(each).message_handled is not Instrument.message_handled
+            or type(each).message_failed is not Instrument.message_failed
+            for each in active
+        )
         if stamps != self.stamps:
             self.stamps = stamps
             for address in filter(None, current_names().used.values()):  # None: a name claimed this instant
@@ -177,6 +188,9 @@ class Instruments(Instrument):
         self, address: Address[Any], message: object, kind: MessageKind, waited: float | None, sender: Context | None
     ) -> None:
         self._call("message_received", address, message, kind, waited, sender)
+
+    def message_failed(self, address: Address[Any], message: object, kind: MessageKind, error: Exception) -> None:
+        self._call("message_failed", address, message, kind, error)
 
     def message_handled(self, address: Address[Any], message: object, seconds: float) -> None:
         self._call("message_handled", address, message, seconds)

@@ -587,6 +587,8 @@ class Runtime:
                     try:
                         await handler(agent, message)
                     except Exception as error:
+                        if start is not None:
+                            self._failed(message, error)
                         await agent.on_error(error)
                 elif message_type is RequestCall:
                     call = cast("RequestCall[Any]", message)
@@ -594,6 +596,8 @@ class Runtime:
                         try:
                             value = await call._handler(agent, call._request)
                         except Exception as error:
+                            if start is not None:
+                                self._failed(message, error)
                             call._complete(outcome.Error(error))
                         except BaseException:
                             call._fail_stopped()
@@ -608,18 +612,24 @@ class Runtime:
                     try:
                         await mailbox.event_handler(type(tick.event))(agent, tick.event)
                     except Exception as error:
+                        if start is not None:
+                            self._failed(message, error)
                         await agent.on_error(error)
                 elif message_type is Response:
                     response = cast("Response", message)
                     try:
                         await response.handler(agent, response.request, response.result)
                     except Exception as error:
+                        if start is not None:
+                            self._failed(message, error)
                         await agent.on_error(error)
                 elif message_type is Stamped:
                     event = cast("Stamped", message).event
                     try:
                         await mailbox.event_handler(type(event))(agent, event)
                     except Exception as error:
+                        if start is not None:
+                            self._failed(message, error)
                         await agent.on_error(error)
                 else:
                     assert message is INTERRUPT_MARK, f"{message!r} has no handler in {self.name}"
@@ -738,6 +748,12 @@ class Runtime:
                 waited = time.perf_counter() - queued_at
                 self.probe.message_received(self.address, reported, kind, waited, sender)
         return time.perf_counter()
+
+    def _failed(self, message: object, error: Exception) -> None:
+        """Tell the instruments that the handler of `message` raised `error`."""
+        if self.probe.active is not None:  # the last instrument may have left meanwhile
+            reported, kind, _ = received(message)
+            self.probe.message_failed(self.address, reported, kind, error)
 
     def _report(self, message: object, start: float) -> None:
         """Tell the instruments a message was handled: the event, or the request (asked or answered)."""

@@ -42,10 +42,10 @@ spans.
 Endings: a state that raises, or returns ``Next.fail(error)``, fails its agent;
 the state's span records the exception and ends with status ERROR. A span
 still open when its agent is cancelled (a handler or a state cut short) ends
-with status ERROR, "cancelled". A handler that raises is not an error of the
-span: an event handler's error goes to ``on_error`` (which runs inside the
-span), and a request handler's error goes back to the caller; the
-instrument is not told which handlers raised.
+with status ERROR, "cancelled". A handler that raises marks its span the
+same way (the exception recorded, status ERROR); the agent goes on, as an
+event handler's error goes to ``on_error`` (which runs inside the span) and
+a request handler's error back to its caller.
 
 Context propagation follows trio's: a task inherits the context of the task
 that started it. So an agent spawned, or a timer started, inside a span
@@ -245,6 +245,17 @@ class TracingInstrument(hybrid.Instrument):
         span = self._tracer.start_span(names.span, parent, kind=names.kind, attributes=attributes)
         context = trace.set_span_in_context(span, parent)
         spans.message = (span, otel_context.attach(context), context)
+
+    def message_failed(
+        self, address: hybrid.Address[Any], message: object, kind: hybrid.MessageKind, error: Exception
+    ) -> None:
+        """Mark the handler's span as failed, with the exception (its caller or `on_error` gets it next)."""
+        spans = self._agents.get(address)
+        if spans is None or spans.message is None:
+            return
+        span = spans.message[0]
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
     def message_handled(self, address: hybrid.Address[Any], message: object, seconds: float) -> None:
         """Leave and end the handler's span (nothing if it started before the instrument was registered)."""

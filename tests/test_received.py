@@ -279,3 +279,80 @@ async def test_a_stamped_event_whose_handler_raises_goes_to_on_error(caplog: pyt
     assert server_agent.pings == [-1, 4]  # it kept running
     assert "bad ping -1" in caplog.text
     assert received.handled == [Ping(-1), Ping(4)]
+
+
+class Failures(hybrid.Instrument):
+    """Watches failures only: no stamps, so events stay bare."""
+
+    def __init__(self) -> None:
+        self.failed: list[tuple[object, str, str]] = []
+
+    def message_failed(
+        self, address: hybrid.Address[Any], message: object, kind: hybrid.MessageKind, error: Exception
+    ) -> None:
+        self.failed.append((message, str(kind), str(error)))
+
+
+@attrs.frozen
+class Ring:
+    pass
+
+
+class Fragile(Agent):
+    def __init__(self, server: hybrid.Address[Server] | None = None) -> None:
+        self.server = server
+        self.errors: list[str] = []
+
+    @hybrid.on_event
+    async def ping(self, event: Ping) -> None:
+        if event.n == 1:
+            self.ctx.send_after(0, Ring())
+        elif event.n == 2:
+            assert self.server is not None
+            self.server.request(Echo(5)).forward_to(self.ctx)
+        else:
+            raise ValueError("event")
+
+    @hybrid.on_event
+    async def ring(self, event: Ring) -> None:
+        raise ValueError("tick")
+
+    @hybrid.on_response
+    async def answered(self, request: Echo, response: outcome.Outcome[int]) -> None:
+        raise ValueError("response")
+
+    @hybrid.on_request
+    async def echo(self, request: Echo) -> int:
+        raise ValueError("request")
+
+    async def on_error(self, error: Exception) -> None:
+        self.errors.append(str(error))
+
+
+async def test_every_kind_of_handler_failure_is_reported_before_on_error_or_the_caller(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    failures = Failures()
+    hybrid.add_instrument(failures)
+    async with trio.open_nursery() as nursery:
+        server = hybrid.spawn(nursery, Server())
+        fragile = hybrid.spawn(nursery, agent := Fragile(server))
+        assert not fragile._mailbox.stamping  # message_failed alone needs no stamps
+        for n in (0, 1, 2):
+            fragile.send(Ping(n))
+        with pytest.raises(ValueError, match="request"):
+            await fragile.request(Echo(1))
+        await trio.sleep(1)
+        await hybrid.testing.wait_idle(fragile)
+        fragile.interrupt()
+        server.interrupt()
+    assert sorted(failures.failed, key=repr) == sorted(
+        [
+            (Ping(0), "event", "event"),
+            (Ring(), "event", "tick"),
+            (Echo(5), "response", "response"),
+            (Echo(1), "request", "request"),
+        ],
+        key=repr,
+    )
+    assert sorted(agent.errors) == ["event", "response", "tick"]

@@ -521,3 +521,42 @@ async def test_register_makes_and_registers_an_instrument_for_the_current_run() 
     assert await Shapes().run() == "ok"
     assert len(exporter.get_finished_spans()) == 2
     hybrid.remove_instrument(instrument)
+
+
+@attrs.frozen
+class Bad(hybrid.Request[int]):
+    pass
+
+
+class Faulty(Agent):
+    @hybrid.on_event
+    async def note(self, event: Note) -> None:
+        raise ValueError("bad note")
+
+    @hybrid.on_request
+    async def bad(self, request: Bad) -> int:
+        raise KeyError("bad request")
+
+    async def on_error(self, error: Exception) -> None:
+        pass  # handled: the span still shows it
+
+
+async def test_a_handler_that_raises_marks_its_span_and_the_agent_goes_on() -> None:
+    instrument, exporter = traced()
+    hybrid.add_instrument(instrument)
+    async with trio.open_nursery() as nursery:
+        faulty = hybrid.spawn(nursery, Faulty())
+        faulty.send(Note("x"))
+        with pytest.raises(KeyError, match="bad request"):
+            await faulty.request(Bad())
+        assert faulty.is_alive
+        faulty.interrupt()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    for name, error in (
+        ("Faulty handle Note", "ValueError: bad note"),
+        ("Faulty handle Bad", "KeyError: 'bad request'"),
+    ):
+        span = spans[name]
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.status.description == error
+        assert [event.name for event in span.events] == ["exception"]
