@@ -173,10 +173,15 @@ def start_runtime(
     mailbox_capacity: object = None,
     address: Address[Any] | None = None,
     name: str | None = None,
+    hibernate_after: object = None,
 ) -> Runtime:
-    """Make the runtime of `agent`: its mailbox (or the one of `address`), address and context."""
+    """Make the runtime of `agent`: its mailbox (or the one of `address`), address and context.
+
+    Every argument is checked before anything is made (no name is claimed for a refused call).
+    """
     if not isinstance(agent, Agent):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"{caller} needs an Agent instance, got {agent!r}")
+    sleep_after = None if hibernate_after is None else _validate.seconds("hibernate_after", hibernate_after)
     if "ctx" in agent.__dict__:
         raise LifecycleError(
             f"{type(agent).__qualname__} instance was already started; an agent runs once: create a new instance"
@@ -195,6 +200,8 @@ def start_runtime(
         rt = Runtime(agent, mailbox, host)
         if rt.probe.stamps:
             mailbox.set_stamping(True)
+        if sleep_after is not None:
+            rt.hibernate_after = sleep_after
         address = Address._make(mailbox, rt)
         names.used[mailbox.name] = address
         interrupts = 0
@@ -405,10 +412,14 @@ def spawn(
     """
     if not isinstance(nursery, trio.Nursery):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"hybrid.spawn needs a trio nursery to run the agent in, got {nursery!r}")
-    sleep_after = None if hibernate_after is None else _validate.seconds("hibernate_after", hibernate_after)
-    rt = start_runtime(agent, caller="hybrid.spawn", host=nursery, mailbox_capacity=mailbox_capacity, name=name)
-    if sleep_after is not None:
-        rt.hibernate_after = sleep_after
+    rt = start_runtime(
+        agent,
+        caller="hybrid.spawn",
+        host=nursery,
+        mailbox_capacity=mailbox_capacity,
+        name=name,
+        hibernate_after=hibernate_after,
+    )
     nursery.start_soon(rt.main, True, name=f"hybrid agent {rt.name}")
     address: Address[A] = rt.address
     return address
@@ -446,10 +457,14 @@ async def start(
     """
     if not isinstance(nursery, trio.Nursery):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"hybrid.start needs a trio nursery to run the agent in, got {nursery!r}")
-    sleep_after = None if hibernate_after is None else _validate.seconds("hibernate_after", hibernate_after)
-    rt = start_runtime(agent, caller="hybrid.start", host=nursery, mailbox_capacity=mailbox_capacity, name=name)
-    if sleep_after is not None:
-        rt.hibernate_after = sleep_after
+    rt = start_runtime(
+        agent,
+        caller="hybrid.start",
+        host=nursery,
+        mailbox_capacity=mailbox_capacity,
+        name=name,
+        hibernate_after=hibernate_after,
+    )
     address: Address[A] = await nursery.start(rt.main, True, name=f"hybrid agent {rt.name}")
     return address
 
