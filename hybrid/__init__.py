@@ -8,7 +8,8 @@ checks it; imports under ``TYPE_CHECKING`` are annotations only):
   ``_exceptions.py`` (the exception tree), ``_stop.py`` (`StopReason`, `StopKind`),
   ``_request.py`` (`Request`), ``_validate.py`` (the argument checks every entry
   point shares), ``_retry.py`` (`Backoff`, `RetryPolicy`, the one retry loop)
-- ``_next.py`` (`Next`, `Performer`), ``_handlers.py`` (`on_event`, `on_request`,
+- ``_next.py`` (`Next`, `Performer`), ``_checkpointer.py`` (`Checkpointer`, the
+  seam of durable agents), ``_handlers.py`` (`on_event`, `on_request`,
   `on_response`, dispatch tables), ``_thread.py`` (the one thread hop),
   ``_instrument.py`` (`Instrument` and its per-run registry), ``_registry.py``
   (agent names per run)
@@ -43,6 +44,7 @@ from ._agent import interrupted as interrupted
 from ._agent import open_agent as open_agent
 from ._agent import spawn as spawn
 from ._agent import start as start
+from ._checkpointer import Checkpointer as Checkpointer
 from ._context import Context as Context
 from ._exceptions import AgentStopped as AgentStopped
 from ._exceptions import HandlerDefinitionError as HandlerDefinitionError
@@ -100,6 +102,7 @@ __all__ = [
     "AgentStatistics",
     "AgentStopped",
     "Backoff",
+    "Checkpointer",
     "ClassCounters",
     "Context",
     "Ended",

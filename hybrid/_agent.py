@@ -13,6 +13,7 @@ from typing_extensions import Self, TypeVar
 
 from . import _validate
 from ._address import Address
+from ._checkpointer import Checkpointer
 from ._context import Context
 from ._exceptions import LifecycleError
 from ._handlers import Table, build_tables, defining_namespace
@@ -174,6 +175,7 @@ def start_runtime(
     address: Address[Any] | None = None,
     name: str | None = None,
     hibernate_after: object = None,
+    checkpointer: object = None,
 ) -> Runtime:
     """Make the runtime of `agent`: its mailbox (or the one of `address`), address and context.
 
@@ -182,6 +184,11 @@ def start_runtime(
     if not isinstance(agent, Agent):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"{caller} needs an Agent instance, got {agent!r}")
     sleep_after = None if hibernate_after is None else _validate.seconds("hibernate_after", hibernate_after)
+    if checkpointer is not None and not isinstance(checkpointer, Checkpointer):
+        raise TypeError(
+            f"{caller}: checkpointer must implement hybrid.Checkpointer "
+            f"(start, transition, handled, ended, idempotency_key), got {checkpointer!r}"
+        )
     if "ctx" in agent.__dict__:
         raise LifecycleError(
             f"{type(agent).__qualname__} instance was already started; an agent runs once: create a new instance"
@@ -225,6 +232,7 @@ def start_runtime(
         rt = Runtime(agent, mailbox, host)
         address._rt = rt  # noqa: SLF001 - from now on the address reaches this run
     rt.address = address
+    rt.checkpointer = checkpointer
     mailbox.runs += 1
     if mailbox.runs > 1:
         current_names().of(cls.__qualname__).restarts += 1
@@ -260,6 +268,8 @@ class AgentRunner(Generic[A]):
             successor instead of closing it: messages sent meanwhile wait in
             its mailbox for the next ``AgentRunner(next_agent, address=...)``,
             until `discard()` gives the address up.
+        checkpointer: makes the agent durable: told of each transition
+            before it is taken (see `hybrid.Checkpointer`).
 
     Raises:
         LifecycleError: the agent was already started, or `address` still
@@ -288,9 +298,16 @@ class AgentRunner(Generic[A]):
         address: Address[A] | None = None,
         name: str | None = None,
         keep_address: bool = False,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self._rt = start_runtime(
-            agent, caller="AgentRunner", host=None, mailbox_capacity=mailbox_capacity, address=address, name=name
+            agent,
+            caller="AgentRunner",
+            host=None,
+            mailbox_capacity=mailbox_capacity,
+            address=address,
+            name=name,
+            checkpointer=checkpointer,
         )
         self._rt.keep_address = keep_address
 
@@ -380,6 +397,7 @@ def spawn(
     mailbox_capacity: int | float | None = None,
     name: str | None = None,
     hibernate_after: float | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> Address[A]:
     """Start `agent` as a task in `nursery` and return its address at once.
 
@@ -398,6 +416,9 @@ def spawn(
         hibernate_after: idle seconds in actor mode after which the agent
             gives its task up until its next message (see
             `Agent.hibernate_after`); None (the default) takes the class's.
+        checkpointer: makes the agent durable: told of each transition
+            before it is taken (see `hybrid.Checkpointer`;
+            `hybrid.durable` makes them).
 
     Raises:
         LifecycleError: the agent was already started.
@@ -419,6 +440,7 @@ def spawn(
         mailbox_capacity=mailbox_capacity,
         name=name,
         hibernate_after=hibernate_after,
+        checkpointer=checkpointer,
     )
     nursery.start_soon(rt.main, True, name=f"hybrid agent {rt.name}")
     address: Address[A] = rt.address
@@ -432,6 +454,7 @@ async def start(
     mailbox_capacity: int | float | None = None,
     name: str | None = None,
     hibernate_after: float | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> Address[A]:
     """Start `agent` in `nursery` and return its address once its `begin()` has run.
 
@@ -447,6 +470,7 @@ async def start(
         mailbox_capacity: as for `hybrid.spawn`.
         name: as for `hybrid.spawn`.
         hibernate_after: as for `hybrid.spawn`.
+        checkpointer: as for `hybrid.spawn`.
 
     Example:
         ```python
@@ -464,6 +488,7 @@ async def start(
         mailbox_capacity=mailbox_capacity,
         name=name,
         hibernate_after=hibernate_after,
+        checkpointer=checkpointer,
     )
     address: Address[A] = await nursery.start(rt.main, True, name=f"hybrid agent {rt.name}")
     return address

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, cast
 from typing_extensions import TypeVar, TypeVarTuple
 
 from . import _validate
+from ._exceptions import LifecycleError
 from ._monitors import Monitor, watch
 from ._next import Next
 from ._runtime import Runtime
@@ -89,6 +90,35 @@ class Context(Generic[A_co]):
     def scheduled(self) -> Next[Any] | None:
         """The transition scheduled with `do_next` (or `shutdown`/`stop`) and not yet taken."""
         return self._rt.next
+
+    @property
+    def idempotency_key(self) -> str:
+        """A key for the state being run, the same each time it runs again after a crash.
+
+        A durable agent's state runs at least once (its checkpoint commits
+        before it starts, and a crash before the next one runs it again): pass
+        this key to the external effects it makes (a payment, an email) so
+        that they happen once. Stable for one state of one durable key across
+        resumes; it differs between states and between keys.
+
+        Raises:
+            LifecycleError: the agent is not durable (it runs without a
+                `hybrid.Checkpointer`, such as `hybrid.durable`'s store gives).
+
+        Example:
+            ```python
+            async def charge(self, cents: int) -> Next[Self]:
+                await payments.charge(self.order, cents, key=self.ctx.idempotency_key)
+                return Next.do_async(self.ship)
+            ```
+        """
+        checkpointer = self._rt.checkpointer
+        if checkpointer is None:
+            raise LifecycleError(
+                f"{self._rt.name} is not durable, so it has no idempotency_key: run it with a checkpointer "
+                "(hybrid.durable's store.run / store.spawn)"
+            )
+        return checkpointer.idempotency_key
 
     @_at_home
     def do_next(self, next: Next[Any]) -> None:

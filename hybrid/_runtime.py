@@ -26,6 +26,7 @@ import trio
 from trio.lowlevel import Task, checkpoint, current_task, reschedule, wait_task_rescheduled
 
 from . import _retry
+from ._checkpointer import Checkpointer
 from ._exceptions import InvalidTransition, LifecycleError
 from ._instrument import Instruments, current_instruments
 from ._mailbox import CLOSED, INTERRUPT_MARK, Mailbox, RequestCall, Response, Stamped, Tick, is_abandoned, received
@@ -100,6 +101,7 @@ class Runtime:
     __slots__ = (
         "address",
         "agent",
+        "checkpointer",
         "context",
         "ctx",
         "ended",
@@ -186,6 +188,8 @@ class Runtime:
         self.hibernate_after: float | None = None if host is None else type(agent).hibernate_after
         """Idle seconds in actor mode after which the agent gives its task up (None: never).
         Only an agent hosted in a nursery (spawned) hibernates: a run() holds its caller's task."""
+        self.checkpointer: Checkpointer | None = None
+        """Told of each transition before it is taken (a durable agent); set before the run starts."""
         self.context: contextvars.Context | None = None
         """For an agent that may hibernate: the contextvars its next task starts with (those
         its last task had; set by `main`)."""
@@ -376,12 +380,21 @@ class Runtime:
                     if self.interrupts > 1:
                         scope.cancel()
                     nxt: Next[Any]
+                    checkpointer = self.checkpointer
                     if resumed:
                         nxt = _RESUMING
                     else:
-                        nxt = agent.begin()
-                        if type(nxt) is not Next:
-                            raise InvalidTransition(f"{self.name}.begin() must return a Next, got {nxt!r}")
+                        first = None if checkpointer is None else await checkpointer.start(agent)
+                        if first is None:
+                            nxt = agent.begin()
+                            if type(nxt) is not Next:
+                                raise InvalidTransition(f"{self.name}.begin() must return a Next, got {nxt!r}")
+                        else:
+                            nxt = first
+                            if type(nxt) is not Next:
+                                raise InvalidTransition(
+                                    f"{self.name}: its checkpointer's start() must return a Next or None, got {nxt!r}"
+                                )
                         if starter is not None:
                             starter.fire()
                         if self.interrupts and nxt._kind <= PERFORM:
@@ -399,6 +412,8 @@ class Runtime:
                                 await checkpoint()
                             self.phase = STATE
                             self.state = nxt
+                            if checkpointer is not None:
+                                await checkpointer.transition(agent, nxt)
                             if nxt._mods is None:
                                 # _perform_plain, inlined: a frame less per transition
                                 if kind == ASYNC:
@@ -422,6 +437,8 @@ class Runtime:
                                 nxt = self._after_step(nxt)
                         elif kind == EVENTS:
                             self.phase = EVENTS_PHASE
+                            if checkpointer is not None and nxt is not _RESUMING:
+                                await checkpointer.transition(agent, nxt)
                             self.steps = steps
                             scheduled = await self._loop(False)
                             if scheduled is None:  # hibernating: this task ends, the agent does not
@@ -494,6 +511,17 @@ class Runtime:
         except BaseException as exc:
             await self._cut_short(exc, stop_hook_started=True)
             raise
+        checkpointer = self.checkpointer
+        if checkpointer is not None:
+            try:
+                await checkpointer.ended(self.agent, reason, self.output)
+            except Exception as error:
+                reason = StopReason(StopKind.FAILED, error)
+                self.choose_ending(reason)
+            except BaseException as exc:
+                self.checkpointer = None  # it was told: it raised (or was cancelled) while told
+                await self._cut_short(exc, stop_hook_started=True)
+                raise
         self.cancel_helpers()
         if starter is not None:
             starter.fire()
@@ -507,11 +535,18 @@ class Runtime:
         self.mailbox.discard()
         self.cancel_helpers()
         try:
-            if not stop_hook_started:
-                with trio.CancelScope(shield=True):
-                    await self.ctx.call_on_stop(cut_short)
-        except Exception:
-            logger.exception("%s.on_stop raised while the agent was being %s", self.name, cut_short)
+            with trio.CancelScope(shield=True):
+                if not stop_hook_started:
+                    try:
+                        await self.ctx.call_on_stop(cut_short)
+                    except Exception:
+                        logger.exception("%s.on_stop raised while the agent was being %s", self.name, cut_short)
+                checkpointer = self.checkpointer
+                if checkpointer is not None:
+                    try:
+                        await checkpointer.ended(self.agent, cut_short, None)
+                    except Exception:
+                        logger.exception("%s: its checkpointer raised as the agent was %s", self.name, cut_short)
         finally:
             if self.phase != ENDED:
                 self.finish(cut_short)
@@ -564,6 +599,7 @@ class Runtime:
         agent = self.agent
         table = mailbox.events
         probe = self.probe
+        checkpointer = self.checkpointer
         count = self.steps
         while True:
             nxt = self.next
@@ -639,6 +675,8 @@ class Runtime:
                     start = None  # the "interrupt" transition reports it
                 if start is not None:
                     self._report(message, start)
+                if checkpointer is not None:
+                    await checkpointer.handled(agent)
                 count += 1
                 if count >= FAIRNESS:
                     count = 0
@@ -716,7 +754,7 @@ class Runtime:
         Called only while this run is idle (parked in `_loop`, or hibernating).
         Queued instead while an instrument watches messages: it sees every one.
         """
-        if self.probe.messages:
+        if self.probe.messages or self.checkpointer is not None:
             return None
         self.handled += 1
         token = current_runtime.set(self)

@@ -44,6 +44,7 @@ from typing_extensions import Self, TypeVar
 from . import _validate
 from ._address import Address
 from ._agent import Agent, AgentRunner
+from ._checkpointer import Checkpointer
 from ._context import Context
 from ._exceptions import AgentStopped, HybridError, LifecycleError, MailboxFull, NameInUse
 from ._handlers import on_event
@@ -145,6 +146,7 @@ class _Child:
     done: trio.Event | None = None  # set when the current run ends (made by whoever waits)
     restarts: deque[float] | None = None  # its restart times in the window (for the backoff)
     last_reason: StopReason | None = None  # how its latest run ended
+    checkpointer: Checkpointer | None = None  # given to every run: a durable child resumes from its checkpoint
 
     @property
     def restartable(self) -> bool:
@@ -247,6 +249,7 @@ class _Tracker:
         shutdown_timeout: object,
         mailbox_capacity: Any,
         name: str | None,
+        checkpointer: Checkpointer | None,
     ) -> Address[Any]:
         if self.closed:
             raise LifecycleError(
@@ -283,6 +286,7 @@ class _Tracker:
                     mailbox_capacity=mailbox_capacity,
                     name=self.child_name(instance, name),
                     keep_address=restartable,
+                    checkpointer=checkpointer,
                 )
                 break
             except NameInUse:
@@ -297,6 +301,7 @@ class _Tracker:
             order=self.next_order,
             address=runner.address,
             runner=runner,
+            checkpointer=checkpointer,
         )
         self.next_order += 1
         self.children[child.order] = child
@@ -515,7 +520,9 @@ class _Tracker:
                     return False
                 await trio.sleep(self.backoff(child))
                 continue
-            child.runner = AgentRunner(instance, address=child.address, keep_address=True)
+            child.runner = AgentRunner(
+                instance, address=child.address, keep_address=True, checkpointer=child.checkpointer
+            )
             return True
         return False
 
@@ -630,6 +637,7 @@ class SupervisorContext(Context[A_co]):
         shutdown_timeout: float | None = None,
         mailbox_capacity: int | float | None = None,
         name: str | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> Address[A]: ...
 
     @overload
@@ -642,6 +650,7 @@ class SupervisorContext(Context[A_co]):
         shutdown_timeout: float | None = None,
         mailbox_capacity: int | float | None = None,
         name: str | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> Address[A]: ...
 
     def spawn(
@@ -653,6 +662,7 @@ class SupervisorContext(Context[A_co]):
         shutdown_timeout: float | None = None,
         mailbox_capacity: int | float | None = None,
         name: str | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> Address[A]:
         """Start a child in `group` and return its address at once.
 
@@ -682,6 +692,10 @@ class SupervisorContext(Context[A_co]):
                 ``math.inf``); None (the default) takes its class's.
             name: the child's name; its address's name is
                 ``"{supervisor name}/{name}"`` (default name: ``"{ClassName}-{n}"``).
+            checkpointer: makes the child durable (`hybrid.Checkpointer`);
+                each run of it gets the same one, so a restart goes on from
+                the child's last checkpoint (``store.checkpointer(key)`` of
+                `hybrid.durable`).
 
         Raises:
             TypeError: `agent` is neither an agent nor a callable, or the
@@ -699,6 +713,7 @@ class SupervisorContext(Context[A_co]):
             shutdown_timeout=shutdown_timeout,
             mailbox_capacity=mailbox_capacity,
             name=name,
+            checkpointer=checkpointer,
         )
         return address
 

@@ -13,7 +13,7 @@ PACKAGE = Path(hybrid.__file__).parent
 # Lowest first. A module may import, at run time, modules of its own layer or below.
 LAYERS: list[set[str]] = [
     {"_exceptions", "_stop", "_request", "_validate", "_retry"},  # leaves
-    {"_next", "_handlers", "_thread", "_instrument", "_registry"},
+    {"_next", "_handlers", "_thread", "_instrument", "_registry", "_checkpointer"},
     {"_mailbox"},
     {"_runtime"},
     {"_address", "_context", "_timers", "_streams", "_monitors", "_snapshot"},  # handles
