@@ -1,0 +1,1355 @@
+"""The checkpoint codec: an agent's fields and its next transition, to bytes and back.
+
+Built on msgspec's msgpack codec, never pickle: a value is decoded only into
+the type its annotation names, so a checkpoint can never make an object of a
+type chosen by the data.
+
+A step payload is one msgpack array, codec format 1:
+
+```
+[1, {field name: value, ...}, modifiers or nil, argument 0, argument 1, ...]
+```
+
+The fields are a map (by attrs field name) so that an ``upgrade`` function gets
+them by name, and so that a field missing or left over is an error, never a
+silent default or drop. Arguments follow flat: their number is read from the
+array header, which picks the typed decoder of the state for that many
+arguments (cached per class, per state, per count). Outputs are the msgpack of
+the value alone, decoded into the ``Agent[T]`` parameter.
+
+Decisions (each one a rule a test checks):
+
+- Durable state = the attrs fields (`attrs.fields`); only attrs classes are
+  durable. A resumed agent is a *new instance* made as the class makes one:
+  ``cls(**init fields)`` (or ``__attrs_init__`` for ``@attrs.define(init=False)``),
+  so converters, validators and ``__attrs_post_init__`` run for it once, as for
+  any instance (a validator thus also checks what an ``upgrade`` returned;
+  converters must accept their own output, as ``int`` or ``frozenset`` do).
+  Fields with ``init=False`` are then set to their saved values with
+  ``object.__setattr__`` (a restore, not a change: no ``on_setattr`` hooks).
+- Every transition is checked when it is saved, not when it is resumed: the
+  payload is decoded again at once (a few µs), so a field annotated ``int``
+  holding a str is refused at the transition that holds it.
+- Where an annotation cannot bring a value back as itself (``Any``,
+  ``object``, an unannotated parameter, also nested as in ``list[Any]``), only
+  JSON-like builtins are allowed: None, bool, int, float, str, bytes, and
+  lists and str-keyed dicts of them. Anything else (a tuple, a set, an attrs
+  instance...) would come back as another type: refused, "annotate it".
+- Modifiers are saved: ``.timeout(s)``; ``.retry(policy)`` for a plain
+  `hybrid.RetryPolicy` (its numbers and its ``retry_on`` types by import
+  name, looked up only among modules already imported; not its ``rng``, a
+  resumed policy gets a fresh one); ``.fallback(fn)`` when `fn` is a method
+  of the agent, like a state.
+- Values of concrete annotations come back as the annotation says: a tuple
+  held by a ``list[int]`` field is resumed as a list, an int held by a
+  ``float`` field as a float.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import operator
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, Final, Literal, TypeVar, final, overload
+
+import attrs
+import msgspec
+import msgspec.inspect as mi
+
+from .._agent import Agent
+from .._exceptions import InvalidTransition
+from .._next import ASYNC, EVENTS, PERFORM, SYNC, Modifiers, Next
+from .._retry import RetryPolicy
+from ._errors import CheckpointError
+from ._records import Checkpoint, StepKind
+
+__all__ = ["Codec", "durable"]
+
+AgentClass = TypeVar("AgentClass", bound="type[Agent[Any]]")
+
+_FORMAT: Final = 1  # the first item of a step payload
+_HEAD: Final = 3  # format, fields, modifiers: the items before the arguments
+_META: Final = "_hybrid_durable"  # the class attribute `durable` sets
+# StepKind members as module constants: faster to reach on every transition.
+_BEGIN: Final = StepKind.BEGIN
+_ASYNC: Final = StepKind.ASYNC
+_SYNC: Final = StepKind.SYNC
+_EVENTS: Final = StepKind.EVENTS
+
+# msgspec raises these when a value cannot be encoded (an unsupported type, an
+# int beyond 64 bits, a cycle): all of them become a CheckpointError.
+_ENCODE_ERRORS: Final = (msgspec.MsgspecError, TypeError, ValueError, OverflowError, RecursionError)
+
+# What comes back as itself from a slot annotated Any: exact types, so that a
+# subclass (an IntEnum, a str subclass) is refused rather than silently changed.
+_PLAIN_SCALARS: Final[frozenset[type]] = frozenset({type(None), bool, int, float, str, bytes})
+_PLAIN_TEXT: Final = (
+    "only None, bool, int, float, str, bytes, and lists and str-keyed dicts of them come back "
+    "as themselves from a slot annotated Any or object or not annotated"
+)
+
+# "<message> - at `$<path>`": where msgspec found a mismatch.
+_AT: Final = re.compile(r"^(?P<message>.*) - at `\$(?P<path>.*)`$", re.DOTALL)
+_INDEX: Final = re.compile(r"^\[(?P<index>\d+)\](?P<rest>.*)$", re.DOTALL)
+_NAME: Final = re.compile(r"^\.(?P<name>[A-Za-z_]\w*)(?P<rest>.*)$", re.DOTALL)
+
+# A problem a check found: (where inside the value, what is wrong).
+Problem = tuple[str, str]
+Check = Callable[[Any], Problem | None]
+
+
+# -- the decorator -------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Meta:
+    """What `durable` records on a class."""
+
+    name: str | None
+    version: int
+    upgrade: Callable[[int, dict[str, Any]], dict[str, Any]] | None
+
+
+@overload
+def durable(cls: AgentClass, /) -> AgentClass: ...
+
+
+@overload
+def durable(
+    cls: None = None,
+    /,
+    *,
+    name: str | None = None,
+    version: int = 1,
+    upgrade: Callable[[int, dict[str, Any]], dict[str, Any]] | None = None,
+) -> Callable[[AgentClass], AgentClass]: ...
+
+
+def durable(
+    cls: AgentClass | None = None,
+    /,
+    *,
+    name: str | None = None,
+    version: int = 1,
+    upgrade: Callable[[int, dict[str, Any]], dict[str, Any]] | None = None,
+) -> AgentClass | Callable[[AgentClass], AgentClass]:
+    """Set an agent class's checkpoint name, version and upgrade function.
+
+    Usable bare (``@durable``) or with options. The settings are stored on the
+    class itself (an attribute of its own, not inherited by subclasses), never in
+    a global registry. An undecorated class is named
+    ``f"{cls.__module__}.{cls.__qualname__}"``, at version 1, without upgrade.
+
+    Args:
+        cls: the class, when used bare.
+        name: the name checkpoints record for the class; give one to keep old
+            checkpoints readable after moving or renaming the class.
+        version: the version of the class's fields (an int >= 1); raise it when
+            the fields change, with an `upgrade` function for older checkpoints.
+        upgrade: ``upgrade(old_version, fields) -> fields``: receives the fields of
+            a checkpoint written by an older version, decoded to builtins (dicts,
+            lists, str, int, float, bytes, bool, None, datetime), and returns the
+            fields of the current version (builtins too; they are then decoded into
+            the annotated types). Without it, an older checkpoint is decoded as it is.
+
+    Returns:
+        The class (bare use), or the decorator.
+
+    Raises:
+        TypeError: an option of the wrong type, or a decorated object that is not a class.
+        ValueError: an empty name, or a version below 1.
+
+    Example:
+        ```python
+        def upgrade(old: int, fields: dict[str, Any]) -> dict[str, Any]:
+            fields["cents"] = fields.pop("amount")  # version 1 called it amount
+            return fields
+
+        @hybrid.durable.durable(name="shop.Checkout", version=2, upgrade=upgrade)
+        @attrs.define
+        class Checkout(Agent[str]):
+            order: str
+            cents: int = 0
+        ```
+    """
+    if name is not None and not isinstance(name, str):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise TypeError(f"durable(name=...) takes a str, got {name!r}")
+    if name == "":
+        raise ValueError("durable(name=...) cannot be empty")
+    if type(version) is not int:
+        raise TypeError(f"durable(version=...) takes an int, got {version!r}")
+    if version < 1:
+        raise ValueError(f"durable(version=...) must be >= 1, got {version}")
+    if upgrade is not None and not callable(upgrade):
+        raise TypeError(f"durable(upgrade=...) takes a function upgrade(old_version, fields), got {upgrade!r}")
+    meta = _Meta(name, version, upgrade)
+
+    def decorate(target: AgentClass) -> AgentClass:
+        if not isinstance(target, type):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"@durable decorates an agent class, got {target!r}")
+        setattr(target, _META, meta)
+        return target
+
+    return decorate if cls is None else decorate(cls)
+
+
+def _meta_of(cls: type) -> _Meta:
+    # The class's own attribute only: a subclass is another class, with its own name.
+    meta = cls.__dict__.get(_META)
+    return meta if isinstance(meta, _Meta) else _Meta(None, 1, None)
+
+
+# -- modifiers on the wire ---------------------------------------------------------------
+
+
+class _Retry(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """A `RetryPolicy` as saved (its rng is not: jitter is random anyway)."""
+
+    attempts: int
+    initial: float
+    factor: float
+    max_delay: float
+    jitter: float
+    retry_on: tuple[str, ...]  # "module:qualname" of each type
+
+
+class _Mods(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """A state's `Modifiers` as saved."""
+
+    fallback: str | None  # the name of the agent's method
+    retry: _Retry | None
+    timeout: float | None
+
+
+# -- what is known of a class and of its states -------------------------------------------
+
+
+def _tuple_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """An attrgetter that always returns a tuple (attrgetter of one name does not)."""
+    if not names:
+        return lambda _obj: ()
+    if len(names) == 1:
+        only = operator.attrgetter(names[0])
+        return lambda obj: (only(obj),)
+    return operator.attrgetter(*names)
+
+
+class _StatePlan:
+    """One state method of a class: its argument types, checks and decoders.
+
+    Positional parameters (after ``self``) take arguments in order; a ``*args``
+    parameter takes the rest, each of its element type. Made on first use of the
+    state (at a transition or at a resume) and kept in its `_ClassPlan`.
+    """
+
+    __slots__ = (
+        "checked",
+        "decoders",
+        "func",
+        "maximum",
+        "minimum",
+        "name",
+        "params",
+        "plan",
+        "pos_checks",
+        "pos_types",
+        "var_check",
+        "var_name",
+        "var_type",
+    )
+
+    def __init__(self, plan: _ClassPlan, name: str, func: types.FunctionType) -> None:
+        self.plan = plan
+        self.name = name
+        self.func = func  # what getattr(cls, name) is: a bound state's __func__ must be it
+        self.decoders: dict[int, msgspec.msgpack.Decoder[Any]] = {}  # per number of arguments
+        where = f"{plan.qualname}.{name}"
+        params, var_name, minimum = _positional_parameters(func, where)
+        hints = func.__annotations__
+        module = sys.modules.get(func.__module__)
+        globalns: dict[str, Any] = getattr(module, "__dict__", None) or func.__globals__
+        self.params = params
+        self.var_name = var_name
+        self.minimum = minimum
+        self.maximum: int | None = None if var_name is not None else len(params)
+        self.pos_types: tuple[Any, ...] = tuple(
+            _resolve(hints.get(p, Any), globalns, None, f"{where} argument {p!r}") for p in params
+        )
+        self.var_type: Any = (
+            Any if var_name is None else _resolve(hints.get(var_name, Any), globalns, None, f"{where} *{var_name}")
+        )
+        self.pos_checks: tuple[Check | None, ...] = tuple(
+            _inspect_type(t, f"{where} argument {p!r}") for p, t in zip(params, self.pos_types, strict=True)
+        )
+        self.var_check = None if var_name is None else _inspect_type(self.var_type, f"{where} *{var_name}")
+        self.checked = self.var_check is not None or any(c is not None for c in self.pos_checks)  # Any slots
+
+    def argument(self, position: int) -> str:
+        """How messages name the argument at `position`."""
+        if position < len(self.params):
+            return f"argument {self.params[position]!r} (position {position})"
+        return f"argument *{self.var_name} (position {position})"
+
+    def check(self, position: int) -> Check | None:
+        """The Any-slot check of the argument at `position`, if its annotation needs one."""
+        return self.pos_checks[position] if position < len(self.params) else self.var_check
+
+    def fits(self, count: int) -> bool:
+        """Whether `count` positional arguments fit the signature."""
+        return self.minimum <= count and (self.maximum is None or count <= self.maximum)
+
+    def signature(self) -> str:
+        """The positional parameters, for messages."""
+        names = list(self.params) + ([f"*{self.var_name}"] if self.var_name is not None else [])
+        return f"{self.name}({', '.join(names)})"
+
+    def decoder(self, count: int) -> msgspec.msgpack.Decoder[Any]:
+        """The typed decoder of a payload with `count` arguments (cached)."""
+        found = self.decoders.get(count)
+        if found is None:
+            types_ = [*self.pos_types[:count], *[self.var_type] * (count - len(self.pos_types))]
+            found = _step_decoder(self.plan.fields_type, types_, modifiers=True)
+            self.decoders[count] = found
+        return found
+
+
+def _positional_parameters(func: types.FunctionType, where: str) -> tuple[tuple[str, ...], str | None, int]:
+    """(positional parameter names after self, *args name or None, how many are required)."""
+    try:
+        parameters = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError) as err:  # pragma: no cover - a plain function always has one
+        raise CheckpointError(f"{where}: cannot read its signature: {err}") from err
+    if parameters and parameters[0].kind in (parameters[0].POSITIONAL_ONLY, parameters[0].POSITIONAL_OR_KEYWORD):
+        parameters = parameters[1:]  # self
+    names: list[str] = []
+    var_name: str | None = None
+    minimum = 0
+    for p in parameters:
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+            if p.default is p.empty:
+                minimum = len(names)
+        elif p.kind == p.VAR_POSITIONAL:
+            var_name = p.name
+    return tuple(names), var_name, minimum
+
+
+@final
+class _ClassPlan:
+    """What the codec knows of one registered agent class (made once, at `Codec.register`)."""
+
+    __slots__ = (
+        "begin_decoder",
+        "cls",
+        "field_checks",
+        "fields_type",
+        "getter",
+        "late_getter",
+        "late_names",
+        "make",
+        "name",
+        "names",
+        "output_check",
+        "output_decoder",
+        "output_type",
+        "qualname",
+        "states",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(self, cls: type[Agent[Any]], name: str, meta: _Meta) -> None:
+        self.cls = cls
+        self.name = name
+        self.qualname = cls.__qualname__
+        self.version = meta.version
+        self.upgrade = meta.upgrade
+        fields: tuple[attrs.Attribute[Any], ...] = attrs.fields(typing.cast("Any", cls))
+        self.names: tuple[str, ...] = tuple(f.name for f in fields)
+        self.getter = _tuple_getter(self.names)  # the agent's field values, in order
+        self.make = _maker(cls, fields)  # a new instance from the decoded fields struct
+        self.late_names: tuple[str, ...] = tuple(f.name for f in fields if not f.init)
+        self.late_getter = _tuple_getter(self.late_names)
+        hints = [_field_type(cls, f) for f in fields]
+        checks: list[tuple[int, str, Check]] = []
+        for index, (f, hint) in enumerate(zip(fields, hints, strict=True)):
+            check = _inspect_type(hint, f"{self.qualname} field {f.name!r}")
+            if check is not None:
+                checks.append((index, f.name, check))
+        self.field_checks = tuple(checks)
+        self.fields_type: type[msgspec.Struct] = msgspec.defstruct(
+            f"{cls.__name__}Fields",
+            [(f.name, hint) for f, hint in zip(fields, hints, strict=True)],
+            forbid_unknown_fields=True,  # a field the class no longer has is an error, not a drop
+        )
+        self.begin_decoder = _step_decoder(self.fields_type, [], modifiers=False)
+        self.states: dict[str, _StatePlan] = {}
+        self.output_type = _output_type(cls)
+        self.output_check = _inspect_type(self.output_type, f"{self.qualname} output")
+        self.output_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(self.output_type)
+
+    def method(self, name: str) -> types.FunctionType | None:
+        """The plain function `name` of the class (never a dunder), else None."""
+        if name.startswith("__") and name.endswith("__"):
+            return None  # whatever a checkpoint says, never __init__ and the like
+        try:
+            static = inspect.getattr_static(self.cls, name)
+        except AttributeError:
+            return None
+        # A staticmethod, classmethod or property is not a state of this agent.
+        return static if isinstance(static, types.FunctionType) else None
+
+    def state(self, name: str) -> _StatePlan | None:
+        """The plan of state `name` if it is a method of the class, else None (made once)."""
+        found = self.states.get(name)
+        if found is None:
+            func = self.method(name)
+            if func is None:
+                return None
+            found = self.states[name] = _StatePlan(self, name, func)
+        return found
+
+
+def _maker(cls: type[Agent[Any]], fields: tuple[attrs.Attribute[Any], ...]) -> Callable[[Any], Agent[Any]]:
+    """``struct -> cls(init fields)``: positional when it can be (the fastest call)."""
+    positional = _tuple_getter(tuple(f.name for f in fields if f.init and not f.kw_only))
+    keywords = tuple((f.alias or f.name, f.name) for f in fields if f.init and f.kw_only)
+    attrs_init = cls.__dict__.get("__attrs_init__")
+    if attrs_init is not None:  # @attrs.define(init=False): __init__ is the user's own
+
+        def make_attrs_init(struct: Any) -> Agent[Any]:
+            agent = cls.__new__(cls)
+            attrs_init(agent, *positional(struct), **{alias: getattr(struct, name) for alias, name in keywords})
+            return agent
+
+        return make_attrs_init
+    if keywords:
+
+        def make_with_keywords(struct: Any) -> Agent[Any]:
+            return cls(*positional(struct), **{alias: getattr(struct, name) for alias, name in keywords})
+
+        return make_with_keywords
+    return lambda struct: cls(*positional(struct))
+
+
+def _step_decoder(fields_type: type[msgspec.Struct], arguments: list[Any], *, modifiers: bool) -> Any:
+    parts = (Literal[1], fields_type, (_Mods | None) if modifiers else None, *arguments)
+    return msgspec.msgpack.Decoder(types.GenericAlias(tuple, parts))
+
+
+def _field_type(cls: type, field: attrs.Attribute[Any]) -> Any:
+    """The resolved annotation of an attrs field, evaluated where the field was declared."""
+    where = f"{cls.__qualname__} field {field.name!r}"
+    for klass in cls.__mro__:
+        annotations = inspect.get_annotations(klass)  # its own, unevaluated
+        if field.name in annotations:
+            module = sys.modules.get(klass.__module__)
+            return _resolve(annotations[field.name], getattr(module, "__dict__", {}), dict(vars(klass)), where)
+    if field.type is None:
+        return Any  # attrs.field() without an annotation
+    module = sys.modules.get(cls.__module__)
+    return _resolve(field.type, getattr(module, "__dict__", {}), dict(vars(cls)), where)
+
+
+def _resolve(annotation: Any, globalns: dict[str, Any], localns: dict[str, Any] | None, where: str) -> Any:
+    """Evaluate one annotation (a string under ``from __future__ import annotations``)."""
+    holder = types.SimpleNamespace(__annotations__={"value": annotation})
+    try:
+        return typing.get_type_hints(holder, globalns, localns, include_extras=True)["value"]
+    except Exception as err:
+        raise CheckpointError(
+            f"{where}: cannot resolve its annotation {annotation!r}: {err} "
+            "(durable types must be importable: define them at module level)"
+        ) from err
+
+
+def _output_type(cls: type) -> Any:
+    """The ``T`` of ``Agent[T]`` for `cls`, through generic bases; Any when not found."""
+    found = _search_output(cls, {})
+    if found is _MISSING or isinstance(found, TypeVar):
+        return Any
+    module = sys.modules.get(cls.__module__)
+    return _resolve(found, getattr(module, "__dict__", {}), None, f"{cls.__qualname__} output (Agent[...])")
+
+
+_MISSING: Final = object()
+
+
+def _search_output(klass: type, subst: dict[Any, Any]) -> Any:
+    bases: tuple[Any, ...] = klass.__dict__.get("__orig_bases__", klass.__bases__)
+    for base in bases:
+        origin = typing.get_origin(base) or base
+        args = tuple(_substitute(arg, subst) for arg in typing.get_args(base))
+        if origin is Agent:
+            return args[0] if args else _MISSING
+        if isinstance(origin, type) and issubclass(origin, Agent):
+            generic: type = origin  # pyright: ignore[reportUnknownVariableType]
+            params: tuple[Any, ...] = getattr(generic, "__parameters__", ())
+            found = _search_output(generic, dict(zip(params, args, strict=False)))
+            if found is not _MISSING:
+                return found
+    return _MISSING
+
+
+def _substitute(arg: Any, subst: dict[Any, Any]) -> Any:
+    if isinstance(arg, TypeVar):
+        return subst.get(arg, arg)
+    params: tuple[Any, ...] = getattr(arg, "__parameters__", ())
+    if params:
+        try:
+            return arg[tuple(subst.get(p, p) for p in params)]
+        except TypeError:  # pragma: no cover - a generic alias that refuses substitution
+            return arg
+    return arg
+
+
+# -- what a type allows: checked at register, Any slots checked at each transition --------
+
+
+def _inspect_type(annotation: Any, where: str) -> Check | None:
+    """Refuse an annotation msgspec cannot bring back; return the check its Any slots need.
+
+    Raises:
+        CheckpointError: naming `where` and the type.
+    """
+    try:
+        msgspec.msgpack.Decoder(annotation)
+        info = mi.type_info(annotation)
+    except Exception as err:
+        raise CheckpointError(f"{where}: type {_type_text(annotation)} is not supported by the codec: {err}") from err
+    nodes = _nodes(info)
+    for node in nodes.values():
+        problem = _unsupported(node)
+        if problem is not None:
+            raise CheckpointError(f"{where}: type {_type_text(annotation)}: {problem}")
+    reach = _reaching_any(nodes)
+    return _compile(info, reach, {})
+
+
+def _type_text(annotation: Any) -> str:
+    return annotation.__qualname__ if isinstance(annotation, type) else repr(annotation)
+
+
+def _children(node: mi.Type) -> list[mi.Type]:
+    if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
+        return [node.item_type]
+    if isinstance(node, mi.TupleType):
+        return list(node.item_types)
+    if isinstance(node, mi.DictType):
+        return [node.key_type, node.value_type]
+    if isinstance(node, mi.UnionType):
+        return list(node.types)
+    if isinstance(node, mi.StructType | mi.DataclassType | mi.TypedDictType | mi.NamedTupleType):
+        return [f.type for f in node.fields]
+    if isinstance(node, mi.Metadata):
+        return [node.type]
+    return []
+
+
+def _nodes(root: mi.Type) -> dict[int, mi.Type]:
+    """Every node of a type tree by id (recursive types make it a graph: each node once)."""
+    seen: dict[int, mi.Type] = {}
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if id(node) not in seen:
+            seen[id(node)] = node
+            todo.extend(_children(node))
+    return seen
+
+
+def _is_any(node: mi.Type) -> bool:
+    return isinstance(node, mi.AnyType) or (isinstance(node, mi.CustomType) and node.cls is object)
+
+
+def _unsupported(node: mi.Type) -> str | None:
+    if isinstance(node, mi.CustomType) and node.cls is not object:
+        return f"msgspec cannot encode and decode {node.cls.__qualname__}: use a type it supports"
+    if isinstance(node, mi.DataclassType) and attrs.has(node.cls):
+        private = [f.name for f in node.fields if f.name.startswith("_")]
+        if private:
+            # msgspec leaves out an attrs class's private fields when it encodes one.
+            return (
+                f"the attrs class {node.cls.__qualname__} has private fields ({', '.join(private)}), "
+                "which msgspec does not encode: make them public, or use a dataclass or msgspec.Struct"
+            )
+    return None
+
+
+def _reaching_any(nodes: dict[int, mi.Type]) -> set[int]:
+    """The ids of the nodes from which an Any slot is reachable (a fixed point: cycles are fine)."""
+    reach = {key for key, node in nodes.items() if _is_any(node)}
+    changed = True
+    while changed:
+        changed = False
+        for key, node in nodes.items():
+            if key not in reach and any(id(child) in reach for child in _children(node)):
+                reach.add(key)
+                changed = True
+    return reach
+
+
+def _compile(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check | None:
+    """The check of the Any slots under `node`, or None if it has none (most types)."""
+    if id(node) not in reach:
+        return None
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    cell: list[Check] = []
+
+    def forward(value: Any) -> Problem | None:  # a recursive type reaches itself through this
+        return cell[0](value)
+
+    memo[id(node)] = forward
+    built = _build(node, reach, memo)
+    cell.append(built)
+    memo[id(node)] = built
+    return built
+
+
+def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
+    if _is_any(node):
+        return _plain
+    if isinstance(node, mi.Metadata):
+        inner = _compile(node.type, reach, memo)
+        assert inner is not None
+        return inner
+    if isinstance(node, mi.UnionType):
+        if any(_is_any(t) for t in node.types):
+            return _plain
+        branches = [(_accepts(t), c) for t in node.types if (c := _compile(t, reach, memo)) is not None]
+
+        def union(value: Any) -> Problem | None:
+            for accepts, check in branches:
+                if accepts(value):
+                    return check(value)
+            return None  # a branch without Any slots: the decode check covers it
+
+        return union
+    if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
+        item = _compile(node.item_type, reach, memo)
+        assert item is not None
+
+        def items(value: Any) -> Problem | None:
+            for index, element in enumerate(value):
+                found = item(element)
+                if found is not None:
+                    return (f"[{index}]{found[0]}", found[1])
+            return None
+
+        return items
+    if isinstance(node, mi.TupleType):
+        checks = [(i, c) for i, t in enumerate(node.item_types) if (c := _compile(t, reach, memo)) is not None]
+
+        def fixed(value: Any) -> Problem | None:
+            for index, check in checks:
+                found = check(value[index])
+                if found is not None:
+                    return (f"[{index}]{found[0]}", found[1])
+            return None
+
+        return fixed
+    if isinstance(node, mi.DictType):
+        key_check = _compile(node.key_type, reach, memo)
+        value_check = _compile(node.value_type, reach, memo)
+
+        def mapping(value: Any) -> Problem | None:
+            for k, v in value.items():
+                found = None if key_check is None else _plain_key(k)
+                if found is None and value_check is not None:
+                    found = value_check(v)
+                if found is not None:
+                    return (f"[{k!r}]{found[0]}", found[1])
+            return None
+
+        return mapping
+    assert isinstance(node, mi.StructType | mi.DataclassType | mi.TypedDictType | mi.NamedTupleType)
+    named = [(f.name, c) for f in node.fields if (c := _compile(f.type, reach, memo)) is not None]
+    if isinstance(node, mi.TypedDictType):
+
+        def typed_dict(value: Any) -> Problem | None:
+            for name, check in named:
+                if name in value:
+                    found = check(value[name])
+                    if found is not None:
+                        return (f"[{name!r}]{found[0]}", found[1])
+            return None
+
+        return typed_dict
+
+    def attributes(value: Any) -> Problem | None:
+        for name, check in named:
+            found = check(getattr(value, name))
+            if found is not None:
+                return (f".{name}{found[0]}", found[1])
+        return None
+
+    return attributes
+
+
+def _accepts(node: mi.Type) -> Callable[[Any], bool]:
+    """Which values a union branch with Any slots takes (msgspec allows one of each kind)."""
+    if isinstance(node, mi.Metadata):
+        return _accepts(node.type)
+    if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType | mi.TupleType):
+        return lambda value: isinstance(value, list | tuple | set | frozenset)
+    if isinstance(node, mi.DictType | mi.TypedDictType):
+        return lambda value: isinstance(value, dict)
+    if isinstance(node, mi.StructType | mi.DataclassType | mi.NamedTupleType):
+        cls = node.cls
+        return lambda value: isinstance(value, cls)
+    return lambda _value: False  # pragma: no cover - other nodes have no Any slots
+
+
+def _plain(value: Any) -> Problem | None:
+    """Refuse what a slot annotated Any would not bring back as itself."""
+    kind: type = type(value)  # pyright: ignore[reportUnknownVariableType]
+    if kind in _PLAIN_SCALARS:
+        return None
+    if kind is list:
+        for index, element in enumerate(value):
+            found = _plain(element)
+            if found is not None:
+                return (f"[{index}]{found[0]}", found[1])
+        return None
+    if kind is dict:
+        for k, v in value.items():
+            found = _plain_key(k) or _plain(v)
+            if found is not None:
+                return (f"[{k!r}]{found[0]}", found[1])
+        return None
+    return ("", f"a {kind.__qualname__} would come back as another type: {_PLAIN_TEXT}; annotate it with its type")
+
+
+def _plain_key(key: Any) -> Problem | None:
+    if type(key) is str:
+        return None
+    return ("", f"a dict key {key!r} that is not a str would come back changed: {_PLAIN_TEXT}; annotate it")
+
+
+# -- finding the culprit (the slow path of a failed encode) --------------------------------
+
+
+def _culprit(encoder: msgspec.msgpack.Encoder, value: Any, depth: int = 0) -> tuple[str, str] | None:
+    """(path, message) of the innermost part of `value` that does not encode, or None."""
+    try:
+        encoder.encode(value)
+    except _ENCODE_ERRORS as err:
+        if depth < 32:  # deeper: a cycle, or deep enough to be named from here
+            for path, part in _parts(value):
+                found = _culprit(encoder, part, depth + 1)
+                if found is not None:
+                    return (path + found[0], found[1])
+        return ("", f"cannot encode {type(value).__qualname__} ({err})")
+    return None
+
+
+def _parts(value: object) -> list[tuple[str, Any]]:
+    if isinstance(value, list | tuple | set | frozenset):
+        return [(f"[{i}]", v) for i, v in enumerate(typing.cast("list[Any]", value))]
+    if isinstance(value, dict):
+        mapping: dict[Any, Any] = value  # pyright: ignore[reportUnknownVariableType]
+        items = mapping.items()
+        return [(f" key {k!r}", k) for k, _ in items] + [(f"[{k!r}]", v) for k, v in items]
+    if attrs.has(type(value)):
+        return [(f".{f.name}", getattr(value, f.name)) for f in attrs.fields(typing.cast("Any", type(value)))]
+    if isinstance(value, msgspec.Struct):
+        return [(f".{name}", getattr(value, name)) for name in value.__struct_fields__]
+    fields: dict[str, Any] | None = getattr(value, "__dataclass_fields__", None)
+    if fields is not None:
+        return [(f".{name}", getattr(value, name)) for name in fields]
+    return []
+
+
+def _split_message(err: Exception) -> tuple[str, str]:
+    """(msgspec's message, the path after ``$``) of a validation error."""
+    text = str(err)
+    match = _AT.match(text)
+    if match is None:
+        return text, ""
+    return match["message"], match["path"]
+
+
+# -- the codec -------------------------------------------------------------------------------
+
+
+@final
+class Codec:
+    """The agent classes a store knows and the encoders of their checkpoints.
+
+    Per store, not global: two stores may name classes differently. A class is
+    registered by `register` (the store does it for the classes given to
+    ``open_store(..., agents=[...])`` and for each agent it runs or spawns); a
+    checkpoint names its class by the registry name, and `resolve` finds it.
+
+    Methods raise `CheckpointError` (a ValueError) naming the key, the class and
+    the field, argument or state concerned.
+    """
+
+    __slots__ = ("_by_name", "_by_type", "_encoder")
+
+    def __init__(self) -> None:
+        """Make an empty registry."""
+        self._by_type: dict[type, _ClassPlan] = {}
+        self._by_name: dict[str, _ClassPlan] = {}
+        self._encoder = msgspec.msgpack.Encoder()
+
+    # -- the registry --------------------------------------------------------------
+
+    def register(self, cls: type[Agent[Any]]) -> str:
+        """Check that `cls` can be checkpointed and register it; return its registry name.
+
+        Idempotent. Every field's annotation (and the output type) is checked
+        here, once; state methods are checked at their first transition.
+
+        Raises:
+            CheckpointError: `cls` is not an attrs agent class, an annotation is
+                not supported, or another class is registered under the same name.
+        """
+        plan = self._by_type.get(cls)
+        if plan is not None:
+            return plan.name
+        return self._register(cls).name
+
+    def _register(self, cls: type[Agent[Any]]) -> _ClassPlan:
+        if not (isinstance(cls, type) and issubclass(cls, Agent)):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise CheckpointError(f"a durable agent must be an Agent subclass, got {cls!r}")
+        if not attrs.has(cls):
+            raise CheckpointError(
+                f"{cls.__qualname__} is not an attrs class: decorate it with @attrs.define "
+                "(its attrs fields are the durable state)"
+            )
+        meta = _meta_of(cls)
+        name = meta.name or f"{cls.__module__}.{cls.__qualname__}"
+        taken = self._by_name.get(name)
+        if taken is not None:
+            raise CheckpointError(
+                f"two agent classes are registered under the name {name!r}: "
+                f"{taken.cls.__module__}.{taken.qualname} and {cls.__module__}.{cls.__qualname__}; "
+                "give one another name with @durable(name=...)"
+            )
+        plan = _ClassPlan(typing.cast("type[Agent[Any]]", cls), name, meta)
+        self._by_type[cls] = plan
+        self._by_name[name] = plan
+        return plan
+
+    def _plan(self, cls: type[Agent[Any]]) -> _ClassPlan:
+        plan = self._by_type.get(cls)
+        return plan if plan is not None else self._register(cls)
+
+    def resolve(self, name: str) -> type[Agent[Any]]:
+        """The class registered under `name`.
+
+        Raises:
+            CheckpointError: no class is registered under `name`.
+        """
+        plan = self._by_name.get(name)
+        if plan is None:
+            raise CheckpointError(self._unknown(name))
+        return plan.cls
+
+    @staticmethod
+    def _unknown(name: str) -> str:
+        return (
+            f"unknown agent class {name!r}: register it: open_store(..., agents=[...]) or run/spawn it once "
+            "(or give the class that name with @durable(name=...))"
+        )
+
+    def version(self, cls: type[Agent[Any]]) -> int:
+        """The checkpoint version of `cls` (1 unless set with `durable`); registers it."""
+        return self._plan(cls).version
+
+    # -- steps ---------------------------------------------------------------------
+
+    def encode_step(self, key: str, agent: Agent[Any], nxt: Next[Any] | None) -> tuple[StepKind, str, bytes]:
+        """Encode the agent's fields and its next transition, checking that they decode back.
+
+        Args:
+            key: the key the agent runs under (for messages).
+            agent: the agent; its class is registered if it is not yet.
+            nxt: the transition it takes: None for the spawn record (BEGIN, fields
+                only), ``Next.events()`` (EVENTS), or a ``do_async``/``do_sync``
+                of one of its own methods (ASYNC/SYNC, with the arguments).
+
+        Returns:
+            (kind, state name or "", payload).
+
+        Raises:
+            CheckpointError: the transition or a value cannot be checkpointed,
+                naming the key, the class and the field or argument.
+        """
+        plan = self._plan(type(agent))
+        state: _StatePlan | None = None
+        args: tuple[Any, ...] = ()
+        mods: _Mods | None = None
+        if nxt is None:
+            kind = _BEGIN
+        else:
+            code = nxt._kind  # noqa: SLF001 - the codec reads transitions as the run loop does
+            if code in (ASYNC, SYNC):
+                kind = _ASYNC if code == ASYNC else _SYNC
+                fn = nxt._fn  # noqa: SLF001
+                # The fast path (a state seen before) inlined: this runs at every transition.
+                state = plan.states.get(fn.__name__) if type(fn) is types.MethodType else None
+                if state is None or fn.__func__ is not state.func or fn.__self__ is not agent:
+                    state = self._state_of(key, plan, agent, fn)
+                args = nxt._args  # noqa: SLF001
+                if not state.fits(len(args)):
+                    raise CheckpointError(
+                        f"key {key!r}: {plan.qualname}.{state.name} takes {state.signature()}, "
+                        f"not {len(args)} argument(s)"
+                    )
+                modifiers = nxt._mods  # noqa: SLF001
+                if modifiers is not None:
+                    mods = self._encode_mods(key, plan, agent, state.name, modifiers)
+            elif code == EVENTS:
+                kind = _EVENTS
+            elif code == PERFORM:
+                raise CheckpointError(
+                    f"key {key!r}: {plan.qualname}: Next.perform(...) cannot be checkpointed "
+                    "(a performer is an object, not a method of the agent): use Next.do_async(self.method, ...)"
+                )
+            else:
+                raise CheckpointError(f"key {key!r}: {plan.qualname}: {nxt!r} is not a step to checkpoint")
+        values = plan.getter(agent)
+        fields = plan.fields_type(*values)  # a struct: encodes as a map, faster to make than a dict
+        try:
+            payload = self._encoder.encode((_FORMAT, fields, mods, *args))
+        except _ENCODE_ERRORS as err:
+            raise self._encode_failure(key, plan, state, values, args) from err
+        decoder = plan.begin_decoder if state is None else (state.decoders.get(len(args)) or state.decoder(len(args)))
+        try:
+            decoder.decode(payload)
+        except Exception as err:  # a value that does not decode under its annotation
+            raise CheckpointError(self._step_mismatch(key, plan, state, err, saving=True)) from err
+        for index, name, check in plan.field_checks:
+            found = check(values[index])
+            if found is not None:
+                raise CheckpointError(f"key {key!r}: {plan.qualname} field {name!r}{found[0]}: {found[1]}")
+        if state is not None and state.checked:
+            for position, arg in enumerate(args):
+                arg_check = state.check(position)
+                if arg_check is not None and (found := arg_check(arg)) is not None:
+                    raise CheckpointError(
+                        f"key {key!r}: {plan.qualname}.{state.name} {state.argument(position)}{found[0]}: {found[1]}"
+                    )
+        return kind, "" if state is None else state.name, payload
+
+    def _state_of(self, key: str, plan: _ClassPlan, agent: Agent[Any], fn: Any) -> _StatePlan:
+        """The plan of the state `fn`, a method of this agent (checked by `_method_name`)."""
+        state = _state_plan(key, plan, self._method_name(key, plan, agent, fn, "state"))
+        assert state is not None
+        return state
+
+    def _method_name(self, key: str, plan: _ClassPlan, agent: Agent[Any], fn: Any, what: str) -> str:
+        """The name of `fn` if it is a method of this agent, as its class names it."""
+        if type(fn) is types.MethodType and fn.__self__ is agent:
+            name = fn.__func__.__name__
+            if plan.method(name) is fn.__func__:
+                return name
+        raise CheckpointError(
+            f"key {key!r}: {plan.qualname} {what} {_describe(fn)}: a checkpointed {what} must be a method "
+            f"of the agent itself, named on its class (Next.do_async(self.method, ...)); not a lambda, closure, "
+            "functools.partial, staticmethod, classmethod, module function or another object's method"
+        )
+
+    def _encode_mods(self, key: str, plan: _ClassPlan, agent: Agent[Any], state: str, mods: Modifiers) -> _Mods:
+        fallback = None if mods.fallback is None else self._method_name(key, plan, agent, mods.fallback, "fallback")
+        policy = mods.retry
+        retry = None
+        if policy is not None:
+            if type(policy) is not RetryPolicy:
+                raise CheckpointError(
+                    f"key {key!r}: {plan.qualname}.{state} .retry(): a {type(policy).__qualname__} cannot be "
+                    "checkpointed (its behaviour is code): use a hybrid.RetryPolicy"
+                )
+            names = tuple(_exception_name(key, plan, state, t) for t in policy.retry_on)
+            retry = _Retry(policy.attempts, policy.initial, policy.factor, policy.max_delay, policy.jitter, names)
+        return _Mods(fallback, retry, mods.timeout)
+
+    def _encode_failure(
+        self,
+        key: str,
+        plan: _ClassPlan,
+        state: _StatePlan | None,
+        values: tuple[Any, ...],
+        args: tuple[Any, ...],
+    ) -> CheckpointError:
+        """Name the value that did not encode (the slow path: each piece on its own)."""
+        for name, value in zip(plan.names, values, strict=True):
+            found = _culprit(self._encoder, value)
+            if found is not None:
+                return CheckpointError(f"key {key!r}: {plan.qualname} field {name!r}{found[0]}: {found[1]}")
+        if state is not None:
+            for position, arg in enumerate(args):
+                found = _culprit(self._encoder, arg)
+                if found is not None:
+                    return CheckpointError(
+                        f"key {key!r}: {plan.qualname}.{state.name} {state.argument(position)}{found[0]}: {found[1]}"
+                    )
+        return CheckpointError(f"key {key!r}: {plan.qualname}: the checkpoint cannot be encoded")  # pragma: no cover
+
+    def _step_mismatch(
+        self, key: str, plan: _ClassPlan, state: _StatePlan | None, err: Exception, *, saving: bool
+    ) -> str:
+        """A message naming where a step payload does not fit the class."""
+        message, path = _split_message(err)
+        where = f"{plan.qualname}" if state is None else f"{plan.qualname}.{state.name}"
+        match = _INDEX.match(path)
+        corrupted = isinstance(err, msgspec.DecodeError) and not isinstance(err, msgspec.ValidationError)
+        if corrupted or (match is None and not saving):
+            text = f"key {key!r}: {where}: the checkpoint is not a valid payload ({message})"
+        elif match is None:  # pragma: no cover - the payload was just encoded with the right shape
+            text = f"key {key!r}: {where}: {message}"
+        else:
+            index, rest = int(match["index"]), match["rest"]
+            if index == 0:
+                text = f"key {key!r}: {where}: unknown checkpoint format ({message})"
+            elif index == 1:
+                named = _NAME.match(rest)
+                if named is not None:
+                    text = f"key {key!r}: {plan.qualname} field {named['name']!r}{named['rest']}: {message}"
+                else:
+                    text = f"key {key!r}: {plan.qualname} fields: {message}"
+            elif index == 2:
+                text = f"key {key!r}: {where} modifiers{rest}: {message}"
+            else:
+                assert state is not None
+                text = f"key {key!r}: {where} {state.argument(index - _HEAD)}{rest}: {message}"
+        if saving:
+            return f"{text} (the value would not come back under its annotation)"
+        return text
+
+    def decode_step(self, checkpoint: Checkpoint) -> tuple[Agent[Any], Next[Any] | None]:
+        """Rebuild a fresh agent from a checkpoint, and the transition it resumes with.
+
+        The agent is made with ``cls(**init fields)`` (validators and
+        ``__attrs_post_init__`` run), its ``init=False`` fields set after. The
+        fields are first passed through the class's ``upgrade`` function if the
+        checkpoint was written by an older version of the class.
+
+        Returns:
+            (agent, transition): None for BEGIN (call ``begin()`` again),
+            ``Next.events()`` for EVENTS, ``Next.do_async(agent.state, *args)``
+            (or ``do_sync``) with its modifiers for ASYNC/SYNC.
+
+        Raises:
+            CheckpointError: the checkpoint does not fit the registered class (an
+                unknown class, a newer version, a missing or extra field, a type
+                mismatch, a state that no longer exists, arguments that no longer
+                fit, corrupted bytes), naming the key, the class and what differs.
+        """
+        key = checkpoint.key
+        plan = self._by_name.get(checkpoint.agent_class)
+        if plan is None:
+            raise CheckpointError(f"key {key!r}: {self._unknown(checkpoint.agent_class)}")
+        payload = checkpoint.payload
+        if checkpoint.version != plan.version:
+            payload = self._upgraded(checkpoint, plan)
+        kind = checkpoint.kind
+        if kind in (_BEGIN, _EVENTS):
+            if checkpoint.state:
+                raise CheckpointError(
+                    f"key {key!r}: {plan.qualname}: a {kind} checkpoint names no state, got {checkpoint.state!r}"
+                )
+            decoded = self._decode(key, plan, None, plan.begin_decoder, payload)
+            agent = self._rebuild(key, plan, decoded[1])
+            return agent, (None if kind == _BEGIN else Next.events())
+        if kind not in (_ASYNC, _SYNC):
+            raise CheckpointError(f"key {key!r}: {plan.qualname}: unknown checkpoint kind {kind!r}")
+        state = _state_plan(key, plan, checkpoint.state)
+        if state is None:
+            raise CheckpointError(
+                f"key {key!r}: {plan.qualname}.{checkpoint.state}: the checkpoint resumes state "
+                f"{checkpoint.state!r}, which is no longer a method of {plan.qualname}"
+            )
+        count = _array_length(payload) - _HEAD
+        if count < 0:
+            raise CheckpointError(f"key {key!r}: {plan.qualname}.{state.name}: the checkpoint is not a valid payload")
+        if not state.fits(count):
+            raise CheckpointError(
+                f"key {key!r}: {plan.qualname}.{state.name}: the checkpoint has {count} argument(s), "
+                f"which no longer fit {state.signature()}"
+            )
+        decoded = self._decode(key, plan, state, state.decoder(count), payload)
+        agent = self._rebuild(key, plan, decoded[1])
+        nxt = self._next(key, plan, state, agent, kind=kind, args=decoded[_HEAD:])
+        mods: _Mods | None = decoded[2]
+        return agent, (nxt if mods is None else self._apply_mods(key, plan, state.name, agent, nxt=nxt, mods=mods))
+
+    def _decode(
+        self,
+        key: str,
+        plan: _ClassPlan,
+        state: _StatePlan | None,
+        decoder: msgspec.msgpack.Decoder[Any],
+        payload: bytes,
+    ) -> tuple[Any, ...]:
+        try:
+            decoded: tuple[Any, ...] = decoder.decode(payload)
+        except Exception as err:  # msgspec's errors, and whatever a value type's own validators raise
+            raise CheckpointError(self._step_mismatch(key, plan, state, err, saving=False)) from err
+        return decoded
+
+    def _rebuild(self, key: str, plan: _ClassPlan, fields: Any) -> Agent[Any]:
+        try:
+            agent = plan.make(fields)
+        except Exception as err:  # a validator refused the saved (or upgraded) fields
+            raise CheckpointError(
+                f"key {key!r}: {plan.qualname}: making the agent from its checkpointed fields raised {err!r}"
+            ) from err
+        if plan.late_names:
+            for name, value in zip(plan.late_names, plan.late_getter(fields), strict=True):
+                object.__setattr__(agent, name, value)
+        return agent
+
+    def _next(
+        self, key: str, plan: _ClassPlan, state: _StatePlan, agent: Agent[Any], *, kind: StepKind, args: tuple[Any, ...]
+    ) -> Next[Any]:
+        fn = getattr(agent, state.name)
+        if kind == _ASYNC:
+            return Next.do_async(fn, *args)
+        try:
+            return Next.do_sync(fn, *args)
+        except InvalidTransition as err:
+            raise CheckpointError(
+                f"key {key!r}: {plan.qualname}.{state.name}: the checkpoint resumes it as a sync state, "
+                f"and it is now an async def: {err}"
+            ) from err
+
+    def _apply_mods(
+        self, key: str, plan: _ClassPlan, state: str, agent: Agent[Any], *, nxt: Next[Any], mods: _Mods
+    ) -> Next[Any]:
+        where = f"key {key!r}: {plan.qualname}.{state} modifiers"
+        if mods.retry is not None:
+            r = mods.retry
+            retry_on = tuple(_exception_type(where, name) for name in r.retry_on)
+            try:
+                policy = RetryPolicy(
+                    attempts=r.attempts,
+                    initial=r.initial,
+                    factor=r.factor,
+                    max_delay=r.max_delay,
+                    jitter=r.jitter,
+                    retry_on=retry_on,
+                )
+            except (TypeError, ValueError) as err:
+                raise CheckpointError(f"{where}: the retry policy is not valid: {err}") from err
+            nxt = nxt.retry(policy)
+        try:
+            if mods.timeout is not None:
+                nxt = nxt.timeout(mods.timeout)
+        except InvalidTransition as err:
+            raise CheckpointError(f"{where}: the timeout is not valid: {err}") from err
+        if mods.fallback is not None:
+            if plan.method(mods.fallback) is None:
+                raise CheckpointError(
+                    f"{where}: the fallback {mods.fallback!r} is no longer a method of {plan.qualname}"
+                )
+            nxt = nxt.fallback(getattr(agent, mods.fallback))
+        return nxt
+
+    def _upgraded(self, checkpoint: Checkpoint, plan: _ClassPlan) -> bytes:
+        """The payload of an older version's checkpoint, its fields upgraded (re-encoded)."""
+        key = checkpoint.key
+        if checkpoint.version > plan.version:
+            raise CheckpointError(
+                f"key {key!r}: {plan.qualname}: the checkpoint was written by version {checkpoint.version} "
+                f"of the class, newer than this one ({plan.version}): resume it with the newer code"
+            )
+        if plan.upgrade is None:
+            return checkpoint.payload  # decoded as it is: it must fit the current fields
+        try:
+            raw: Any = msgspec.msgpack.decode(checkpoint.payload)
+        except msgspec.MsgspecError as err:
+            raise CheckpointError(
+                f"key {key!r}: {plan.qualname}: the checkpoint is not a valid payload ({err})"
+            ) from err
+        if not (isinstance(raw, list) and len(raw) >= _HEAD and isinstance(raw[1], dict)):  # pyright: ignore[reportUnknownArgumentType]
+            raise CheckpointError(f"key {key!r}: {plan.qualname}: the checkpoint is not a valid payload")
+        items: list[Any] = raw  # pyright: ignore[reportUnknownVariableType]
+        try:
+            fields = plan.upgrade(checkpoint.version, items[1])
+        except Exception as err:
+            raise CheckpointError(
+                f"key {key!r}: {plan.qualname}: upgrade from version {checkpoint.version} raised {err!r}"
+            ) from err
+        if not isinstance(fields, dict):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise CheckpointError(
+                f"key {key!r}: {plan.qualname}: upgrade from version {checkpoint.version} must return "
+                f"the fields as a dict, got {fields!r}"
+            )
+        items[1] = fields
+        try:
+            return self._encoder.encode(items)
+        except _ENCODE_ERRORS as err:
+            raise CheckpointError(
+                f"key {key!r}: {plan.qualname}: upgrade from version {checkpoint.version} returned "
+                f"fields that cannot be encoded ({err})"
+            ) from err
+
+    # -- handing a resumed run to another instance ------------------------------------
+
+    def copy_fields(self, source: Agent[Any], target: Agent[Any]) -> None:
+        """Set every attrs field of `target` to the value it has in `source` (same class).
+
+        For an instance made by a supervisor's factory, resumed from a checkpoint
+        decoded into `source`. Set with ``object.__setattr__``: a restore, so no
+        ``on_setattr`` hooks run (and frozen classes work).
+
+        Raises:
+            CheckpointError: the two agents are not of the same class.
+        """
+        if type(source) is not type(target):
+            raise CheckpointError(
+                f"cannot copy the fields of a {type(source).__qualname__} into a {type(target).__qualname__}"
+            )
+        plan = self._plan(type(source))
+        for name, value in zip(plan.names, plan.getter(source), strict=True):
+            object.__setattr__(target, name, value)
+
+    def rebind(self, nxt: Next[Any], agent: Agent[Any]) -> Next[Any]:
+        """The same transition as `nxt` (a decoded one), its state and fallback bound to `agent`.
+
+        Raises:
+            CheckpointError: `nxt` is not a transition `decode_step` returns.
+        """
+        code = nxt._kind  # noqa: SLF001 - see encode_step
+        if code == EVENTS:
+            return nxt
+        plan = self._plan(type(agent))
+        fn = nxt._fn  # noqa: SLF001
+        if code not in (ASYNC, SYNC) or type(fn) is not types.MethodType:
+            raise CheckpointError(f"{plan.qualname}: cannot rebind {nxt!r}: not a decoded step")
+        state = getattr(agent, fn.__func__.__name__)
+        args = nxt._args  # noqa: SLF001
+        rebound = Next.do_async(state, *args) if code == ASYNC else Next.do_sync(state, *args)
+        mods = nxt._mods  # noqa: SLF001
+        if mods is not None:
+            if mods.retry is not None:
+                rebound = rebound.retry(mods.retry)
+            if mods.timeout is not None:
+                rebound = rebound.timeout(mods.timeout)
+            fallback = mods.fallback
+            if fallback is not None:
+                if not isinstance(fallback, types.MethodType):
+                    raise CheckpointError(f"{plan.qualname}: cannot rebind the fallback of {nxt!r}")
+                rebound = rebound.fallback(getattr(agent, fallback.__func__.__name__))
+        return rebound
+
+    # -- outputs ---------------------------------------------------------------------
+
+    def encode_output(self, key: str, agent_cls: type[Agent[Any]], value: Any) -> bytes:
+        """Encode the output of ``Next.done(value)``, checked against the class's ``Agent[T]``.
+
+        Raises:
+            CheckpointError: the value cannot be encoded or would not come back as itself.
+        """
+        plan = self._plan(agent_cls)
+        try:
+            data = self._encoder.encode(value)
+        except _ENCODE_ERRORS as err:
+            found = _culprit(self._encoder, value) or ("", str(err))
+            raise CheckpointError(f"key {key!r}: {plan.qualname} output{found[0]}: {found[1]}") from err
+        try:
+            plan.output_decoder.decode(data)
+        except Exception as err:
+            message, path = _split_message(err)
+            raise CheckpointError(
+                f"key {key!r}: {plan.qualname} output{path}: {message} "
+                f"(the output must be a {_type_text(plan.output_type)}, as in Agent[...])"
+            ) from err
+        if plan.output_check is not None:
+            problem = plan.output_check(value)
+            if problem is not None:
+                raise CheckpointError(f"key {key!r}: {plan.qualname} output{problem[0]}: {problem[1]}")
+        return data
+
+    def decode_output(self, key: str, agent_cls: type[Agent[Any]], data: bytes) -> Any:
+        """Decode an output saved by `encode_output` into the class's ``Agent[T]`` type.
+
+        Raises:
+            CheckpointError: the bytes do not decode into that type.
+        """
+        plan = self._plan(agent_cls)
+        try:
+            return plan.output_decoder.decode(data)
+        except Exception as err:
+            message, path = _split_message(err)
+            raise CheckpointError(
+                f"key {key!r}: {plan.qualname} output{path}: the saved output does not decode into "
+                f"{_type_text(plan.output_type)}: {message}"
+            ) from err
+
+
+def _state_plan(key: str, plan: _ClassPlan, name: str) -> _StatePlan | None:
+    """`plan.state(name)`, its refusal (an annotation it cannot take) naming the key."""
+    try:
+        return plan.state(name)
+    except CheckpointError as err:
+        raise CheckpointError(f"key {key!r}: {err}") from err
+
+
+def _describe(fn: Any) -> str:
+    if isinstance(fn, functools.partial):
+        return f"functools.partial({_describe(fn.func)}, ...)"
+    if type(fn) is types.MethodType:
+        owner = fn.__self__
+        if isinstance(owner, type):
+            return f"{fn.__qualname__} (a classmethod)"
+        return f"{fn.__qualname__} (a method of a {type(owner).__qualname__})"
+    name = getattr(fn, "__qualname__", None)
+    return repr(fn) if name is None else name
+
+
+def _exception_name(key: str, plan: _ClassPlan, state: str, kind: type[BaseException]) -> str:
+    name = f"{kind.__module__}:{kind.__qualname__}"
+    if _find_exception(name) is not kind:
+        raise CheckpointError(
+            f"key {key!r}: {plan.qualname}.{state} .retry(): retry_on type {kind.__qualname__} cannot be "
+            "checkpointed: it must be found by its module and name (define it at module level)"
+        )
+    return name
+
+
+def _find_exception(name: str) -> type[BaseException] | None:
+    """The exception type ``module:qualname`` among modules already imported (never imports one)."""
+    module_name, _, qualname = name.partition(":")
+    found: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        if found is None or not part:
+            return None
+        found = getattr(found, part, None)
+    if isinstance(found, type) and issubclass(found, BaseException):
+        return found
+    return None
+
+
+def _exception_type(where: str, name: str) -> type[BaseException]:
+    found = _find_exception(name)
+    if found is None:
+        raise CheckpointError(
+            f"{where}: retry_on type {name!r} is not an exception type of an imported module "
+            "(import its module before resuming)"
+        )
+    return found
+
+
+def _array_length(payload: bytes) -> int:
+    """The length of the msgpack array `payload` starts with, from its header; -1 if it is none."""
+    if not payload:
+        return -1
+    first = payload[0]
+    if 0x90 <= first <= 0x9F:
+        return first & 0x0F
+    if first == 0xDC and len(payload) >= 3:
+        return int.from_bytes(payload[1:3], "big")
+    if first == 0xDD and len(payload) >= 5:
+        return int.from_bytes(payload[1:5], "big")
+    return -1

@@ -1,0 +1,1 @@
+"""Tests of hybrid.durable: durable agents checkpointed to SQLite or Postgres."""
