@@ -1,0 +1,100 @@
+"""The SQLite backend: one connection in WAL mode with full fsync, on the writer thread.
+
+WAL lets readers in other connections go on while the writer commits, and
+``synchronous=FULL`` fsyncs the log at every commit, so a committed batch
+survives a power cut, not only a killed process. Each write batch opens with
+``BEGIN IMMEDIATE``: it takes the write lock up front, where SQLite's busy
+timeout applies (a deferred transaction that upgrades later can fail at once
+with "database is locked" instead of waiting).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from typing import final
+
+from ._errors import StoreError
+from ._sql import SQLITE, Backend, Cursor, Statements
+
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+"""How long a write waits for another connection's lock before `StoreError` (milliseconds)."""
+
+_SYNCHRONOUS_FULL = 2  # what PRAGMA synchronous reads back for FULL
+
+
+@final
+class SqliteBackend(Backend):
+    """A SQLite file (or ``:memory:``) for the journal.
+
+    Args:
+        path: the database file, created if missing; ``":memory:"`` for a
+            database that lives as long as the journal.
+        busy_timeout_ms: how long to wait for a lock another connection holds
+            before the batch fails with `StoreError`.
+    """
+
+    def __init__(self, path: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> None:
+        self.statements = Statements(SQLITE)
+        self.errors = (sqlite3.Error,)
+        self.description = f"SQLite database {path!r}"
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._connection: sqlite3.Connection | None = None
+        """Set by `open` (on the writer thread, which alone uses it); None once closed."""
+        self._cursor: sqlite3.Cursor | None = None
+        """The connection's one cursor, reused by every batch; None while `_connection` is."""
+
+    def open(self) -> None:
+        self.close()  # opening again starts from a new connection
+        try:
+            # isolation_level=None: the module issues no BEGIN of its own; `begin` does.
+            connection = sqlite3.connect(
+                self._path, timeout=self._busy_timeout_ms / 1000, isolation_level=None, check_same_thread=True
+            )
+        except sqlite3.Error as error:
+            raise StoreError(f"{self.description}: cannot open: {error}") from error
+        self._connection = connection
+        self._cursor = connection.cursor()
+        try:
+            mode = str(connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+            if mode != "wal" and self._path != ":memory:":  # pragma: no cover - a file system without WAL support
+                raise StoreError(f"{self.description}: cannot enable WAL mode (journal_mode is {mode!r})")
+            connection.execute("PRAGMA synchronous=FULL")
+            synchronous = connection.execute("PRAGMA synchronous").fetchone()[0]
+            if synchronous != _SYNCHRONOUS_FULL:  # pragma: no cover - only a broken build refuses it
+                raise StoreError(f"{self.description}: cannot set synchronous=FULL (it reads {synchronous})")
+            cursor = self.begin(writes=True)
+            self.statements.ensure_schema(cursor, self.description)
+            self.commit()
+        except sqlite3.Error as error:
+            self.close()
+            raise StoreError(f"{self.description}: cannot open: {error}") from error
+        except BaseException:
+            self.close()
+            raise
+
+    def begin(self, writes: bool) -> Cursor:
+        assert self._cursor is not None
+        return self._cursor.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+    def commit(self) -> None:
+        assert self._connection is not None
+        self._connection.execute("COMMIT")
+
+    def rollback(self) -> None:
+        connection = self._connection
+        # A failed BEGIN (locked) leaves no transaction to roll back.
+        if connection is not None and connection.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+
+    @property
+    def dropped(self) -> bool:
+        return False  # a file does not drop: each batch just tries again
+
+    def close(self) -> None:
+        connection, self._connection, self._cursor = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
