@@ -65,6 +65,7 @@ from ._instrument import remove_instrument as remove_instrument
 from ._mailbox import RequestCall as RequestCall
 from ._monitors import Ended as Ended
 from ._monitors import Monitor as Monitor
+from ._next import Modifiers as Modifiers
 from ._next import Next as Next
 from ._next import Performer as Performer
 from ._pipeline import Pipeline as Pipeline
@@ -113,6 +114,7 @@ __all__ = [
     "LifecycleError",
     "MailboxFull",
     "MessageKind",
+    "Modifiers",
     "Monitor",
     "NameInUse",
     "Next",

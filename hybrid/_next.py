@@ -45,7 +45,10 @@ _KIND_NAMES: tuple[KindName, ...] = (
 
 @attrs.frozen
 class Modifiers:
-    """The modifiers of one state: fallback, retry policy, timeout."""
+    """The modifiers of one state (`Next.modifiers`): fallback, retry policy, timeout.
+
+    Made by `Next.fallback`, `Next.retry` and `Next.timeout`; None where not set.
+    """
 
     fallback: Callable[[Exception], Next[Any]] | None = None
     retry: RetryPolicy | None = None
@@ -265,6 +268,25 @@ class Next(Generic[A_co]):
     def kind(self) -> KindName:
         """The kind of transition, as the name of its constructor (``"do_async"``...)."""
         return _KIND_NAMES[self._kind]
+
+    @property
+    def function(self) -> Any:
+        """The state's function (`do_async`, `do_sync`) or performer (`perform`); None for other transitions.
+
+        For those who read transitions (checkpointers, instruments), not to
+        run them: the run loop calls it with `args`.
+        """
+        return self._fn
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """The state's arguments, as given to `do_async`/`do_sync` (empty for other transitions)."""
+        return self._args
+
+    @property
+    def modifiers(self) -> Modifiers | None:
+        """The state's fallback, retry policy and timeout; None when it has none."""
+        return self._mods
 
     @property
     def is_state(self) -> bool:

@@ -1,4 +1,4 @@
-"""The outer modules (diagrams, slowsteps, metrics, tracing, service) use public names; the core never imports them."""
+"""The outer modules (diagrams, slowsteps, metrics, tracing, service, durable) use public names; the core never imports them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import hybrid
 from tests.test_layering import PACKAGE
 
-OUTER = ["diagrams", "slowsteps", "metrics", "tracing", "service"]
+OUTER = ["diagrams", "slowsteps", "metrics", "tracing", "service", "durable"]
 ALLOWED_PRIVATE = {"_validate"}  # the argument checks every entry point shares
 
 

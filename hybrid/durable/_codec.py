@@ -61,10 +61,8 @@ import attrs
 import msgspec
 import msgspec.inspect as mi
 
-from .._agent import Agent
-from .._exceptions import InvalidTransition
-from .._next import ASYNC, EVENTS, PERFORM, SYNC, Modifiers, Next
-from .._retry import RetryPolicy
+from hybrid import Agent, InvalidTransition, Modifiers, Next, RetryPolicy
+
 from ._errors import CheckpointError
 from ._records import Checkpoint, StepKind
 
@@ -891,26 +889,26 @@ class Codec:
         if nxt is None:
             kind = _BEGIN
         else:
-            code = nxt._kind  # noqa: SLF001 - the codec reads transitions as the run loop does
-            if code in (ASYNC, SYNC):
-                kind = _ASYNC if code == ASYNC else _SYNC
-                fn = nxt._fn  # noqa: SLF001
+            code = nxt.kind
+            if code in ("do_async", "do_sync"):
+                kind = _ASYNC if code == "do_async" else _SYNC
+                fn = nxt.function
                 # The fast path (a state seen before) inlined: this runs at every transition.
                 state = plan.states.get(fn.__name__) if type(fn) is types.MethodType else None
                 if state is None or fn.__func__ is not state.func or fn.__self__ is not agent:
                     state = self._state_of(key, plan, agent, fn)
-                args = nxt._args  # noqa: SLF001
+                args = nxt.args
                 if not state.fits(len(args)):
                     raise CheckpointError(
                         f"key {key!r}: {plan.qualname}.{state.name} takes {state.signature()}, "
                         f"not {len(args)} argument(s)"
                     )
-                modifiers = nxt._mods  # noqa: SLF001
+                modifiers = nxt.modifiers
                 if modifiers is not None:
                     mods = self._encode_mods(key, plan, agent, state.name, modifiers)
-            elif code == EVENTS:
+            elif code == "events":
                 kind = _EVENTS
-            elif code == PERFORM:
+            elif code == "perform":
                 raise CheckpointError(
                     f"key {key!r}: {plan.qualname}: Next.perform(...) cannot be checkpointed "
                     "(a performer is an object, not a method of the agent): use Next.do_async(self.method, ...)"
@@ -1220,17 +1218,17 @@ class Codec:
         Raises:
             CheckpointError: `nxt` is not a transition `decode_step` returns.
         """
-        code = nxt._kind  # noqa: SLF001 - see encode_step
-        if code == EVENTS:
+        code = nxt.kind
+        if code == "events":
             return nxt
         plan = self._plan(type(agent))
-        fn = nxt._fn  # noqa: SLF001
-        if code not in (ASYNC, SYNC) or type(fn) is not types.MethodType:
+        fn = nxt.function
+        if code not in ("do_async", "do_sync") or type(fn) is not types.MethodType:
             raise CheckpointError(f"{plan.qualname}: cannot rebind {nxt!r}: not a decoded step")
         state = getattr(agent, fn.__func__.__name__)
-        args = nxt._args  # noqa: SLF001
-        rebound = Next.do_async(state, *args) if code == ASYNC else Next.do_sync(state, *args)
-        mods = nxt._mods  # noqa: SLF001
+        args = nxt.args
+        rebound = Next.do_async(state, *args) if code == "do_async" else Next.do_sync(state, *args)
+        mods = nxt.modifiers
         if mods is not None:
             if mods.retry is not None:
                 rebound = rebound.retry(mods.retry)
