@@ -29,7 +29,7 @@ def load(name: str) -> ModuleType:
 
 def test_every_example_is_covered_by_this_file() -> None:
     names = {path.stem for path in EXAMPLES.glob("*.py")}
-    tested = {"fsm", "monitor", "server_client", "retry_download", "parallel_cpu", "service", "crawler"}
+    tested = {"fsm", "monitor", "server_client", "retry_download", "parallel_cpu", "service", "crawler", "durable_orders"}
     assert names == tested
 
 
@@ -173,3 +173,20 @@ async def test_crawler_without_progress_prints_no_progress_line(capsys: pytest.C
 def test_trio_is_the_only_event_loop_used() -> None:
     assert "asyncio" not in "".join(path.read_text() for path in EXAMPLES.glob("*.py"))
     assert trio.__name__ == "trio"
+
+
+def test_durable_orders_resumes_a_killed_batch_and_charges_each_order_once() -> None:
+    """The first process dies by SIGKILL mid-way; the second resumes the rest; one charge per order."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "durable_orders.py")], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stdout.splitlines()
+    assert lines[0] == "first process: killed by signal 9"
+    resumed = re.fullmatch(r"resumed (\d+) unfinished orders", lines[1])
+    assert resumed is not None and 0 < int(resumed[1]) < 12  # some had finished before the crash, some not
+    assert lines[2:14] == [f"  o-{i}: shipped, charged {(1000 + 125 * i) / 100:.2f}" for i in range(12)]
+    assert lines[14] == "charges in the ledger: 12 for 12 orders"
+    assert lines[15].startswith("what happened to o-")  # an order whose charge ran before and after the crash
+    kinds = [line.split()[4:] for line in lines[16:]]  # after the time, "epoch", its number and "#seq"
+    assert kinds[:3] == [["spawned"], ["async", "reserve"], ["sync", "charge"]]
+    assert ["resumed"] in kinds and kinds[-1] == ["done"]
