@@ -66,7 +66,12 @@ class Checkpointer(Protocol):
         ...
 
     async def handled(self, agent: Any) -> None:
-        """After each message the agent handled in actor mode (its fields may have changed)."""
+        """After each message the agent handled in actor mode (its fields may have changed).
+
+        Not called for the messages an agent handles while it finishes (after
+        ``Next.done``, say): its ending is what `ended` records then, and a
+        crash before that resumes the state that chose the ending.
+        """
         ...
 
     async def ended(self, agent: Any, reason: StopReason, output: Any) -> None:

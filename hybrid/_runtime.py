@@ -675,7 +675,9 @@ class Runtime:
                     start = None  # the "interrupt" transition reports it
                 if start is not None:
                     self._report(message, start)
-                if checkpointer is not None:
+                if checkpointer is not None and not draining:
+                    # Not while finishing: the ending (`ended`) is what is recorded then,
+                    # and a crash before it resumes the last state, which chose it.
                     await checkpointer.handled(agent)
                 count += 1
                 if count >= FAIRNESS:

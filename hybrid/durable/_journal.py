@@ -668,15 +668,19 @@ def _backend(url: str) -> Backend:
         path, _, query = rest.partition("?")
         options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=False))
         busy_timeout = options.pop("busy_timeout", str(DEFAULT_BUSY_TIMEOUT_MS))
+        synchronous = options.pop("synchronous", "full").lower()
         if options:
-            raise ValueError(f"unknown SQLite URL option(s): {', '.join(sorted(options))} (known: busy_timeout)")
+            known = "busy_timeout, synchronous"
+            raise ValueError(f"unknown SQLite URL option(s): {', '.join(sorted(options))} (known: {known})")
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f"synchronous must be full or normal, not {synchronous!r}")
         try:
             busy_timeout_ms = int(busy_timeout)
         except ValueError:
             raise ValueError(f"busy_timeout must be a number of milliseconds, not {busy_timeout!r}") from None
         if busy_timeout_ms < 0:
             raise ValueError(f"busy_timeout must be >= 0 milliseconds, not {busy_timeout_ms}")
-        return SqliteBackend(path or ":memory:", busy_timeout_ms=busy_timeout_ms)
+        return SqliteBackend(path or ":memory:", busy_timeout_ms=busy_timeout_ms, fsync=synchronous == "full")
     if scheme in ("postgresql", "postgres"):
         from ._postgres import PostgresBackend  # noqa: PLC0415 - psycopg is an extra: import it only when asked
 
@@ -694,9 +698,12 @@ async def open_journal(url: str) -> AsyncGenerator[Journal]:
             - a file path, or ``sqlite:///relative/path`` / ``sqlite:////absolute/path``
               (SQLAlchemy's convention), or ``sqlite:///:memory:`` (a database
               that lives as long as the journal): SQLite in WAL mode with full
-              fsync. One URL option: ``?busy_timeout=MS``, how long a write waits
+              fsync. URL options: ``?busy_timeout=MS``, how long a write waits
               for a lock another connection holds before it fails with
-              `StoreError` (default 5000).
+              `StoreError` (default 5000); ``?synchronous=normal``, commits
+              without an fsync each (SQLite's ``synchronous=NORMAL`` in WAL
+              mode): a commit survives a killed process, not a power cut or
+              an OS crash, and costs a fraction (the default is ``full``).
             - ``postgresql://...`` or ``postgres://...``: a libpq URL; its query
               parameters go to libpq (``connect_timeout`` defaults to 10 s).
               Needs the ``durable-postgres`` extra (psycopg 3).

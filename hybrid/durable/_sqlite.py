@@ -20,7 +20,7 @@ from ._sql import SQLITE, Backend, Cursor, Statements
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 """How long a write waits for another connection's lock before `StoreError` (milliseconds)."""
 
-_SYNCHRONOUS_FULL = 2  # what PRAGMA synchronous reads back for FULL
+_SYNCHRONOUS = {True: ("FULL", 2), False: ("NORMAL", 1)}  # fsync per commit: the pragma and what it reads back
 
 
 @final
@@ -32,14 +32,19 @@ class SqliteBackend(Backend):
             database that lives as long as the journal.
         busy_timeout_ms: how long to wait for a lock another connection holds
             before the batch fails with `StoreError`.
+        fsync: fsync the log at every commit (``synchronous=FULL``, the
+            default); False for ``synchronous=NORMAL``: in WAL mode a commit
+            then survives a killed process (it is in the OS's cache), not a
+            power cut or an OS crash.
     """
 
-    def __init__(self, path: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> None:
+    def __init__(self, path: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS, fsync: bool = True) -> None:
         self.statements = Statements(SQLITE)
         self.errors = (sqlite3.Error,)
         self.description = f"SQLite database {path!r}"
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
+        self._fsync = fsync
         self._connection: sqlite3.Connection | None = None
         """Set by `open` (on the writer thread, which alone uses it); None once closed."""
         self._cursor: sqlite3.Cursor | None = None
@@ -60,10 +65,11 @@ class SqliteBackend(Backend):
             mode = str(connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
             if mode != "wal" and self._path != ":memory:":  # pragma: no cover - a file system without WAL support
                 raise StoreError(f"{self.description}: cannot enable WAL mode (journal_mode is {mode!r})")
-            connection.execute("PRAGMA synchronous=FULL")
+            name, value = _SYNCHRONOUS[self._fsync]
+            connection.execute(f"PRAGMA synchronous={name}")
             synchronous = connection.execute("PRAGMA synchronous").fetchone()[0]
-            if synchronous != _SYNCHRONOUS_FULL:  # pragma: no cover - only a broken build refuses it
-                raise StoreError(f"{self.description}: cannot set synchronous=FULL (it reads {synchronous})")
+            if synchronous != value:  # pragma: no cover - only a broken build refuses it
+                raise StoreError(f"{self.description}: cannot set synchronous={name} (it reads {synchronous})")
             cursor = self.begin(writes=True)
             self.statements.ensure_schema(cursor, self.description)
             self.commit()
