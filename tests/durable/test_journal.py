@@ -507,6 +507,7 @@ async def test_a_database_with_a_newer_schema_version_is_refused(journal_url: st
         ("sqlite:///x.db?fsync=no", "unknown SQLite URL option"),
         ("sqlite:///x.db?busy_timeout=soon", "busy_timeout must be a number"),
         ("sqlite:///x.db?busy_timeout=-1", "busy_timeout must be >= 0"),
+        ("sqlite:///x.db?synchronous=off", "synchronous must be full or normal"),
         ("postgresql://[broken", "invalid Postgres URL"),
     ],
 )
@@ -539,6 +540,21 @@ async def test_sqlite_urls_follow_sqlalchemy_and_memory_needs_no_file(
         if path is not None:
             assert path.exists()
     assert not (tmp_path / ":memory:").exists()
+
+
+@pytest.mark.parametrize(("option", "expected"), [("", 2), ("?synchronous=full", 2), ("?synchronous=NORMAL", 1)])
+async def test_sqlite_fsyncs_every_commit_unless_the_url_asks_for_synchronous_normal(
+    tmp_path: Path, option: str, expected: int
+) -> None:
+    """SQLite runs with synchronous=FULL (2) by default and NORMAL (1) with ?synchronous=normal; both in WAL mode."""
+    async with open_journal(f"sqlite:///{tmp_path / 'j.db'}{option}") as journal:
+        await claim(journal, "k")
+
+        def read(cursor: Any) -> tuple[object, object]:  # the writer's own sqlite3 cursor
+            return cursor.execute("PRAGMA synchronous").fetchone(), cursor.execute("PRAGMA journal_mode").fetchone()
+
+        pragmas = await journal._call(read, writes=False)
+    assert pragmas == ((expected,), ("wal",))
 
 
 async def test_journal_and_pending_have_no_public_constructor() -> None:
