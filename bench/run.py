@@ -12,6 +12,8 @@ Options:
                    ``asyncio`` (hand-written asyncio on the selected workloads, all if none),
                    ``agents`` (LangGraph, pydantic-graph, autogen-core) and ``scaling``
     --no-peers     skip the other libraries: the ``peers`` and ``agents`` sections
+
+W9 (durable transitions) is ``bench/durable.py``, also run alone: ``python -m bench.durable``.
 """
 
 from __future__ import annotations
@@ -36,8 +38,12 @@ import trio
 
 import hybrid
 from bench import agent_peers, asyncio_side, scaling
+from bench import durable as durable_bench
 from bench import peers as peers_module
-from bench.workloads import WORKLOADS
+from bench.workloads import WORKLOADS as CORE_WORKLOADS
+
+# W9 lives in bench/durable.py (a disk, Postgres if reachable, LangGraph if installed), beside W1-W8.
+WORKLOADS = {**CORE_WORKLOADS, "W9": durable_bench.run_w9}
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
 SECTIONS = ["peers", "asyncio", "agents", "scaling"]
@@ -203,6 +209,9 @@ def table(results: dict[str, Any]) -> str:
             )
             first = False
     lines = _grid(header, rows) if rows else []
+    w9 = results["workloads"].get("W9")
+    if w9 is not None:  # the cases behind W9's rows: "hybrid" is the durable side, "trio" the same without a store
+        lines += ["", *durable_bench.table_lines(w9)]
     peers = results.get("peers")
     if peers:
         p = peers["params"]

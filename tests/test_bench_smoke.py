@@ -21,6 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # bench/ is a top-level package of the repo, not installed
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench import durable as durable_bench  # noqa: E402
 from bench import peers, run, workloads  # noqa: E402
 from bench._harness import BenchError, alternate, check, percentile, scaled  # noqa: E402
 
@@ -76,6 +77,12 @@ def test_w7_machine_runs_produce_every_output_on_both_sides() -> None:
 def test_w8_pipelines_deliver_every_item_on_both_sides() -> None:
     assert workloads.hybrid_pipeline(50)["total"] == 50 * 50
     assert workloads.trio_pipeline(50)["total"] == 50 * 50
+
+
+def test_w9_durable_transitions_run_every_case_on_sqlite(tmp_path: Path) -> None:
+    """W9 at a tiny size, without Postgres: every case runs (its own checks count each transition)."""
+    entry = durable_bench.measure(0.01, 1, 0, directory=tmp_path, use_postgres=False)
+    assert entry["metrics"]
 
 
 def test_peers_that_are_installed_tell_and_ask_and_the_others_are_skipped_with_a_note() -> None:
