@@ -434,6 +434,10 @@ class Runtime:
                                     f"state {self.state!r} of {self.name} must return a Next, got {nxt!r}"
                                 )
                             if self.next is not None or (self.interrupts and not self.interrupt_handled):
+                                if checkpointer is not None and self.next is None and nxt._kind <= EVENTS:
+                                    # Interrupted: the agent ends instead of taking `nxt`, but it is
+                                    # where a resumed run goes on (the finished state does not run again).
+                                    await checkpointer.transition(agent, nxt)
                                 nxt = self._after_step(nxt)
                         elif kind == EVENTS:
                             self.phase = EVENTS_PHASE
@@ -629,17 +633,27 @@ class Runtime:
                 elif message_type is RequestCall:
                     call = cast("RequestCall[Any]", message)
                     if call._take():  # else its caller gave up before it was handled
+                        answer: outcome.Outcome[Any]
                         try:
-                            value = await call._handler(agent, call._request)
+                            answer = outcome.Value(await call._handler(agent, call._request))
                         except Exception as error:
                             if start is not None:
                                 self._failed(message, error)
-                            call._complete(outcome.Error(error))
+                            answer = outcome.Error(error)
                         except BaseException:
                             call._fail_stopped()
                             raise
-                        else:
-                            call._complete(outcome.Value(value))
+                        if checkpointer is not None and not draining:
+                            # A durable agent answers once what the handler changed is saved.
+                            try:
+                                await checkpointer.handled(agent)
+                            except Exception as error:
+                                call._complete(outcome.Error(error))
+                                raise
+                            except BaseException:
+                                call._fail_stopped()
+                                raise
+                        call._complete(answer)
                     else:
                         start = None  # nothing was handled: nothing to report
                 elif message_type is Tick:
@@ -675,9 +689,10 @@ class Runtime:
                     start = None  # the "interrupt" transition reports it
                 if start is not None:
                     self._report(message, start)
-                if checkpointer is not None and not draining:
-                    # Not while finishing: the ending (`ended`) is what is recorded then,
-                    # and a crash before it resumes the last state, which chose it.
+                if checkpointer is not None and not draining and message_type is not RequestCall:
+                    # (A request's changes were saved before its answer went, above.) Not while
+                    # finishing: the ending (`ended`) is what is recorded then, and a crash
+                    # before it resumes the last state, which chose it.
                     await checkpointer.handled(agent)
                 count += 1
                 if count >= FAIRNESS:

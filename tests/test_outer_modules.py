@@ -1,4 +1,7 @@
-"""The outer modules (diagrams, slowsteps, metrics, tracing, service, durable) use public names; the core never imports them."""
+"""The outer modules (diagrams, slowsteps, metrics, tracing, service, durable) use public names only.
+
+The core never imports them.
+"""
 
 from __future__ import annotations
 
