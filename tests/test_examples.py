@@ -29,7 +29,16 @@ def load(name: str) -> ModuleType:
 
 def test_every_example_is_covered_by_this_file() -> None:
     names = {path.stem for path in EXAMPLES.glob("*.py")}
-    tested = {"fsm", "monitor", "server_client", "retry_download", "parallel_cpu", "service", "crawler", "durable_orders"}
+    tested = {
+        "fsm",
+        "monitor",
+        "server_client",
+        "retry_download",
+        "parallel_cpu",
+        "service",
+        "crawler",
+        "durable_orders",
+    }
     assert names == tested
 
 
