@@ -13,7 +13,7 @@ import threading
 import types
 import uuid
 from collections.abc import Callable
-from typing import Annotated, Any, Generic, Literal, NamedTuple, TypedDict, TypeVar
+from typing import Annotated, Any, Generic, Literal, NamedTuple, TypedDict, TypeVar, cast
 
 import attrs
 import hypothesis.strategies as st
@@ -1173,3 +1173,253 @@ def test_a_state_parameter_msgspec_cannot_handle_is_refused_at_its_first_transit
     with socket.socket() as sock:
         message = str(refusal(lambda: Codec().encode_step("k", agent, Next.do_async(agent.listen, sock))))
     assert message.startswith("key 'k': BadState.listen argument 'conn': type socket")
+
+
+# -- the remaining corners: signatures, annotations, tampered checkpoints ---------------------------
+
+
+def tampered(saved: Checkpoint, index: int, value: Any) -> Checkpoint:
+    """`saved` with item `index` of its payload array replaced, as a damaged or hostile store would."""
+    items: list[Any] = msgspec.msgpack.decode(saved.payload)
+    items[index] = value
+    return attrs.evolve(saved, payload=msgspec.msgpack.encode(items))
+
+
+@attrs.define
+class Signatures(Agent[None]):
+    async def spread(*numbers: Any) -> Next[Any]:  # no self: the bound agent is numbers[0]
+        return Next.done()
+
+    async def flagged(self, n: int, *, loud: bool = False, **extra: Any) -> Next[Self]:
+        return Next.done()
+
+
+def test_a_state_with_only_star_args_takes_every_argument_as_its_element_type() -> None:
+    """``def spread(*numbers: Any)``: no self to skip; each saved argument is checked as an Any slot."""
+    agent = Signatures()
+    resumed, back = roundtrip(agent, Next.do_async(agent.spread, 1, ["x"]))
+    assert back is not None
+    assert back._args == (1, ["x"])
+    assert back._fn.__self__ is resumed
+    message = str(refusal(lambda: Codec().encode_step("k", agent, step(agent.spread, 1, (2,)))))
+    assert "Signatures.spread argument *numbers (position 1): a tuple" in message
+
+
+def test_keyword_only_and_star_star_parameters_take_no_positional_argument() -> None:
+    """``flagged(self, n, *, loud, **extra)`` takes exactly one positional argument."""
+    agent = Signatures()
+    assert roundtrip(agent, Next.do_async(agent.flagged, 1))[1] is not None
+    message = str(refusal(lambda: Codec().encode_step("k", agent, step(agent.flagged, 1, True))))
+    assert "Signatures.flagged takes flagged(n), not 2 argument(s)" in message
+
+
+# Fields given by `these`, as attrs allows: the class body annotates neither of them.
+@attrs.define(these={"loose": attrs.field(default=None), "typed": attrs.field(type=int, default=0)})
+class Unannotated(Agent[None]):
+    pass
+
+
+def test_fields_without_annotations_are_any_or_their_attrs_type() -> None:
+    """``attrs.field()``: an Any slot; ``attrs.field(type=int)``: an int, though not annotated."""
+    agent = attrs.evolve(Unannotated(), loose=[1, {"a": None}], typed=3)
+    assert roundtrip(agent, None)[0] == agent
+    loose = attrs.evolve(Unannotated(), loose=(1,))
+    assert "Unannotated field 'loose': a tuple" in str(refusal(lambda: Codec().encode_step("k", loose, None)))
+    typed = attrs.evolve(Unannotated(), typed="3")
+    message = str(refusal(lambda: Codec().encode_step("k", typed, None)))
+    assert "Unannotated field 'typed': Expected `int`, got `str`" in message
+
+
+class Mixin:
+    pass
+
+
+@attrs.define
+class Mixed(Mixin, Agent[int]):
+    pass
+
+
+@attrs.define
+class Wrapper(Agent[T], Generic[T]):
+    pass
+
+
+@attrs.define
+class IntWrapper(Wrapper[int]):
+    pass
+
+
+def test_the_output_type_is_found_past_a_mixin_and_through_a_type_variable() -> None:
+    """``Mixed(Mixin, Agent[int])`` and ``IntWrapper(Wrapper[int])`` with ``Wrapper(Agent[T])``: int."""
+    codec = Codec()
+    for cls in (Mixed, IntWrapper):
+        assert codec.decode_output("k", cls, codec.encode_output("k", cls, 7)) == 7
+        message = str(refusal(functools.partial(codec.encode_output, "k", cls, "x")))
+        assert f"{cls.__qualname__} output: Expected `int`, got `str`" in message
+    assert "Wrapper output: a tuple" in str(refusal(lambda: codec.encode_output("k", Wrapper, (1,))))
+
+
+class Extras(TypedDict, total=False):
+    note: Any
+    count: int
+
+
+@attrs.define
+class Corners(Agent[None]):
+    noted: Annotated[list[Any], msgspec.Meta(description="notes")] | None = None
+    either: int | Any = 0
+    counts: dict[Any, int] = attrs.field(factory=dict[Any, int])
+    extras: Extras = attrs.field(factory=Extras)
+
+
+def test_any_slots_under_metadata_unions_with_any_any_keys_and_partial_typed_dicts_are_checked() -> None:
+    """Annotated with Meta, ``int | Any``, ``dict[Any, int]``, a total=False TypedDict: walked, named."""
+    good = Corners(noted=[{"a": [1]}], either=[1], counts={"a": 1}, extras={"note": [2], "count": 1})
+    assert roundtrip(good, None)[0] == good
+    assert roundtrip(Corners(extras={"count": 1}), None)[0] == Corners(extras={"count": 1})
+    cases: list[tuple[Corners, str]] = [
+        (Corners(noted=[(1,)]), "Corners field 'noted'[0]: a tuple"),
+        (Corners(either=(1,)), "Corners field 'either': a tuple"),
+        (Corners(counts={1: 2}), "Corners field 'counts'[1]: a dict key 1 that is not a str"),
+        (Corners(extras={"note": {3}}), "Corners field 'extras'['note']: a set"),
+    ]
+    for agent, expected in cases:
+        assert expected in str(refusal(functools.partial(Codec().encode_step, "k", agent, None)))
+
+
+def test_a_value_that_would_change_type_deep_in_an_any_list_is_named_by_its_path() -> None:
+    """A tuple inside a list inside a field annotated Any."""
+    message = str(refusal(lambda: Codec().encode_step("k", Loose(data=[1, [2, (3,)]]), None)))
+    assert "Loose field 'data'[1][1]: a tuple" in message
+
+
+def test_a_cyclic_value_is_refused_naming_a_path_into_the_cycle() -> None:
+    """A list holding itself: a CheckpointError (the search stops at depth 32), never a crash."""
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    message = str(refusal(lambda: Codec().encode_step("k", Loose(data=cyclic), None)))
+    assert f"Loose field 'data'{'[0]' * 32}: cannot encode list" in message
+
+
+@attrs.define
+class LoudCheckout(Checkout):
+    async def charge(self, cents: int) -> Next[Self]:
+        return await super().charge(cents + 1)
+
+
+def test_a_parent_method_a_subclass_overrides_is_refused_as_a_state() -> None:
+    """``super().charge``: resuming it by name would run the override instead."""
+    agent = LoudCheckout("o")
+    parent = super(LoudCheckout, agent).charge
+    message = str(refusal(lambda: Codec().encode_step("k", agent, Next.do_async(parent, 1))))
+    assert "key 'k': LoudCheckout state Checkout.charge (a method of a LoudCheckout)" in message
+    assert "must be a method of the agent itself" in message
+
+
+def test_a_checkpoint_of_an_unknown_kind_is_refused() -> None:
+    """A kind this codec does not know (a newer release's, or a damaged row)."""
+    agent = Checkout("o")
+    saved = attrs.evolve(save(Codec(), agent, Next.do_async(agent.charge, 5)), kind=cast(StepKind, "later"))
+    assert "key 'k': Checkout: unknown checkpoint kind 'later'" in str(refusal(lambda: resumed_by(Checkout, saved)))
+
+
+def test_a_non_minimal_array32_header_is_read() -> None:
+    """msgpack allows array 32 for four items: the arguments are counted from it all the same."""
+    agent = Checkout("o", 3)
+    saved = save(Codec(), agent, Next.do_async(agent.charge, 5))
+    assert saved.payload[0] == 0x94
+    widened = attrs.evolve(saved, payload=b"\xdd\x00\x00\x00\x04" + saved.payload[1:])
+    resumed, back = resumed_by(Checkout, widened)
+    assert resumed == agent
+    assert back is not None
+    assert back._args == (5,)
+
+
+def test_modifiers_set_alone_come_back_alone() -> None:
+    """A retry without timeout, a fallback without retry: nothing else appears on the resumed Next."""
+    agent = Checkout("o")
+    _, back = roundtrip(agent, Next.do_async(agent.charge, 5).retry(RetryPolicy(attempts=2)))
+    assert back is not None
+    assert back._mods is not None
+    assert back._mods.retry == RetryPolicy(attempts=2)
+    assert (back._mods.timeout, back._mods.fallback) == (None, None)
+    resumed, back = roundtrip(agent, Next.do_async(agent.charge, 5).fallback(agent.give_up))
+    assert isinstance(resumed, Checkout)
+    assert back is not None
+    assert back._mods is not None
+    assert back._mods.fallback == resumed.give_up
+    assert (back._mods.timeout, back._mods.retry) == (None, None)
+
+
+def test_damaged_modifiers_are_refused_naming_what_is_wrong() -> None:
+    """Not an array, an invalid policy or timeout, a fallback or retry_on type that no longer exists."""
+    agent = Checkout("o")
+    saved = save(Codec(), agent, Next.do_async(agent.charge, 5).retry(RetryPolicy()).timeout(3))
+    fine: list[Any] = msgspec.msgpack.decode(saved.payload)[2]
+    retry: list[Any] = fine[1]
+    assert resumed_by(Checkout, tampered(saved, 2, fine))[1] is not None
+    where = "key 'k': Checkout.charge modifiers"
+    cases: list[tuple[Any, str]] = [
+        ("bad", f"{where}: Expected `array | null`, got `str`"),
+        ([None, [0, *retry[1:]], None], f"{where}: the retry policy is not valid: attempts"),
+        ([None, None, -1.0], f"{where}: the timeout is not valid: timeout must be a number of seconds > 0"),
+        (["nope", None, None], f"{where}: the fallback 'nope' is no longer a method of Checkout"),
+        ([None, [*retry[:5], ["builtins:len"]], None], f"{where}: retry_on type 'builtins:len' is not an exception"),
+        ([None, [*retry[:5], ["no_such_module:Error"]], None], "retry_on type 'no_such_module:Error' is not"),
+        ([None, [*retry[:5], ["builtins:"]], None], "retry_on type 'builtins:' is not"),
+    ]
+    for mods, expected in cases:
+        assert expected in str(refusal(functools.partial(resumed_by, Checkout, tampered(saved, 2, mods))))
+
+
+def test_an_older_checkpoint_that_is_not_a_payload_is_refused_before_its_upgrade() -> None:
+    """Bytes that are not msgpack, or msgpack that is not a step array with a fields map."""
+    saved = save(Codec(), Evolving("o", 3), None)
+    UPGRADES.clear()
+    message = str(refusal(lambda: resumed_by(EvolvingV2, attrs.evolve(saved, payload=b"\xc1"))))
+    assert message.startswith("key 'k': EvolvingV2: the checkpoint is not a valid payload (")
+    for data in ({"order": "o"}, [1, ["o", 3], None], [1]):
+        damaged = attrs.evolve(saved, payload=msgspec.msgpack.encode(data))
+        message = str(refusal(functools.partial(resumed_by, EvolvingV2, damaged)))
+        assert message == "key 'k': EvolvingV2: the checkpoint is not a valid payload"
+    assert UPGRADES == []
+
+
+def huge_upgrade(old: int, fields: dict[str, Any]) -> dict[str, Any]:
+    return {"order": fields["order"], "total": 2**64}
+
+
+@durable(name="evolving", version=2, upgrade=huge_upgrade)
+@attrs.define
+class EvolvingHugeUpgrade(Agent[None]):
+    order: str
+    total: int = 0
+
+
+def test_an_upgrade_that_returns_unencodable_fields_is_refused() -> None:
+    """An int beyond 64 bits from the upgrade function: named as its fault."""
+    saved = save(Codec(), Evolving("o", 3), None)
+    error = refusal(lambda: resumed_by(EvolvingHugeUpgrade, saved))
+    assert "EvolvingHugeUpgrade: upgrade from version 1 returned fields that cannot be encoded" in str(error)
+    assert error.__cause__ is not None
+
+
+def test_rebind_refuses_a_fallback_that_is_not_a_method() -> None:
+    """A decoded step's fallback is always a method; a lambda one is not a decoded step."""
+    agent = Checkout("o")
+    nxt = Next.do_async(agent.charge, 1).fallback(lambda error: Next.done("x"))
+    assert "Checkout: cannot rebind the fallback" in str(refusal(lambda: Codec().rebind(nxt, Checkout("p"))))
+
+
+def test_rebind_keeps_a_sync_step_without_modifiers_as_it_is() -> None:
+    """A decoded do_sync step with no modifiers: the same kind and arguments, bound to the target, no modifiers."""
+    codec = Codec()
+    agent = Checkout("o")
+    _, back = codec.decode_step(save(codec, agent, Next.do_sync(agent.count, "t", 1)))
+    assert back is not None
+    target = Checkout("p")
+    rebound = codec.rebind(back, target)
+    assert rebound.kind == "do_sync"
+    assert rebound._fn.__self__ is target
+    assert rebound._args == ("t", 1)
+    assert rebound._mods is None
