@@ -87,3 +87,17 @@ def summary(samples: Sequence[Sample], keys: Sequence[str]) -> dict[str, Any]:
     result: dict[str, Any] = {key: median(samples, key) for key in keys}
     result["samples"] = [{key: s[key] for key in keys} for s in samples]
     return result
+
+
+def number(value: float | None) -> str:
+    """A figure for the tables: 1.23M, 45.6k, 789, 1.23 (n/a for None or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    magnitude = abs(value)
+    if magnitude >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if magnitude >= 1e4:
+        return f"{value / 1e3:.1f}k"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    return f"{value:.2f}"

@@ -80,8 +80,8 @@ import trio
 import hybrid
 import hybrid.durable
 from bench import agent_peers
-from bench._harness import Sample, alternate, check, scaled
-from bench.workloads import _metric, _target
+from bench._harness import Sample, alternate, check, number, scaled
+from bench.workloads import ThreeStates, _metric, _target
 from hybrid import Agent, Next
 
 AGENTS = 200
@@ -125,20 +125,8 @@ class Loop(Agent[int]):
 
 
 @attrs.define
-class DurableThreeStates(Agent[int]):
-    """begin -> first -> second -> third -> done(6): W7's machine, as an attrs class (what a store saves)."""
-
-    def begin(self) -> Next[Self]:
-        return Next.do_async(self.first, 0)
-
-    async def first(self, x: int) -> Next[Self]:
-        return Next.do_async(self.second, x + 1)
-
-    async def second(self, x: int) -> Next[Self]:
-        return Next.do_async(self.third, x + 2)
-
-    async def third(self, x: int) -> Next[Self]:
-        return Next.done(x + 3)
+class DurableThreeStates(ThreeStates):
+    """W7's machine (`bench.workloads.ThreeStates`) as an attrs class, which a store can save: the same states."""
 
 
 # -- where the stores live --------------------------------------------------------------------
@@ -569,19 +557,8 @@ def run_w9(size: float, rounds: int, warmup: int) -> dict[str, Any]:
 # -- the report -----------------------------------------------------------------------------------
 
 
-def _n(value: float) -> str:
-    magnitude = abs(value)
-    if magnitude >= 1e6:
-        return f"{value / 1e6:.2f}M"
-    if magnitude >= 1e4:
-        return f"{value / 1e3:.1f}k"
-    if magnitude >= 100:
-        return f"{value:.0f}"
-    return f"{value:.2f}"
-
-
 def _range(spread: dict[str, Any]) -> str:
-    return f"{_n(spread['median'])} [{_n(spread['min'])}-{_n(spread['max'])}]"
+    return f"{number(spread['median'])} [{number(spread['min'])}-{number(spread['max'])}]"
 
 
 def _grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -607,13 +584,13 @@ def table_lines(entry: dict[str, Any]) -> list[str]:
             (
                 case["title"],
                 f"{case['agents']} x {case['transitions'] // case['agents']}",
-                _n(case["durable_us"]["median"]),
-                _n(case["plain_us"]["median"]),
+                number(case["durable_us"]["median"]),
+                number(case["plain_us"]["median"]),
                 _range(case["added_us"]),
-                _n(case["durable_per_s"]),
-                _n(case["plain_per_s"]),
+                number(case["durable_per_s"]),
+                number(case["plain_per_s"]),
                 f"{case['writes_per_commit']:.1f}",
-                "-" if target is None else f"<= {_n(target['bound'])} us",
+                "-" if target is None else f"<= {number(target['bound'])} us",
                 "-" if target is None else ("yes" if target["met"] else "NO"),
             )
         )

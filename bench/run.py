@@ -40,6 +40,7 @@ import hybrid
 from bench import agent_peers, asyncio_side, scaling
 from bench import durable as durable_bench
 from bench import peers as peers_module
+from bench._harness import number
 from bench.workloads import WORKLOADS as CORE_WORKLOADS
 
 # W9 lives in bench/durable.py (a disk, Postgres if reachable, LangGraph if installed), beside W1-W8.
@@ -159,26 +160,13 @@ def run(
 # -- the table -------------------------------------------------------------------------------
 
 
-def _num(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    magnitude = abs(value)
-    if magnitude >= 1e6:
-        return f"{value / 1e6:.2f}M"
-    if magnitude >= 1e4:
-        return f"{value / 1e3:.1f}k"
-    if magnitude >= 100:
-        return f"{value:.0f}"
-    return f"{value:.2f}"
-
-
 def _target_text(target: dict[str, Any] | None) -> tuple[str, str]:
     if target is None:
         return "-", "-"
     unit = target["unit"]
-    bound = f"{target['op']} {_num(target['bound'])}{unit}"
+    bound = f"{target['op']} {number(target['bound'])}{unit}"
     if target["goal"] is not None:
-        bound += f" (goal {_num(target['goal'])}{unit})"
+        bound += f" (goal {number(target['goal'])}{unit})"
     met = "yes" if target["met"] else "NO"
     if target["goal_met"] is not None:
         met += f" (goal: {'yes' if target['goal_met'] else 'no'})"
@@ -199,8 +187,8 @@ def table(results: dict[str, Any]) -> str:
                     f"{key} {entry['short']}" if first else "",
                     name,
                     m["unit"],
-                    _num(m["hybrid"]),
-                    _num(m["trio"]),
+                    number(m["hybrid"]),
+                    number(m["trio"]),
                     f"{m['ratio']:.2f}x",
                     f"{m['ratio_def'].split(' / ')[0].split()[-1]} h/t, {better}",
                     bound,
@@ -222,13 +210,19 @@ def table(results: dict[str, Any]) -> str:
             "'ahead' = peer cost / hybrid cost)"
         )
         pheader = ("library", "tell us/msg", "ask us/req", "hybrid ahead (tell)", "hybrid ahead (ask)")
-        prow = [("hybrid", _num(peers["hybrid"]["tell_us"]), _num(peers["hybrid"]["ask_us"]), "1.00x", "1.00x")]
+        prow = [("hybrid", number(peers["hybrid"]["tell_us"]), number(peers["hybrid"]["ask_us"]), "1.00x", "1.00x")]
         notes: list[str] = []
         for peer in peers_module.PEERS:
             e = peers[peer]
             if e["measured"]:
                 prow.append(
-                    (peer, _num(e["tell_us"]), _num(e["ask_us"]), f"{e['tell_ahead']:.2f}x", f"{e['ask_ahead']:.2f}x")
+                    (
+                        peer,
+                        number(e["tell_us"]),
+                        number(e["ask_us"]),
+                        f"{e['tell_ahead']:.2f}x",
+                        f"{e['ask_ahead']:.2f}x",
+                    )
                 )
             else:
                 notes.append(f"  {peer}: skipped: {e['note']}")
@@ -270,9 +264,9 @@ def asyncio_table(section: dict[str, Any]) -> list[str]:
                     f"{key} {entry['short']}" if first else "",
                     name,
                     m["unit"],
-                    _num(m["hybrid"]),
-                    _num(m["trio"]),
-                    _num(m["asyncio"]),
+                    number(m["hybrid"]),
+                    number(m["trio"]),
+                    number(m["asyncio"]),
                     _x(m["hybrid_vs_asyncio"]),
                     _x(m["trio_vs_asyncio"]),
                     better,
@@ -293,7 +287,7 @@ def agents_table(section: dict[str, Any]) -> list[str]:
     kinds = agent_peers.KINDS
     header = ("library", "version", *(f"{k} us" for k in kinds), *(f"hybrid ahead ({k})" for k in kinds))
     h = section["hybrid"]
-    rows = [("hybrid", hybrid.__version__, *(_num(h[f"{k}_us"]) for k in kinds), *("1.00x" for _ in kinds))]
+    rows = [("hybrid", hybrid.__version__, *(number(h[f"{k}_us"]) for k in kinds), *("1.00x" for _ in kinds))]
     notes: list[str] = []
     for peer in agent_peers.PEERS:
         e = section[peer]
@@ -302,7 +296,7 @@ def agents_table(section: dict[str, Any]) -> list[str]:
                 (
                     peer,
                     e["version"] or "?",
-                    *(_num(e[f"{k}_us"]) for k in kinds),
+                    *(number(e[f"{k}_us"]) for k in kinds),
                     *(_x(e[f"{k}_ahead"]) for k in kinds),
                 )
             )
@@ -333,9 +327,9 @@ def scaling_tables(section: dict[str, Any]) -> list[str]:
         rows = [
             (
                 f"{row['agents']:,}",
-                *(_num(row[side]["us_per_agent"]) for side in sides),
-                *(_num(row[side]["tracemalloc_bytes"]) for side in sides),
-                *(_num(row[side]["rss_bytes"]) for side in sides),
+                *(number(row[side]["us_per_agent"]) for side in sides),
+                *(number(row[side]["tracemalloc_bytes"]) for side in sides),
+                *(number(row[side]["rss_bytes"]) for side in sides),
             )
             for row in agents["rows"]
         ]
@@ -350,9 +344,9 @@ def scaling_tables(section: dict[str, Any]) -> list[str]:
             (
                 f"{row['callers']:,}",
                 f"{row['requests']:,}",
-                _num(row["hybrid"]),
-                _num(row["hybrid_inline"]),
-                _num(row["trio"]),
+                number(row["hybrid"]),
+                number(row["hybrid_inline"]),
+                number(row["trio"]),
                 _x(row["hybrid_vs_trio"]),
                 _x(row["inline_vs_trio"]),
             )
@@ -369,9 +363,9 @@ def scaling_tables(section: dict[str, Any]) -> list[str]:
         rows = [
             (
                 str(row["workers"]),
-                _num(row["hybrid"]),
-                _num(row["hybrid_ordered"]),
-                _num(row["trio"]),
+                number(row["hybrid"]),
+                number(row["hybrid_ordered"]),
+                number(row["trio"]),
                 _x(row["hybrid_vs_trio"]),
                 _x(row["ordered_vs_trio"]),
             )
