@@ -407,6 +407,21 @@ async def crash_while_held(store: Store, agent: Agent[Any], key: str, state: str
     WORLD.block.discard(state)
 
 
+async def run_catching(
+    store: Store,
+    agent: Agent[Any],
+    key: str,
+    expected: type[BaseException],
+    errors: list[BaseException],
+    durability: Durability | str | None = None,
+) -> None:
+    """Run `agent` under `key` (a task of a test's nursery); the `expected` error it raises goes to `errors`."""
+    try:
+        await store.run(agent, key=key, durability=durability)
+    except expected as error:
+        errors.append(error)
+
+
 async def until(condition: Callable[[], bool]) -> None:
     """Wait (polling, real time) until `condition()` holds; fail after 10 s."""
     with trio.fail_after(10):
@@ -855,18 +870,12 @@ async def test_a_resumed_run_fences_off_the_older_one_which_cannot_overwrite_it(
     fenced: list[BaseException] = []
     outputs: list[str] = []
 
-    async def stale(store: Store) -> None:
-        try:
-            await store.run(Steps(), key="k")
-        except Fenced as error:
-            fenced.append(error)
-
     async def fresh(store: Store) -> None:
         outputs.append(await store.run(Steps(), key="k"))
 
     WORLD.block.add("first")
     async with open_store(journal_url) as old, open_store(journal_url) as new, trio.open_nursery() as nursery:
-        nursery.start_soon(stale, old)
+        nursery.start_soon(run_catching, old, Steps(), "k", Fenced, fenced)
         old_gate = await WORLD.reached("first")
         nursery.start_soon(fresh, new)
         new_gate = await WORLD.reached("first")  # resumed: the same state again, under the next epoch
@@ -894,15 +903,9 @@ async def test_a_stale_run_that_ends_does_not_record_its_ending(journal_url: str
     """A fenced-off run whose state returns Next.done fails with Fenced; only the newer run's ending is recorded."""
     stale_errors: list[BaseException] = []
 
-    async def stale(store: Store) -> None:
-        try:
-            await store.run(Quick(), key="q")
-        except Fenced as error:
-            stale_errors.append(error)
-
     WORLD.block.add("only")
     async with open_store(journal_url) as old, open_store(journal_url) as new, trio.open_nursery() as nursery:
-        nursery.start_soon(stale, old)
+        nursery.start_soon(run_catching, old, Quick(), "q", Fenced, stale_errors)
         old_gate = await WORLD.reached("only")
         address = await new.spawn(nursery, Quick(), key="q")
         new_gate = await WORLD.reached("only")
@@ -920,15 +923,9 @@ async def test_a_fenced_write_behind_surfaces_at_the_next_transition(journal_url
     """Async durability: a checkpoint refused after its state started fails the run at its next transition."""
     failures: list[BaseException] = []
 
-    async def run(store: Store) -> None:
-        try:
-            await store.run(Chain(last=3), key="c", durability="async")
-        except Fenced as error:
-            failures.append(error)
-
     WORLD.block.add("step")
     async with open_store(journal_url) as store, open_journal(journal_url) as other, trio.open_nursery() as nursery:
-        nursery.start_soon(run, store)
+        nursery.start_soon(run_catching, store, Chain(last=3), "c", Fenced, failures, "async")
         gate = await WORLD.reached("step")
         await committed(other, "c", 1)  # step(1)'s write-behind
         async with writer_held(journal_of(store)):
@@ -946,15 +943,9 @@ async def test_a_fenced_write_behind_surfaces_at_the_ending(journal_url: str) ->
     """Async durability: a refused checkpoint of the last state fails the run when it ends; no ending is recorded."""
     failures: list[BaseException] = []
 
-    async def run(store: Store) -> None:
-        try:
-            await store.run(Chain(last=2), key="c", durability=Durability.ASYNC)
-        except Fenced as error:
-            failures.append(error)
-
     WORLD.block.add("step")
     async with open_store(journal_url) as store, open_journal(journal_url) as other, trio.open_nursery() as nursery:
-        nursery.start_soon(run, store)
+        nursery.start_soon(run_catching, store, Chain(last=2), "c", Fenced, failures, Durability.ASYNC)
         gate = await WORLD.reached("step")
         await committed(other, "c", 1)  # step(1)'s write-behind
         async with writer_held(journal_of(store)):
@@ -1388,16 +1379,10 @@ async def test_an_agent_still_running_when_its_store_closes_fails_at_its_next_tr
     """Leaving open_store while an agent runs: its next transition raises StoreError; the key stays resumable."""
     failures: list[BaseException] = []
 
-    async def run(store: Store) -> None:
-        try:
-            await store.run(Steps(), key="k")
-        except StoreError as error:
-            failures.append(error)
-
     WORLD.block.add("first")
     async with trio.open_nursery() as nursery:
         async with open_store(sqlite_url) as store:
-            nursery.start_soon(run, store)
+            nursery.start_soon(run_catching, store, Steps(), "k", StoreError, failures)
             gate = await WORLD.reached("first")
         gate.release()
     assert "the store is closed" in str(failures[0])
