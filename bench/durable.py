@@ -80,7 +80,7 @@ import trio
 import hybrid
 import hybrid.durable
 from bench import agent_peers
-from bench._harness import Sample, alternate, check, number, scaled
+from bench._harness import Sample, alternate, check, grid, number, scaled
 from bench.workloads import ThreeStates, _metric, _target
 from hybrid import Agent, Next
 
@@ -561,14 +561,6 @@ def _range(spread: dict[str, Any]) -> str:
     return f"{number(spread['median'])} [{number(spread['min'])}-{number(spread['max'])}]"
 
 
-def _grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return lines
-
-
 def table_lines(entry: dict[str, Any]) -> list[str]:
     """The W9 report: transitions with and without a store, then the 3-step runs against LangGraph."""
     env = entry["environment"]
@@ -603,7 +595,7 @@ def table_lines(entry: dict[str, Any]) -> list[str]:
         "agent's claim and ending included), paired by round: median [min-max]",
         "  sync: each checkpoint committed before its state starts; async: write-behind, one checkpoint in flight "
         "per agent; writes/commit: checkpoints, claims and endings per transaction (group commit)",
-        *_grid(header, rows),
+        *grid(header, rows),
     ]
     if not any(name.startswith("postgres") for name in entry["cases"]):
         lines.append(f"  Postgres: {env['postgres']}")
@@ -643,7 +635,7 @@ def table_lines(entry: dict[str, Any]) -> list[str]:
         f"sqlite:///:memory:, against {env['langgraph']} compiled with InMemorySaver, a thread_id per run",
         "  sequential: one run after the other; concurrent: all at once (a nursery of store.run / asyncio.gather of "
         "ainvoke); the target is on the file store",
-        *_grid(header3, rows3),
+        *grid(header3, rows3),
     ]
     return lines
 

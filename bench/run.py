@@ -40,7 +40,7 @@ import hybrid
 from bench import agent_peers, asyncio_side, scaling
 from bench import durable as durable_bench
 from bench import peers as peers_module
-from bench._harness import number
+from bench._harness import grid, number
 from bench.workloads import WORKLOADS as CORE_WORKLOADS
 
 # W9 lives in bench/durable.py (a disk, Postgres if reachable, LangGraph if installed), beside W1-W8.
@@ -196,7 +196,7 @@ def table(results: dict[str, Any]) -> str:
                 )
             )
             first = False
-    lines = _grid(header, rows) if rows else []
+    lines = grid(header, rows) if rows else []
     w9 = results["workloads"].get("W9")
     if w9 is not None:  # the cases behind W9's rows: "hybrid" is the durable side, "trio" the same without a store
         lines += ["", *durable_bench.table_lines(w9)]
@@ -226,7 +226,7 @@ def table(results: dict[str, Any]) -> str:
                 )
             else:
                 notes.append(f"  {peer}: skipped: {e['note']}")
-        lines += _grid(pheader, prow)
+        lines += grid(pheader, prow)
         lines += notes
     for name, render in (("asyncio", asyncio_table), ("agents", agents_table), ("scaling", scaling_tables)):
         if results.get(name):
@@ -237,15 +237,6 @@ def table(results: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"targets met: {met_count}/{len(targets)}")
     return "\n".join(lines)
-
-
-def _grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Columns padded to their widest cell, two spaces apart, a rule under the header."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return lines
 
 
 def _x(value: float | None) -> str:
@@ -277,7 +268,7 @@ def asyncio_table(section: dict[str, Any]) -> list[str]:
     return [
         f"asyncio: the same work hand-written on asyncio ({section['event_loop']}, Python {section['python']}); "
         "hybrid, trio and asyncio alternate in every round",
-        *_grid(header, rows),
+        *grid(header, rows),
     ]
 
 
@@ -307,7 +298,7 @@ def agents_table(section: dict[str, Any]) -> list[str]:
         "per hybrid sample; 'ahead' = peer cost / hybrid cost)",
         "  run: a 3-step state machine; message: an event to a stateful agent (LangGraph, pydantic-graph: an "
         "awaited 1-node run); request: an answer awaited (see bench/README.md)",
-        *_grid(header, rows),
+        *grid(header, rows),
         *notes,
     ]
 
@@ -335,7 +326,7 @@ def scaling_tables(section: dict[str, Any]) -> list[str]:
         ]
         lines += [
             "scaling: idle agents, spawn+stop (us/agent) and memory per idle agent (bytes, a fresh process each)",
-            *_grid(header, rows),
+            *grid(header, rows),
         ]
     callers = section.get("callers")
     if callers:
@@ -355,7 +346,7 @@ def scaling_tables(section: dict[str, Any]) -> list[str]:
         lines += [
             *([""] if lines else []),
             "scaling: concurrent callers, sequential requests each, to ONE agent (us per request, lower=better)",
-            *_grid(header, rows),
+            *grid(header, rows),
         ]
     pipeline = section.get("pipeline")
     if pipeline:
@@ -375,7 +366,7 @@ def scaling_tables(section: dict[str, Any]) -> list[str]:
             *([""] if lines else []),
             f"scaling: pipeline workers per stage ({pipeline['params']['items']:,} items, 3 stages that yield, "
             f"buffers of {pipeline['params']['buffer']}; higher=better; hybrid unordered, and ordered)",
-            *_grid(header, rows),
+            *grid(header, rows),
         ]
     return lines
 
