@@ -58,8 +58,17 @@ from collections.abc import Callable
 from typing import Any, Final, Literal, TypeVar, final, overload
 
 import attrs
-import msgspec
-import msgspec.inspect as mi
+
+try:
+    import msgspec
+    import msgspec.inspect as mi
+except ImportError as _error:  # pragma: no cover - tested in a subprocess (tests/durable/test_store.py)
+    # The codec is the one user of msgspec: say which extra brings it.
+    raise ImportError(
+        "hybrid.durable needs msgspec: pip install 'trio-hybrid[durable]' "
+        "(or 'trio-hybrid[durable-postgres]' for Postgres too)",
+        name=_error.name,
+    ) from _error
 
 from hybrid import Agent, InvalidTransition, Modifiers, Next, RetryPolicy
 

@@ -682,7 +682,13 @@ def _backend(url: str) -> Backend:
             raise ValueError(f"busy_timeout must be >= 0 milliseconds, not {busy_timeout_ms}")
         return SqliteBackend(path or ":memory:", busy_timeout_ms=busy_timeout_ms, fsync=synchronous == "full")
     if scheme in ("postgresql", "postgres"):
-        from ._postgres import PostgresBackend  # noqa: PLC0415 - psycopg is an extra: import it only when asked
+        try:
+            from ._postgres import PostgresBackend  # noqa: PLC0415 - psycopg is an extra: import it only when asked
+        except ImportError as error:  # pragma: no cover - tested in a subprocess (tests/durable/test_store.py)
+            raise ImportError(
+                f"a Postgres store needs psycopg 3: pip install 'trio-hybrid[durable-postgres]' ({error})",
+                name=error.name,
+            ) from error
 
         return PostgresBackend(url)
     raise ValueError(f"unknown journal URL scheme {scheme!r}: use a path, sqlite:///path or postgresql://...")

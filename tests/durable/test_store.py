@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
@@ -1519,3 +1521,31 @@ async def test_a_state_that_finished_before_a_graceful_shutdown_does_not_run_aga
     async with open_store(sqlite_url) as store:
         assert await store.run(Steps(), key="k") == STEPS_OUTPUT
     assert WORLD.entries == ["begin", "first", "second"]
+
+
+# -- the extras ------------------------------------------------------------------------------------------
+
+
+def test_without_msgspec_the_import_says_which_extra_to_install() -> None:
+    """import hybrid.durable with msgspec missing: an ImportError naming the durable extra."""
+    code = (
+        "import sys; sys.modules['msgspec'] = None\n"
+        "try:\n    import hybrid.durable\n"
+        "except ImportError as error:\n    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert "hybrid.durable needs msgspec: pip install 'trio-hybrid[durable]'" in done.stdout
+
+
+def test_without_psycopg_a_postgres_url_says_which_extra_to_install() -> None:
+    """open_store('postgresql://...') with psycopg missing: an ImportError naming the durable-postgres extra."""
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "import trio, hybrid.durable\n"
+        "async def main():\n"
+        "    async with hybrid.durable.open_store('postgresql://localhost/none'):\n        pass\n"
+        "try:\n    trio.run(main)\n"
+        "except ImportError as error:\n    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert "a Postgres store needs psycopg 3: pip install 'trio-hybrid[durable-postgres]'" in done.stdout
