@@ -470,7 +470,17 @@ def journal_of(store: Store) -> Journal:
     return store._journal
 
 
-class Tripwire:
+class StandIn:
+    """Stands for a store's journal: what a subclass does not define goes to the real one."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._journal, name)
+
+
+class Tripwire(StandIn):
     """Stands for a store's journal: each of its awaits is a numbered point, and `scope` is cancelled at one.
 
     Points are counted before and after every awaited journal call (claim,
@@ -479,13 +489,10 @@ class Tripwire:
     """
 
     def __init__(self, journal: Journal) -> None:
-        self._journal = journal
+        super().__init__(journal)
         self.points = 0
         self.at = -1
         self.scope: trio.CancelScope | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._journal, name)
 
     async def _point(self) -> None:
         if self.points == self.at:
@@ -529,31 +536,25 @@ class _TripPending:
         await self._wire._around(self._pending.wait)
 
 
-class Listing:
+class Listing(StandIn):
     """Stands for a store's journal whose list of unfinished keys is an old one (another process moved on)."""
 
     def __init__(self, journal: Journal, listed: list[Checkpoint]) -> None:
-        self._journal = journal
+        super().__init__(journal)
         self._listed = listed
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._journal, name)
 
     async def unfinished(self) -> list[Checkpoint]:
         return self._listed
 
 
-class InFlight:
+class InFlight(StandIn):
     """Stands for a store's journal: records, at each write-behind, how many of the key's were still in flight."""
 
     def __init__(self, journal: Journal) -> None:
-        self._journal = journal
+        super().__init__(journal)
         self.pending: dict[str, list[Pending]] = {}
         self.most = 0
         self.writes = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._journal, name)
 
     def save_behind(self, checkpoint: Checkpoint) -> Pending:
         mine = self.pending.setdefault(checkpoint.key, [])
@@ -1128,10 +1129,7 @@ async def test_resume_passes_over_a_key_started_here_while_it_claimed_others(sql
         await crash_while_held(store, Steps(), "b", "first")
         journal = journal_of(store)
 
-        class Meanwhile:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(journal, name)
-
+        class Meanwhile(StandIn):
             async def claim(self, key: str, **options: Any) -> Claim:
                 if key == "a":  # while resume() claims "a", "b" is started by another task
                     store._journal = journal
@@ -1140,7 +1138,7 @@ async def test_resume_passes_over_a_key_started_here_while_it_claimed_others(sql
 
         addresses: list[Address[Any]] = []
         async with trio.open_nursery() as nursery:
-            store._journal = cast("Journal", Meanwhile())
+            store._journal = cast("Journal", Meanwhile(journal))
             addresses += await store.resume(nursery)
             assert len(addresses) == 2
             assert [await address.join() for address in addresses] == [STEPS_OUTPUT, STEPS_OUTPUT]
@@ -1154,16 +1152,13 @@ async def test_resume_releases_the_keys_it_claimed_when_a_later_claim_fails(sqli
         await crash_while_held(store, Steps(), "b", "first")
         journal = journal_of(store)
 
-        class Failing:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(journal, name)
-
+        class Failing(StandIn):
             async def claim(self, key: str, **options: Any) -> Claim:
                 if key == "b":
                     raise StoreError("disk full")
                 return await journal.claim(key, **options)
 
-        store._journal = cast("Journal", Failing())
+        store._journal = cast("Journal", Failing(journal))
         async with trio.open_nursery() as nursery:
             with pytest.raises(StoreError, match="disk full"):
                 await store.resume(nursery)
