@@ -1315,14 +1315,7 @@ async def test_a_locked_sqlite_database_fails_the_agent_with_store_error_and_the
     WORLD.block.add("first")
     async with open_store(url) as store, trio.open_nursery() as nursery:
         failures: list[BaseException] = []
-
-        async def run() -> None:
-            try:
-                await store.run(Steps(), key="k")
-            except StoreError as error:
-                failures.append(error)
-
-        nursery.start_soon(run)
+        nursery.start_soon(run_catching, store, Steps(), "k", StoreError, failures)
         gate = await WORLD.reached("first")
         other = sqlite3.connect(path, isolation_level=None)
         try:
@@ -1349,14 +1342,7 @@ async def test_a_stopped_postgres_server_fails_the_agent_and_it_resumes_once_the
     WORLD.block.add("first")
     async with open_store(url) as store, trio.open_nursery() as nursery:
         failures: list[BaseException] = []
-
-        async def run() -> None:
-            try:
-                await store.run(Steps(), key="k")
-            except StoreError as error:
-                failures.append(error)
-
-        nursery.start_soon(run)
+        nursery.start_soon(run_catching, store, Steps(), "k", StoreError, failures)
         gate = await WORLD.reached("first")
         await trio.to_thread.run_sync(postgres_server.stop)
         try:
