@@ -400,6 +400,18 @@ class Journal:
 
         await self._submit(_Request(f"ending of key {key!r}", run, writes=True)).wait()
 
+    async def note(self, key: str, epoch: int, seq: int, kind: str, detail: str) -> None:
+        """Append an event that changes no checkpoint (a supervised run's failure: the key stays unfinished).
+
+        Raises:
+            StoreError: the database failed (as for `save`).
+        """
+
+        def run(txn: _Txn) -> None:
+            txn.events.append((key, epoch, seq, txn.now, kind, "", detail))
+
+        await self._submit(_Request(f"event of key {key!r}", run, writes=True)).wait()
+
     async def checkpoint(self, key: str) -> Checkpoint | None:
         """The latest checkpoint of `key` if it is unfinished, else None."""
         return await self._read(f"checkpoint of key {key!r}", lambda txn: txn.statements.checkpoint(txn.cursor, key))

@@ -104,9 +104,10 @@ class Event:
         seq: the transition number (as in `Checkpoint`).
         time: when it was committed, seconds since the epoch (UTC).
         kind: "spawned", "resumed", a `StepKind` value ("async", "sync", "events"),
-            or an ending `Status` value ("done", "failed", "stopped").
+            an ending `Status` value ("done", "failed", "stopped"), or "error": a
+            supervised run failed and the key stays unfinished (its restart goes on).
         state: the state's name for "async"/"sync", else "".
-        detail: the error text for "failed", else "".
+        detail: the error text for "failed" and "error", else "".
     """
 
     key: str

@@ -662,8 +662,12 @@ class KeyCheckpointer:
                 await self._finish(Ending(Status.STOPPED, None, None))
             elif kind is StopKind.FAILED:
                 failure = reason.error
-                if self._restart_from is None and _is_recorded(failure):
-                    await self._finish(Ending(Status.FAILED, None, _error_text(failure)))
+                if _is_recorded(failure):
+                    if self._restart_from is None:
+                        await self._finish(Ending(Status.FAILED, None, _error_text(failure)))
+                    else:  # a supervised run: the key stays unfinished, the log tells the failure
+                        journal = self._store._journal  # noqa: SLF001
+                        await journal.note(self._key, self._epoch, self._seq, "error", _error_text(failure))
             # INTERRUPTED: a graceful shutdown does not end durable work; resumed next time.
         finally:
             self._release()
