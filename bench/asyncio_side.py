@@ -432,18 +432,20 @@ def _per_second(samples: dict[str, list[Sample]], count: int, key: str) -> None:
             s[key] = count / s["seconds"]
 
 
+def _three_sides(
+    rounds: int, warmup: int, functions: tuple[Callable[..., Sample], ...], *args: object
+) -> dict[str, list[Sample]]:
+    """The workload's hybrid, trio and asyncio functions (in `SIDES` order) on the same arguments, alternately."""
+    sides: dict[str, Callable[[], Sample]] = {
+        side: functools.partial(function, *args) for side, function in zip(SIDES, functions, strict=True)
+    }
+    return alternate(sides, rounds, warmup)
+
+
 def _w1(size: float, rounds: int, warmup: int) -> dict[str, Any]:
     n = scaled(w.W1_EVENTS, size)
     messages = make_ticks(n)
-    samples = alternate(
-        {
-            "hybrid": lambda: w.hybrid_tell(messages),
-            "trio": lambda: w.trio_tell(messages),
-            "asyncio": lambda: asyncio_tell(messages),
-        },
-        rounds,
-        warmup,
-    )
+    samples = _three_sides(rounds, warmup, (w.hybrid_tell, w.trio_tell, asyncio_tell), messages)
     _per_second(samples, n, "msgs_per_s")
     return _entry(
         "tell: events to one receiver", "tell", {"events": n}, samples, [("throughput", "msgs_per_s", "msgs/s", True)]
@@ -453,15 +455,7 @@ def _w1(size: float, rounds: int, warmup: int) -> dict[str, Any]:
 def _w2(size: float, rounds: int, warmup: int) -> dict[str, Any]:
     n = scaled(w.W2_REQUESTS, size)
     requests = make_asks(n)
-    samples = alternate(
-        {
-            "hybrid": lambda: w.hybrid_ask(requests),
-            "trio": lambda: w.trio_ask(requests),
-            "asyncio": lambda: asyncio_ask(requests),
-        },
-        rounds,
-        warmup,
-    )
+    samples = _three_sides(rounds, warmup, (w.hybrid_ask, w.trio_ask, asyncio_ask), requests)
     return _entry(
         "ask: sequential requests to one receiver",
         "ask",
@@ -473,15 +467,7 @@ def _w2(size: float, rounds: int, warmup: int) -> dict[str, Any]:
 
 def _w3(size: float, rounds: int, warmup: int) -> dict[str, Any]:
     n = scaled(w.W3_AGENTS, size)
-    samples = alternate(
-        {
-            "hybrid": lambda: w.hybrid_spawn_stop(n),
-            "trio": lambda: w.trio_spawn_stop(n),
-            "asyncio": lambda: asyncio_spawn_stop(n),
-        },
-        rounds,
-        warmup,
-    )
+    samples = _three_sides(rounds, warmup, (w.hybrid_spawn_stop, w.trio_spawn_stop, asyncio_spawn_stop), n)
     memory: dict[str, Callable[[], Sample]] = {}
     for mode in ("tracemalloc", "rss"):
         memory[f"hybrid_{mode}"] = functools.partial(w.memory_per_idle, "hybrid", n, mode)
@@ -508,15 +494,7 @@ def _w4(size: float, rounds: int, warmup: int) -> dict[str, Any]:
     agents = scaled(w.W4_AGENTS, size)
     events = scaled(w.W4_EVENTS, size)
     messages = make_ticks(events)
-    samples = alternate(
-        {
-            "hybrid": lambda: w.hybrid_fan(agents, messages),
-            "trio": lambda: w.trio_fan(agents, messages),
-            "asyncio": lambda: asyncio_fan(agents, messages),
-        },
-        rounds,
-        warmup,
-    )
+    samples = _three_sides(rounds, warmup, (w.hybrid_fan, w.trio_fan, asyncio_fan), agents, messages)
     _per_second(samples, agents * events, "msgs_per_s")
     return _entry(
         "fan-out/fan-in: events to many receivers, counts gathered",
@@ -529,15 +507,7 @@ def _w4(size: float, rounds: int, warmup: int) -> dict[str, Any]:
 
 def _w5(size: float, rounds: int, warmup: int) -> dict[str, Any]:
     n = scaled(w.W5_STEPS, size)
-    samples = alternate(
-        {
-            "hybrid": lambda: w.hybrid_sync_steps(n),
-            "trio": lambda: w.trio_sync_steps(n),
-            "asyncio": lambda: asyncio_sync_steps(n),
-        },
-        rounds,
-        warmup,
-    )
+    samples = _three_sides(rounds, warmup, (w.hybrid_sync_steps, w.trio_sync_steps, asyncio_sync_steps), n)
     return _entry(
         "sync states: do_sync vs trio.to_thread.run_sync vs asyncio.to_thread",
         "sync states",
@@ -549,15 +519,7 @@ def _w5(size: float, rounds: int, warmup: int) -> dict[str, Any]:
 
 def _w6(size: float, rounds: int, warmup: int) -> dict[str, Any]:
     n = scaled(w.W6_TRANSITIONS, size)
-    samples = alternate(
-        {
-            "hybrid": lambda: w.hybrid_transitions(n),
-            "trio": lambda: w.trio_transitions(n),
-            "asyncio": lambda: asyncio_transitions(n),
-        },
-        rounds,
-        warmup,
-    )
+    samples = _three_sides(rounds, warmup, (w.hybrid_transitions, w.trio_transitions, asyncio_transitions), n)
     _per_second(samples, n, "steps_per_s")
     return _entry(
         "transitions: do_async self-transitions vs await + checkpoint / sleep(0)",
@@ -570,15 +532,7 @@ def _w6(size: float, rounds: int, warmup: int) -> dict[str, Any]:
 
 def _w7(size: float, rounds: int, warmup: int) -> dict[str, Any]:
     n = scaled(w.W7_RUNS, size)
-    samples = alternate(
-        {
-            "hybrid": lambda: w.hybrid_machine(n),
-            "trio": lambda: w.trio_machine(n),
-            "asyncio": lambda: asyncio_machine(n),
-        },
-        rounds,
-        warmup,
-    )
+    samples = _three_sides(rounds, warmup, (w.hybrid_machine, w.trio_machine, asyncio_machine), n)
     return _entry(
         "3-state machine: a new agent.run() per run vs a plain async function",
         "3-state run",
@@ -590,15 +544,7 @@ def _w7(size: float, rounds: int, warmup: int) -> dict[str, Any]:
 
 def _w8(size: float, rounds: int, warmup: int) -> dict[str, Any]:
     n = scaled(w.W8_ITEMS, size)
-    samples = alternate(
-        {
-            "hybrid": lambda: w.hybrid_pipeline(n),
-            "trio": lambda: w.trio_pipeline(n),
-            "asyncio": lambda: asyncio_pipeline(n),
-        },
-        rounds,
-        warmup,
-    )
+    samples = _three_sides(rounds, warmup, (w.hybrid_pipeline, w.trio_pipeline, asyncio_pipeline), n)
     return _entry(
         "pipeline: 3 stages (+1, *2, -1), one worker each, buffers of 16",
         "3-stage pipeline",
