@@ -115,10 +115,41 @@ class Agent(Generic[T_co]):
         _validate.capacity(f"{cls.__qualname__}.mailbox_capacity", cls.__dict__.get("mailbox_capacity"))
         if cls.__dict__.get("hibernate_after") is not None:
             _validate.seconds(f"{cls.__qualname__}.hibernate_after", cls.__dict__["hibernate_after"])
+        priority = cls.__dict__.get("message_priority")
+        if priority is not None and not isinstance(priority, staticmethod):
+            raise TypeError(
+                f"{cls.__qualname__}.message_priority must be a @staticmethod taking the message "
+                f"and returning an int, got {priority!r}"
+            )
         helper_tasks = cls.__dict__.get("helper_tasks", True)
         if type(helper_tasks) is not bool:
             raise TypeError(f"{cls.__qualname__}.helper_tasks must be True or False, got {helper_tasks!r}")
         cls._hybrid_events, cls._hybrid_requests, cls._hybrid_responses = build_tables(cls, defining_namespace())
+
+    @staticmethod
+    def message_priority(message: Any) -> int:
+        """Override (as a ``@staticmethod``) to give the agent a priority mailbox.
+
+        Return the priority of an event or request, an int: the mailbox then
+        hands higher priorities to the handlers first, in arrival order within
+        a priority. Agents that do not override it have a plain FIFO mailbox
+        (this default is never called). It runs in the sender, so a function
+        that raises (or returns something else than an int) fails that `send`
+        or `request`, where the mistake is. The bound counts every message,
+        whatever its priority. The interrupt mark has priority 0: messages of
+        a higher priority overtake a queued `interrupt()`. The mailbox keeps
+        the function of the first agent that read it (a restarted child's
+        address keeps it).
+
+        Example:
+            ```python
+            class Dispatcher(Agent):
+                @staticmethod
+                def message_priority(message: object) -> int:
+                    return 10 if isinstance(message, Cancel) else 0
+            ```
+        """
+        return 0
 
     def begin(self) -> Next[Self]:
         """The first transition; the default is ``Next.events()`` (actor mode)."""
@@ -215,7 +246,8 @@ def start_runtime(
         else:
             capacity = _validate.capacity("mailbox_capacity", mailbox_capacity)
         names = current_names()
-        mailbox = Mailbox(names.claim(name, cls.__name__), cls, capacity, tables)
+        priority = None if cls.message_priority is Agent.message_priority else cls.message_priority
+        mailbox = Mailbox(names.claim(name, cls.__name__), cls, capacity, tables, priority)
         maker = current_runtime.get()
         mailbox.parent = None if maker is None else maker.mailbox.name
         rt = Runtime(agent, mailbox, host)

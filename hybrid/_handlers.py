@@ -25,6 +25,8 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 _MARK: Final = "__hybrid_handler__"
 INLINE: Final = "__hybrid_inline__"
 """Set (True) on a request handler declared ``inline=True``."""
+ROUTE: Final = "__hybrid_route__"
+"""Set (True) on a request handler declared ``route=True``: it returns the address that answers."""
 # What an `async def` compiles an await, an `async for` or an `async with` to.
 _SUSPENDING_OPS: Final = frozenset({"GET_AWAITABLE", "GET_AITER", "GET_ANEXT", "BEFORE_ASYNC_WITH", "END_ASYNC_FOR"})
 EVENT: Final = "event"
@@ -65,8 +67,8 @@ def on_event(fn: F) -> F:
 @overload
 def on_request(fn: F, /) -> F: ...
 @overload
-def on_request(*, inline: bool = False) -> Callable[[F], F]: ...
-def on_request(fn: F | None = None, /, *, inline: bool = False) -> F | Callable[[F], F]:
+def on_request(*, inline: bool = False, route: bool = False) -> Callable[[F], F]: ...
+def on_request(fn: F | None = None, /, *, inline: bool = False, route: bool = False) -> F | Callable[[F], F]:
     """Mark an ``async def`` method as the handler of one or more request types.
 
     The request type (a subclass of [`hybrid.Request`][hybrid.Request]) is the
@@ -84,6 +86,16 @@ def on_request(fn: F | None = None, /, *, inline: bool = False) -> F | Callable[
     order of messages is kept either way. A caller still yields to other
     tasks at least every 64 inline answers (the fairness rule).
 
+    ``@hybrid.on_request(route=True)`` declares a router (Akka's ``forward``,
+    Erlang's passing of ``From``): the handler returns the
+    [`Address`][hybrid.Address] of the agent that answers instead, and the
+    request moves, with its caller, to that agent's mailbox (waiting for room
+    in a full bounded one: backpressure reaches the router). That agent's
+    answer, or error, goes straight to the caller; the router is free for its
+    next message at once. A request that the chosen agent does not handle, or
+    that reaches it after it ended, fails in the caller (`UnhandledMessage`,
+    `AgentStopped`), as if sent there directly. `hybrid.Pool` is built on it.
+
     Example:
         ```python
         @hybrid.on_request
@@ -93,14 +105,21 @@ def on_request(fn: F | None = None, /, *, inline: bool = False) -> F | Callable[
         @hybrid.on_request(inline=True)   # no await inside: answered in the caller's task
         async def peek(self, request: Peek) -> int:
             return len(self.urls)
+
+        @hybrid.on_request(route=True)    # the shard that owns the key answers
+        async def route(self, request: GetBalance) -> hybrid.Address[Any]:
+            return self.shards[hybrid.rendezvous(request.account, self.names)]
         ```
 
     Raises:
         HandlerDefinitionError: an inline handler awaits (``await``,
-            ``async for`` or ``async with`` in its body).
+            ``async for`` or ``async with`` in its body), or a handler is
+            declared both inline and route.
     """
     if type(inline) is not bool:
         raise TypeError(f"on_request(inline=...) must be True or False, got {inline!r}")
+    if type(route) is not bool:
+        raise TypeError(f"on_request(route=...) must be True or False, got {route!r}")
 
     def mark(fn: F) -> F:
         marked = _mark(REQUEST, fn)
@@ -112,6 +131,14 @@ def on_request(fn: F | None = None, /, *, inline: bool = False) -> F | Callable[
                     "caller's task and must not (drop inline=True, or move the await into a state)"
                 )
             setattr(marked, INLINE, True)
+        if route:
+            if inline:
+                name = str(getattr(fn, "__qualname__", fn))
+                raise HandlerDefinitionError(
+                    f"@hybrid.on_request handler {name} cannot be both inline and route: a router's "
+                    "request is answered by another agent, never in its caller's task"
+                )
+            setattr(marked, ROUTE, True)
         return marked
 
     return mark if fn is None else mark(fn)

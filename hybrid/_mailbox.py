@@ -30,10 +30,17 @@ envelopes carry the stamp in their ``stamp`` slot, an event is wrapped in a
 `Stamped` envelope. `Address.send`'s fast path checks the message type
 against `Mailbox.fast`, which is empty while stamping: so stamping costs the
 unwatched hot path nothing, and every stamped message goes through `put`.
+
+Priorities: the mailbox of an agent class with a ``message_priority`` function
+queues in a `PriorityQueue` instead of a deque: the same operations (the
+reader and `Address.send`'s fast path do not know the difference), taking the
+highest priority first and in order within a priority. The interrupt mark
+has priority 0.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import contextvars
 import logging
@@ -41,7 +48,7 @@ import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from threading import get_ident
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Generic, cast, final
@@ -52,7 +59,7 @@ from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_resch
 from typing_extensions import Self, TypeVar
 
 from ._exceptions import AgentStopped, LifecycleError, MailboxFull, UnhandledMessage
-from ._handlers import EVENT, INLINE, RESPONSE, Table, lookup
+from ._handlers import EVENT, INLINE, REQUEST, RESPONSE, Table, lookup
 from ._instrument import MessageKind
 from ._thread import at_home, check_awaited_at_home, current_home
 
@@ -128,6 +135,118 @@ class Stamped:
         self.stamp = stamp
 
 
+Priority = Callable[[Any], int]
+"""An agent's ``message_priority``: the priority of an event or request (higher first)."""
+
+
+@final
+class PriorityQueue:
+    """A mailbox queue taking the highest priority first, in order within a priority.
+
+    It has the deque operations the mailbox, the reader and `Address.send`
+    use (`append`, `popleft`, `len`, truth, iteration in taking order,
+    ``in``, `remove`), so a priority mailbox needs no other code path.
+    `append` asks `priority` for the message's priority: in the sender's task
+    for events and requests, so a priority function that raises or returns
+    something else than an int fails the send, where the mistake shows.
+
+    Fields: `buckets` maps each priority that has messages to them (oldest
+    first); `levels` holds those priorities negated, in ascending order (so
+    the highest priority is ``-levels[0]``); `size` is the number of messages.
+    """
+
+    __slots__ = ("buckets", "levels", "priority", "size")
+
+    def __init__(self, priority: Priority) -> None:
+        self.priority = priority
+        self.buckets: dict[int, deque[Any]] = {}
+        self.levels: list[int] = []
+        self.size = 0
+
+    def level(self, message: object) -> int:
+        """The priority of a queued message (its event or request; the interrupt mark's is 0)."""
+        kind = type(message)
+        if message is INTERRUPT_MARK:
+            return 0
+        internal = kind is Tick or kind is Response
+        if kind is RequestCall:
+            message = cast("RequestCall[Any]", message)._request  # noqa: SLF001 - an envelope kind of this module
+        elif kind is Tick or kind is Stamped:
+            message = cast("Tick | Stamped", message).event
+        elif kind is Response:
+            message = cast("Response", message).request
+        try:
+            level: object = self.priority(message)
+            if isinstance(level, bool) or not isinstance(level, int):
+                raise TypeError(f"message_priority must return an int, got {level!r} for {message!r}")
+        except Exception:
+            if not internal:
+                raise
+            # A timer's tick or an answer is queued by the runtime, not by a sender
+            # that could be told: it takes the default priority instead.
+            logger.exception("message_priority failed for %r; queued with priority 0", message)
+            return 0
+        return level
+
+    def append(self, message: object) -> None:
+        level = self.level(message)
+        bucket = self.buckets.get(level)
+        if bucket is None:
+            bucket = self.buckets[level] = deque()
+            bisect.insort(self.levels, -level)
+        bucket.append(message)
+        self.size += 1
+
+    def popleft(self) -> Any:
+        if not self.size:
+            raise IndexError("pop from an empty PriorityQueue")
+        level = -self.levels[0]
+        bucket = self.buckets[level]
+        message = bucket.popleft()
+        if not bucket:
+            del self.buckets[level]
+            del self.levels[0]
+        self.size -= 1
+        return message
+
+    def remove(self, message: object) -> None:
+        for level in self.levels:
+            bucket = self.buckets[-level]
+            if message in bucket:
+                bucket.remove(message)
+                if not bucket:
+                    del self.buckets[-level]
+                    self.levels.remove(level)
+                self.size -= 1
+                return
+        raise ValueError(f"{message!r} is not queued")
+
+    def retain(self, keep: Callable[[Any], bool]) -> None:
+        """Drop the messages for which `keep` is false, in place (the reader holds this object)."""
+        for level in list(self.levels):
+            bucket = self.buckets[-level]
+            kept = deque(message for message in bucket if keep(message))
+            self.size -= len(bucket) - len(kept)
+            if kept:
+                self.buckets[-level] = kept
+            else:
+                del self.buckets[-level]
+                self.levels.remove(level)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for level in self.levels:
+            yield from self.buckets[-level]
+
+    def __contains__(self, message: object) -> bool:
+        return any(message in bucket for bucket in self.buckets.values())
+
+
 @final
 class Mailbox:
     """The queue of one address; see the module docstring for the protocol.
@@ -150,6 +269,7 @@ class Mailbox:
         "name",
         "parent",
         "parked",
+        "priority",
         "queue",
         "reader",
         "requests",
@@ -161,7 +281,14 @@ class Mailbox:
         "thread_id",
     )
 
-    def __init__(self, name: str, agent_type: type, capacity: int | None, tables: tuple[Table, Table, Table]) -> None:
+    def __init__(
+        self,
+        name: str,
+        agent_type: type,
+        capacity: int | None,
+        tables: tuple[Table, Table, Table],
+        priority: Priority | None = None,
+    ) -> None:
         self.name = name
         """The address's name: unique among the live agents of the run, kept across restarts."""
         self.agent_type = agent_type
@@ -178,8 +305,11 @@ class Mailbox:
         self.limit: int = UNBOUNDED if capacity is None else capacity
         """A message fits while ``len(queue) < limit``: the capacity (+1 while the
         interrupt mark is queued), `UNBOUNDED`, or `CLOSED` once closed."""
-        self.queue: deque[Any] | None = None
-        """The messages, oldest first; None until the first one (an idle agent
+        self.priority = priority
+        """The first reader's ``message_priority``: None for a FIFO mailbox (a deque),
+        else the queue is a `PriorityQueue` taking it. Kept across restarts."""
+        self.queue: deque[Any] | PriorityQueue | None = None
+        """The messages in taking order; None until the first one (an idle agent
         costs no deque)."""
         self.parked: Task | None = None
         """The reader's task while it waits for a message, else None."""
@@ -217,7 +347,7 @@ class Mailbox:
             message = _stamped(message)
         queue = self.queue
         if queue is None:
-            queue = self.queue = deque()
+            queue = self.queue = self.new_queue()
         queue.append(message)
         task = self.parked
         if task is not None:
@@ -225,6 +355,9 @@ class Mailbox:
             reschedule(task)
         elif self.asleep:
             self.run.wake_up()
+
+    def new_queue(self) -> deque[Any] | PriorityQueue:
+        return deque() if self.priority is None else PriorityQueue(self.priority)
 
     def set_stamping(self, on: bool) -> None:
         """Stamp what is queued from now on, or stop (messages stamped already stay so)."""
@@ -400,7 +533,7 @@ class Mailbox:
         queue = self.queue
         marks = 0
         if queue:
-            kept: deque[Any] = deque()
+            kept = self.new_queue()
             for message in queue:
                 if message is INTERRUPT_MARK:
                     marks += 1
@@ -443,10 +576,13 @@ class Mailbox:
         queue = self.queue
         assert queue is not None
         if self.abandoned * 2 > len(queue) >= 64:
-            for _ in range(len(queue)):  # in place: the reader holds this deque
-                message = queue.popleft()
-                if type(message) is not RequestCall or message._state != _ABANDONED:  # noqa: SLF001
-                    queue.append(message)
+            if type(queue) is PriorityQueue:
+                queue.retain(lambda message: not is_abandoned(message))
+            else:
+                for _ in range(len(queue)):  # in place: the reader holds this deque
+                    message = queue.popleft()
+                    if not is_abandoned(message):
+                        queue.append(message)
             self.dropped += self.abandoned
             self.abandoned = 0
             self.wake_room_waiters()
@@ -596,6 +732,49 @@ class RequestCall(Generic[R]):
         elif self._reply_to is not None:
             assert self._response_handler is not None
             self._reply_to.put_response(self._response_handler, self._request, result)
+
+    async def _route(self, router: Mailbox, target: object) -> None:
+        """A ``route=True`` handler of `router`'s reader chose `target` (an Address): queue the call there.
+
+        The caller keeps waiting on this envelope (or its answer goes where it was
+        forwarded); `target`'s reader answers it. Waits for room in a full bounded
+        mailbox. Every refusal completes the call with the error, so the caller learns.
+        """
+        mailbox = getattr(target, "_mailbox", None)
+        if type(mailbox) is not Mailbox:
+            self._complete(
+                outcome.Error(
+                    TypeError(
+                        f"{router.name}'s route=True handler must return the hybrid.Address that answers "
+                        f"{self._request!r}, got {target!r}"
+                    )
+                )
+            )
+            return
+        if mailbox is router:
+            self._complete(
+                outcome.Error(LifecycleError(f"{router.name} routed {self._request!r} to itself: it would never leave"))
+            )
+            return
+        try:
+            handler = mailbox.requests.get(type(self._request)) or lookup(
+                mailbox.requests, type(self._request), REQUEST, mailbox.agent_type
+            )
+        except UnhandledMessage as error:
+            self._complete(outcome.Error(error))
+            return
+        if not mailbox.has_room() and not await mailbox.put_wait():
+            self._fail_stopped_at(mailbox)
+            return
+        if self._task is None and self._reply_to is None:
+            return  # its caller gave up meanwhile: nobody waits for the answer
+        self._mailbox = mailbox
+        self._handler = handler
+        self._state = _QUEUED
+        mailbox.put(self)
+
+    def _fail_stopped_at(self, mailbox: Mailbox) -> None:
+        self._complete(outcome.Error(AgentStopped(f"{mailbox.name} has ended; request {self._request!r} was not sent")))
 
     def _fail_stopped(self) -> None:
         self._complete(outcome.Error(AgentStopped(f"{self._mailbox.name} ended before answering {self._request!r}")))

@@ -28,6 +28,7 @@ from trio.lowlevel import Task, checkpoint, current_task, reschedule, wait_task_
 from . import _retry
 from ._checkpointer import Checkpointer
 from ._exceptions import InvalidTransition, LifecycleError
+from ._handlers import ROUTE
 from ._instrument import Instruments, current_instruments
 from ._mailbox import CLOSED, INTERRUPT_MARK, Mailbox, RequestCall, Response, Stamped, Tick, is_abandoned, received
 from ._next import _INTERRUPT, ASYNC, DONE, EVENTS, FAIL, INTERRUPT, PERFORM, STOP, SYNC, Next, _make
@@ -653,7 +654,14 @@ class Runtime:
                             except BaseException:
                                 call._fail_stopped()
                                 raise
-                        call._complete(answer)
+                        if type(answer) is outcome.Value and getattr(call._handler, ROUTE, False):
+                            try:
+                                await call._route(mailbox, answer.value)
+                            except BaseException:
+                                call._fail_stopped()
+                                raise
+                        else:
+                            call._complete(answer)
                     else:
                         start = None  # nothing was handled: nothing to report
                 elif message_type is Tick:
