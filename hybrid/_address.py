@@ -10,8 +10,8 @@ import trio
 from trio.lowlevel import reschedule
 from typing_extensions import TypeVar
 
-from ._exceptions import AgentStopped, LifecycleError
-from ._handlers import REQUEST, lookup
+from ._exceptions import AgentStopped, LifecycleError, UnhandledMessage
+from ._handlers import EVENT, REQUEST, lookup
 from ._mailbox import CLOSED, Mailbox, RequestCall, make_call
 from ._request import Request
 from ._runtime import ENDED, HIBERNATING, Runtime
@@ -45,6 +45,9 @@ class AgentStatistics:
         reason: how the agent ended, or None while it runs.
         hibernating: idle in actor mode without a trio task (see
             `Agent.hibernate_after`); its phase is ``"events"``.
+        idle: waiting for a message in actor mode (parked or hibernating):
+            the next message is handled at once. False while it handles a
+            message, runs a state or has ended.
     """
 
     name: str
@@ -58,6 +61,7 @@ class AgentStatistics:
     transitions: int
     reason: StopReason | None
     hibernating: bool = False
+    idle: bool = False
 
 
 @final
@@ -190,6 +194,31 @@ class Address(Generic[A_co]):
             handler = lookup(mailbox.requests, type(request), REQUEST, mailbox.agent_type)
         return make_call(mailbox, request, handler)
 
+    def handles(self, message_type: type) -> bool:
+        """Whether the agent has a handler for messages of `message_type`.
+
+        A subclass of [`hybrid.Request`][hybrid.Request] is checked against the
+        ``on_request`` handlers, any other type against the ``on_event`` ones
+        (a handler for a base class counts). What a router or a topic checks
+        when it is given an address, so that a mistake is reported where it
+        was made rather than at the first message.
+
+        Example:
+            ```python
+            assert crawler.handles(AddUrl)
+            assert not crawler.handles(str)
+            ```
+        """
+        mailbox = self._mailbox
+        kind: type[object] = message_type
+        is_request = issubclass(kind, Request)
+        table = mailbox.requests if is_request else mailbox.events
+        try:
+            lookup(table, kind, REQUEST if is_request else EVENT, mailbox.agent_type)
+        except UnhandledMessage:
+            return False
+        return True
+
     def interrupt(self) -> None:
         """Ask the agent to end gracefully.
 
@@ -252,6 +281,7 @@ class Address(Generic[A_co]):
             transitions=rt.transitions,
             reason=rt.reason,
             hibernating=rt.phase == HIBERNATING,
+            idle=mailbox.parked is not None or rt.phase == HIBERNATING,
         )
 
     # Equality and hashing are by identity: one Address object per agent (and
