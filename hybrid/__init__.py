@@ -13,6 +13,9 @@ checks it; imports under ``TYPE_CHECKING`` are annotations only):
   `on_response`, dispatch tables), ``_thread.py`` (the one thread hop),
   ``_instrument.py`` (`Instrument` and its per-run registry), ``_registry.py``
   (agent names per run)
+- coordination on trio alone, importing only the leaves: ``_quorum.py``
+  (`quorum`), ``_breaker.py`` (`CircuitBreaker`), ``_waitmap.py`` (`WaitMap`),
+  ``_rendezvous.py`` (`rendezvous`), ``_lease.py`` (`Leases`, `Lease`)
 - ``_mailbox.py``: `Mailbox` (queue, bound, closing, parked reader, waiting
   senders) and every envelope kind, `RequestCall` among them
 - ``_runtime.py``: one agent's run loop, phases and ending; knows no handle
@@ -24,7 +27,9 @@ checks it; imports under ``TYPE_CHECKING`` are annotations only):
 - built on public names only, as a third party would: ``_supervisor.py``
   (`Supervisor`, `SupervisorContext`, `Restart`, `Strategy`,
   `RestartIntensityExceeded`) and ``_pipeline.py`` (`Pipeline`, `Stage`,
-  `open_pipeline`, `open_merge` and their records)
+  `open_pipeline`, `open_merge` and their records), ``_pool.py`` (`Pool`,
+  `Routing`, `PoolMembers`: supervised workers behind one address) and
+  ``_topic.py`` (`Topic`, `Subscription`, `Overflow`: publish to subscribers)
 - ``testing/``: `hybrid.testing`, helpers for tests (simulated time, recordings),
   written against ``hybrid`` as a user would
 - outer modules, built on public names only and imported by no core module:
@@ -44,15 +49,21 @@ from ._agent import interrupted as interrupted
 from ._agent import open_agent as open_agent
 from ._agent import spawn as spawn
 from ._agent import start as start
+from ._breaker import BreakerState as BreakerState
+from ._breaker import BreakerStatistics as BreakerStatistics
+from ._breaker import CircuitBreaker as CircuitBreaker
 from ._checkpointer import Checkpointer as Checkpointer
 from ._context import Context as Context
 from ._exceptions import AgentStopped as AgentStopped
+from ._exceptions import CircuitOpen as CircuitOpen
 from ._exceptions import HandlerDefinitionError as HandlerDefinitionError
 from ._exceptions import HybridError as HybridError
 from ._exceptions import InvalidTransition as InvalidTransition
+from ._exceptions import LeaseLost as LeaseLost
 from ._exceptions import LifecycleError as LifecycleError
 from ._exceptions import MailboxFull as MailboxFull
 from ._exceptions import NameInUse as NameInUse
+from ._exceptions import QuorumError as QuorumError
 from ._exceptions import UnhandledMessage as UnhandledMessage
 from ._handlers import on_event as on_event
 from ._handlers import on_request as on_request
@@ -75,6 +86,12 @@ from ._pipeline import Stage as Stage
 from ._pipeline import StageStatistics as StageStatistics
 from ._pipeline import open_merge as open_merge
 from ._pipeline import open_pipeline as open_pipeline
+from ._pool import Pool as Pool
+from ._pool import PoolMembers as PoolMembers
+from ._pool import Routing as Routing
+from ._quorum import quorum as quorum
+from ._rendezvous import rendezvous as rendezvous
+from ._rendezvous import rendezvous_ranked as rendezvous_ranked
 from ._request import Request as Request
 from ._retry import Backoff as Backoff
 from ._retry import RetryPolicy as RetryPolicy
@@ -92,6 +109,7 @@ from ._supervisor import Strategy as Strategy
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import SupervisorContext as SupervisorContext
 from ._timers import Timer as Timer
+from ._waitmap import WaitMap as WaitMap
 
 __version__ = "0.1.0"
 
@@ -103,7 +121,11 @@ __all__ = [
     "AgentStatistics",
     "AgentStopped",
     "Backoff",
+    "BreakerState",
+    "BreakerStatistics",
     "Checkpointer",
+    "CircuitBreaker",
+    "CircuitOpen",
     "ClassCounters",
     "Context",
     "Ended",
@@ -111,6 +133,7 @@ __all__ = [
     "HybridError",
     "Instrument",
     "InvalidTransition",
+    "LeaseLost",
     "LifecycleError",
     "MailboxFull",
     "MessageKind",
@@ -121,11 +144,15 @@ __all__ = [
     "Performer",
     "Pipeline",
     "PipelineRun",
+    "Pool",
+    "PoolMembers",
+    "QuorumError",
     "Request",
     "RequestCall",
     "Restart",
     "RestartIntensityExceeded",
     "RetryPolicy",
+    "Routing",
     "SkippedItem",
     "Snapshot",
     "Stage",
@@ -139,6 +166,7 @@ __all__ = [
     "SupervisorContext",
     "Timer",
     "UnhandledMessage",
+    "WaitMap",
     "add_instrument",
     "instruments",
     "interrupted",
@@ -148,7 +176,10 @@ __all__ = [
     "open_agent",
     "open_merge",
     "open_pipeline",
+    "quorum",
     "remove_instrument",
+    "rendezvous",
+    "rendezvous_ranked",
     "snapshot",
     "spawn",
     "start",

@@ -16,9 +16,12 @@ exception means the same thing, the hybrid error subclasses it too, so
      │                                 transition was expected, or a modifier was used on
      │                                 a transition it does not apply to
      ├── NameInUse(ValueError)         an agent name given to `spawn` is taken by a live agent
- ├── LifecycleError(RuntimeError)  an operation the agent's lifecycle forbids now: an
+     ├── LifecycleError(RuntimeError)  an operation the agent's lifecycle forbids now: an
      │                                 agent started twice, `ctx` used before the start,
      │                                 a transition scheduled while the agent finishes
+     ├── QuorumError                   `quorum` can no longer get the results it needs
+     ├── CircuitOpen                   a `CircuitBreaker` refuses the call while open
+     ├── LeaseLost                     a lease expired or was taken over while held
      └── RestartIntensityExceeded      a supervisor restarted its children too often
                                        (defined with the supervisor, in `_supervisor.py`)
 
@@ -100,4 +103,47 @@ class LifecycleError(HybridError, RuntimeError):
 
     Examples: running one agent instance twice, using `self.ctx` before the
     agent started, or scheduling a transition while the agent is finishing.
+    """
+
+
+class QuorumError(HybridError):
+    """[`hybrid.quorum`][hybrid.quorum] can no longer get the results it needs.
+
+    Raised as soon as too many members failed for `need` results to be
+    reached; the members still running are cancelled first.
+
+    Attributes:
+        need: how many results were needed.
+        results: the results that did arrive, in completion order.
+        errors: every member's exception, in the order they failed.
+    """
+
+    def __init__(self, message: str, *, need: int, results: list[object], errors: list[Exception]) -> None:
+        super().__init__(message)
+        self.need = need
+        self.results = results
+        self.errors = errors
+
+
+class CircuitOpen(HybridError):
+    """A [`CircuitBreaker`][hybrid.CircuitBreaker] refuses the call: it is open.
+
+    Also raised in the half-open state to callers beyond the probe limit.
+
+    Attributes:
+        retry_after: seconds (on trio's clock) until the breaker lets a probe
+            through; 0 when it is half-open and its probes are busy.
+    """
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class LeaseLost(HybridError):
+    """A lease ended while its holder still relied on it.
+
+    Raised by `renew` on a lease that expired or was taken over (its fencing
+    token is stale), and by the body of ``async with leases.hold(...)`` when the
+    lease could not be kept.
     """

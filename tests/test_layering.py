@@ -14,17 +14,18 @@ PACKAGE = Path(hybrid.__file__).parent
 LAYERS: list[set[str]] = [
     {"_exceptions", "_stop", "_request", "_validate", "_retry"},  # leaves
     {"_next", "_handlers", "_thread", "_instrument", "_registry", "_checkpointer"},
+    {"_quorum", "_breaker", "_waitmap", "_rendezvous", "_lease"},  # coordination on trio alone
     {"_mailbox"},
     {"_runtime"},
     {"_address", "_context", "_timers", "_streams", "_monitors", "_snapshot"},  # handles
     {"_agent"},
-    {"_supervisor", "_pipeline"},  # built as a third party would build them
+    {"_supervisor", "_pipeline", "_pool", "_topic"},  # built as a third party would build them
     {"__init__"},
     {"__main__"},  # python -m hybrid: service mode's command line
 ]
 # Built on public names only: what they take from a private module must be exported by
 # `hybrid`, except from these shared helpers (argument checks, the retry loop).
-PUBLIC_ONLY = {"_supervisor", "_pipeline"}
+PUBLIC_ONLY = {"_supervisor", "_pipeline", "_pool"}
 SHARED_HELPERS = {"_validate", "_retry"}
 
 
