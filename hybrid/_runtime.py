@@ -90,6 +90,20 @@ class Hooks(Protocol):
 
 
 @final
+class _StateName:
+    """How a retried state is named in the log, formatted only if a line is emitted (its args' reprs may be long)."""
+
+    __slots__ = ("name", "nxt")
+
+    def __init__(self, name: str, nxt: Next[Any]) -> None:
+        self.name = name
+        self.nxt = nxt
+
+    def __str__(self) -> str:
+        return f"{self.name}: state {self.nxt!r}"
+
+
+@final
 class Runtime:
     """Everything the runtime keeps about one run of one agent.
 
@@ -837,7 +851,7 @@ class Runtime:
 
         try:
             return await _retry.retrying(
-                attempt, mods.retry, what=f"{self.name}: state {nxt!r}", logger=logger, wait=self._wait_to_retry
+                attempt, mods.retry, what=_StateName(self.name, nxt), logger=logger, wait=self._wait_to_retry
             )
         except Exception as error:
             if mods.fallback is None:
