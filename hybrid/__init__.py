@@ -109,6 +109,12 @@ from ._supervisor import Strategy as Strategy
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import SupervisorContext as SupervisorContext
 from ._timers import Timer as Timer
+from ._topic import Overflow as Overflow
+from ._topic import SubscriberStatistics as SubscriberStatistics
+from ._topic import SubscriberTooSlow as SubscriberTooSlow
+from ._topic import Subscription as Subscription
+from ._topic import Topic as Topic
+from ._topic import TopicStatistics as TopicStatistics
 from ._waitmap import WaitMap as WaitMap
 
 __version__ = "0.1.0"
@@ -141,6 +147,7 @@ __all__ = [
     "Monitor",
     "NameInUse",
     "Next",
+    "Overflow",
     "Performer",
     "Pipeline",
     "PipelineRun",
@@ -162,9 +169,14 @@ __all__ = [
     "Strategy",
     "Stream",
     "StreamEnded",
+    "SubscriberStatistics",
+    "SubscriberTooSlow",
+    "Subscription",
     "Supervisor",
     "SupervisorContext",
     "Timer",
+    "Topic",
+    "TopicStatistics",
     "UnhandledMessage",
     "WaitMap",
     "add_instrument",

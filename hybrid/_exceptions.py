@@ -22,6 +22,9 @@ exception means the same thing, the hybrid error subclasses it too, so
      ├── QuorumError                   `quorum` can no longer get the results it needs
      ├── CircuitOpen                   a `CircuitBreaker` refuses the call while open
      ├── LeaseLost                     a lease expired or was taken over while held
+     ├── SubscriberTooSlow(trio.BrokenResourceError)
+     │                                 a topic's subscription fell behind and was cut off
+     │                                 (defined with the topic, in `_topic.py`)
      └── RestartIntensityExceeded      a supervisor restarted its children too often
                                        (defined with the supervisor, in `_supervisor.py`)
 

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
 ]
 # Built on public names only: what they take from a private module must be exported by
 # `hybrid`, except from these shared helpers (argument checks, the retry loop).
-PUBLIC_ONLY = {"_supervisor", "_pipeline", "_pool"}
+PUBLIC_ONLY = {"_supervisor", "_pipeline", "_pool", "_topic"}
 SHARED_HELPERS = {"_validate", "_retry"}
 
 
