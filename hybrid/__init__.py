@@ -73,6 +73,9 @@ from ._instrument import MessageKind as MessageKind
 from ._instrument import add_instrument as add_instrument
 from ._instrument import instruments as instruments
 from ._instrument import remove_instrument as remove_instrument
+from ._lease import Lease as Lease
+from ._lease import LeaseTable as LeaseTable
+from ._lease import Leases as Leases
 from ._mailbox import RequestCall as RequestCall
 from ._monitors import Ended as Ended
 from ._monitors import Monitor as Monitor
@@ -139,7 +142,10 @@ __all__ = [
     "HybridError",
     "Instrument",
     "InvalidTransition",
+    "Lease",
     "LeaseLost",
+    "LeaseTable",
+    "Leases",
     "LifecycleError",
     "MailboxFull",
     "MessageKind",

@@ -12,6 +12,8 @@ Package map (imports point up this list):
   `durable`, the class decorator naming a class and its version
 - ``_sql.py``, ``_sqlite.py``, ``_postgres.py``: the schema and the statements of the
   two databases; ``_journal.py``: `Journal`, the writer thread that group-commits
+- ``_leases.py``: `DurableLeases`, leases with a TTL and a fencing token in the
+  store's database (``store.leases()``), the interface of `hybrid.Leases`
 - ``_store.py``: `open_store`, `Store` and `KeyCheckpointer`, the `hybrid.Checkpointer`
   of one key
 
@@ -19,6 +21,8 @@ Example:
     ```python
     async with hybrid.durable.open_store("orders.db") as store:
         print(await store.run(Checkout("o-17"), key="o-17"))
+        async with store.leases().hold("nightly", "worker-3", ttl=30) as lease:
+            await nightly(fencing_token=lease.token)
     ```
 """
 
@@ -28,6 +32,7 @@ from ._errors import DurableError as DurableError
 from ._errors import Fenced as Fenced
 from ._errors import KeyInUse as KeyInUse
 from ._errors import StoreError as StoreError
+from ._leases import DurableLeases as DurableLeases
 from ._records import Ending as Ending
 from ._records import Event as Event
 from ._records import Status as Status
@@ -42,6 +47,7 @@ __all__ = [
     "CheckpointError",
     "Durability",
     "DurableError",
+    "DurableLeases",
     "Ending",
     "Event",
     "Fenced",

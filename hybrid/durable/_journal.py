@@ -21,7 +21,9 @@ chained from the driver's error and naming the database and the operation.
 A waiter never sees success for a write that was not committed.
 
 Cancelling a waiter does not take its write back: the write is committed (or
-fails) with its batch; the cancelled task just stops waiting.
+fails) with its batch; the cancelled task just stops waiting. One exception:
+a lease granted to a caller that stopped waiting is released again
+(`Journal.acquire_lease`), since nobody would know to release it.
 
 Retries. The journal retries nothing whose outcome is unknown. On Postgres,
 when a batch fails because the connection it began on was found dropped (the
@@ -50,6 +52,8 @@ import attrs
 import outcome
 import trio
 from trio.lowlevel import Abort, RaiseCancelT, Task, TrioToken
+
+from hybrid import Lease
 
 from ._errors import Fenced, StoreError
 from ._records import Checkpoint, Claim, Ending, Event, StepKind
@@ -102,7 +106,7 @@ class _Request(Generic[T]):
     `run_sync_soon`, so no lock guards them.
     """
 
-    __slots__ = ("checkpoint", "done", "error", "label", "run", "value", "waiters", "writes")
+    __slots__ = ("abandoned", "checkpoint", "done", "error", "label", "run", "value", "waiters", "writes")
 
     def __init__(
         self,
@@ -128,6 +132,8 @@ class _Request(Generic[T]):
         """The failure (`Fenced`, `StoreError`), once done."""
         self.waiters: list[Task] = []
         """Tasks parked in `wait`; each leaves the list when woken or cancelled."""
+        self.abandoned: Callable[[T], None] | None = None
+        """Called with the value once the request succeeds, if its waiter gave up (see `abandon`)."""
 
     @property
     def what(self) -> str:
@@ -145,6 +151,19 @@ class _Request(Generic[T]):
         waiters, self.waiters = self.waiters, []
         for task in waiters:
             trio.lowlevel.reschedule(task, outcome.Value(None))
+        if self.abandoned is not None and error is None:
+            self.abandoned(self.value)  # type: ignore[arg-type]  # done without error: a T
+
+    def abandon(self, undo: Callable[[T], None]) -> None:
+        """Its waiter gave up (cancelled): call ``undo(value)`` in the trio thread if the request succeeds.
+
+        At once if it has succeeded already; never if it failed.
+        """
+        if not self.done:
+            self.abandoned = undo
+            return
+        if self.error is None:  # pragma: no cover - a waiter is woken once done, and not cancelled after
+            undo(self.value)  # type: ignore[arg-type]  # done without error: a T
 
     async def wait(self) -> T:
         """Wait for the outcome; a cancelled wait leaves the operation queued."""
@@ -241,7 +260,7 @@ class _Refused(Exception):
 
 @final
 class Journal:
-    """The store's database: checkpoints, endings and the event log of every key.
+    """The store's database: checkpoints, endings and the event log of every key, and the leases.
 
     Made by `open_journal`. Methods are called from the trio run that opened
     it. Each one queues a request for the writer thread and waits for the
@@ -411,6 +430,74 @@ class Journal:
             txn.events.append((key, epoch, seq, txn.now, kind, "", detail))
 
         await self._submit(_Request(f"event of key {key!r}", run, writes=True)).wait()
+
+    # -- leases (``_leases.py``: `DurableLeases`) ------------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> Lease | None:
+        """Renew `holder`'s current lease of `name`, or grant the name if it is free; None if another holder has it.
+
+        Cancel-safe: a new grant made for a caller that was cancelled while
+        waiting is released once its batch commits (a renewal stays).
+
+        Raises:
+            StoreError: the database failed; nothing was granted (or, if the
+                COMMIT itself failed on Postgres, the grant may stand until
+                it expires).
+        """
+
+        def run(txn: _Txn) -> tuple[Lease, bool] | None:
+            return txn.statements.acquire_lease(txn.cursor, name, holder, ttl)
+
+        request = self._submit(_Request(f"acquire of lease {name!r}", run, writes=True))
+        try:
+            granted = await request.wait()
+        except BaseException:  # re-raised: the grant, if there is one, must not outlive the caller
+            request.abandon(self._release_abandoned)
+            raise
+        return None if granted is None else granted[0]
+
+    def _release_abandoned(self, granted: tuple[Lease, bool] | None) -> None:
+        """Release a new grant nobody waits for (trio thread); if that fails, it expires at its ttl."""
+        if granted is None or not granted[1]:
+            return
+        lease = granted[0]
+
+        def run(txn: _Txn) -> bool:
+            return txn.statements.release_lease(txn.cursor, lease)
+
+        with contextlib.suppress(trio.ClosedResourceError):  # closing: the lease ends at its ttl
+            self._submit(_Request(f"release of abandoned lease {lease.name!r}", run, writes=True))
+
+    async def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extend `lease` to `ttl` from now if its grant is current (the new record); None if not.
+
+        Raises:
+            StoreError: the database failed (the lease may still have been renewed
+                if the COMMIT itself failed on Postgres).
+        """
+
+        def run(txn: _Txn) -> Lease | None:
+            return txn.statements.renew_lease(txn.cursor, lease, ttl)
+
+        return await self._submit(_Request(f"renewal of lease {lease.name!r}", run, writes=True)).wait()
+
+    async def release_lease(self, lease: Lease) -> bool:
+        """Release `lease` if its grant is the latest of its name; whether it was.
+
+        Cancelling the call does not take the release back: it commits with its batch.
+
+        Raises:
+            StoreError: the database failed; the lease was not released.
+        """
+
+        def run(txn: _Txn) -> bool:
+            return txn.statements.release_lease(txn.cursor, lease)
+
+        return await self._submit(_Request(f"release of lease {lease.name!r}", run, writes=True)).wait()
+
+    async def latest_lease(self, name: str) -> tuple[Lease | None, float]:
+        """The latest unreleased grant of `name` (expired or not), and the database's clock now."""
+        return await self._read(f"lease {name!r}", lambda txn: txn.statements.latest_lease(txn.cursor, name))
 
     async def checkpoint(self, key: str) -> Checkpoint | None:
         """The latest checkpoint of `key` if it is unfinished, else None."""

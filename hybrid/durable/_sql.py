@@ -1,9 +1,9 @@
 """The journal's schema and statements, one text for SQLite and Postgres.
 
-Both backends keep the same three tables, with the same meaning:
+Both backends keep the same four tables, with the same meaning:
 
 ```
-hybrid_meta    name TEXT PRIMARY KEY, value TEXT      ("schema_version", "1")
+hybrid_meta    name TEXT PRIMARY KEY, value TEXT      ("schema_version", "2")
 hybrid_keys    one row per key: the latest checkpoint of a running key, or the ending of a finished one
     key          TEXT PRIMARY KEY (Postgres: COLLATE "C", so keys sort by code point as in SQLite)
     epoch        BIGINT   the incarnation that holds the key: 1 at the first claim, +1 at each resume
@@ -17,7 +17,21 @@ hybrid_keys    one row per key: the latest checkpoint of a running key, or the e
 hybrid_events  the append-only log, oldest first by id
     id           INTEGER PRIMARY KEY (SQLite rowid) / BIGINT identity (Postgres)
     key, epoch, seq, time, kind, state, detail     as in `Event`
+hybrid_leases  one row per lease name ever granted (schema version 2; see ``_leases.py``)
+    name         TEXT PRIMARY KEY (Postgres: COLLATE "C")
+    holder       TEXT     who holds (or last held) the name; '' once released
+    token        BIGINT   the fencing token of the latest grant: 1 at the first, +1 at each new grant
+                          (rows are never deleted, so a name's tokens only grow)
+    ttl          DOUBLE PRECISION  the ttl of the latest grant or renewal, in seconds
+    expires      DOUBLE PRECISION  when the latest grant ends, on the database's clock (`Dialect.now`)
 ```
+
+A lease is current while ``holder <> '' AND expires > now``. Every lease
+operation is one or two statements in one transaction of the writer, each a
+compare-and-set on the row (the token, the expiry): SQLite serializes them
+with its write lock, Postgres with the row's lock (``UPDATE`` and ``INSERT
+... ON CONFLICT DO UPDATE`` re-check their ``WHERE`` on the row's latest
+version under READ COMMITTED).
 
 Indexes: running keys by key (`unfinished`), finished keys by `updated`
 (`prune(finished_before=...)`), events by (key, id) and by time.
@@ -35,17 +49,22 @@ psycopg's ``%s`` (none of the texts holds a literal ``?`` or ``%``).
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, final
 
 import attrs
 from typing_extensions import LiteralString
 
+from hybrid import Lease
+
 from ._errors import Fenced, StoreError
 from ._records import Checkpoint, Claim, Ending, Event, Status, StepKind
 
-SCHEMA_VERSION = 1
-"""The schema version this code writes; a database with a newer one is refused."""
+SCHEMA_VERSION = 2
+"""The schema version this code writes; a database with a newer one is refused, an older one migrated.
+
+1: keys and events. 2: leases (``hybrid_leases``).
+"""
 
 Row = tuple[Any, ...]
 """One row as the drivers return it: its values' types follow the column types."""
@@ -90,6 +109,11 @@ class Dialect:
         arrays: whether a batch's rows go in one statement as arrays (Postgres'
             ``unnest``: one statement instead of one per row, which the server
             pays for even when pipelined); else ``executemany`` (SQLite, in process).
+        now: an SQL expression of the database's clock, in seconds since the
+            Unix epoch, the same value wherever it appears in one statement:
+            SQLite's ``julianday('now')`` (the wall clock of the host, to the
+            millisecond), Postgres' ``statement_timestamp()`` (the server's
+            clock when the statement began). Leases expire on it.
     """
 
     name: LiteralString
@@ -98,6 +122,7 @@ class Dialect:
     key: LiteralString
     event_id: LiteralString
     arrays: bool
+    now: LiteralString
 
     def sql(self, text: LiteralString) -> LiteralString:
         """``text`` with its ``?`` placeholders in this driver's style."""
@@ -111,6 +136,8 @@ SQLITE = Dialect(
     key="TEXT",
     event_id="INTEGER PRIMARY KEY",  # the rowid: new rows always get a larger one than any left
     arrays=False,
+    # 'now' is computed once per sqlite3_step: one value for the whole statement.
+    now="((julianday('now') - 2440587.5) * 86400.0)",
 )
 POSTGRES = Dialect(
     name="postgres",
@@ -119,6 +146,7 @@ POSTGRES = Dialect(
     key='TEXT COLLATE "C"',
     event_id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
     arrays=True,
+    now="CAST(EXTRACT(EPOCH FROM statement_timestamp()) AS DOUBLE PRECISION)",
 )
 
 
@@ -152,7 +180,25 @@ def _schema(dialect: Dialect) -> list[LiteralString]:
         )""",
         "CREATE INDEX hybrid_events_key ON hybrid_events (key, id)",
         "CREATE INDEX hybrid_events_time ON hybrid_events (time)",
+        *_leases_schema(dialect),
     ]
+
+
+def _leases_schema(dialect: Dialect) -> list[LiteralString]:
+    """Schema version 2: the leases table (also the migration from version 1)."""
+    return [
+        f"""CREATE TABLE hybrid_leases (
+            name {dialect.key} PRIMARY KEY,
+            holder TEXT NOT NULL,
+            token BIGINT NOT NULL CHECK (token > 0),
+            ttl DOUBLE PRECISION NOT NULL,
+            expires DOUBLE PRECISION NOT NULL
+        )""",
+    ]
+
+
+_MIGRATIONS: dict[int, Callable[[Dialect], list[LiteralString]]] = {1: _leases_schema}
+"""The statements taking a database from schema version n to n + 1."""
 
 
 @final
@@ -174,6 +220,7 @@ class Statements:
         )
         self._meta_version: LiteralString = sql("SELECT value FROM hybrid_meta WHERE name = ?")
         self._meta_insert: LiteralString = sql("INSERT INTO hybrid_meta (name, value) VALUES (?, ?)")
+        self._meta_update: LiteralString = sql("UPDATE hybrid_meta SET value = ? WHERE name = ?")
         self._insert_key: LiteralString = sql(
             "INSERT INTO hybrid_keys (key, epoch, seq, status, agent_class, version, kind, state, payload, updated)"
             " VALUES (?, 1, 0, 'running', ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
@@ -233,10 +280,38 @@ class Statements:
         )
         self._prune_ended_keys: LiteralString = sql("DELETE FROM hybrid_keys WHERE status <> 'running' AND updated < ?")
 
+        # The lease statements read the database's clock where they say {now}.
+        def clocked(text: LiteralString) -> LiteralString:
+            return sql(text).replace("{now}", dialect.now)
+
+        self._lease_extend: LiteralString = clocked(
+            "UPDATE hybrid_leases SET ttl = ?, expires = {now} + ? WHERE name = ? AND holder = ? AND expires > {now}"
+            " RETURNING token, expires"
+        )
+        # A free name: inserted at token 1, or its row takes the next token. The WHERE is
+        # re-checked on the row's latest version, so a held name is never taken.
+        self._lease_grant: LiteralString = clocked(
+            "INSERT INTO hybrid_leases AS l (name, holder, token, ttl, expires) VALUES (?, ?, 1, ?, {now} + ?)"
+            " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, token = l.token + 1, ttl = excluded.ttl,"
+            " expires = excluded.expires WHERE l.holder = '' OR l.expires <= {now}"
+            " RETURNING token, expires"
+        )
+        self._lease_renew: LiteralString = clocked(
+            "UPDATE hybrid_leases SET ttl = ?, expires = {now} + ? WHERE name = ? AND token = ? AND holder <> ''"
+            " AND expires > {now} RETURNING holder, expires"
+        )
+        self._lease_release: LiteralString = sql(
+            "UPDATE hybrid_leases SET holder = '' WHERE name = ? AND token = ? AND holder <> ''"
+        )
+        self._lease_latest: LiteralString = clocked(
+            "SELECT l.holder, l.token, l.ttl, l.expires, c.now FROM (SELECT {now} AS now) AS c"
+            " LEFT JOIN hybrid_leases AS l ON l.name = ? AND l.holder <> ''"
+        )
+
     # -- schema -----------------------------------------------------------------
 
     def ensure_schema(self, cursor: Cursor, database: str) -> bool:
-        """Create the tables on first open, or check the version of existing ones.
+        """Create the tables on first open, or check the version of existing ones and migrate an older one.
 
         Returns:
             True if this call created the schema.
@@ -258,8 +333,11 @@ class Statements:
                 f"{database} has journal schema version {found}, newer than version {SCHEMA_VERSION}"
                 " that this hybrid knows: upgrade hybrid to open it"
             )
-        if found < SCHEMA_VERSION:  # pragma: no cover - version 1 is the first; migrations go here
-            raise StoreError(f"{database} has journal schema version {found}; this hybrid needs {SCHEMA_VERSION}")
+        if found < SCHEMA_VERSION:  # migrate, in the transaction that checks: all or nothing
+            for version in range(found, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[version](self.dialect):
+                    cursor.execute(statement, ())
+            cursor.execute(self._meta_update, (str(SCHEMA_VERSION), "schema_version"))
         return False
 
     # -- writes -----------------------------------------------------------------
@@ -446,6 +524,47 @@ class Statements:
             Event(key=str(k), epoch=int(e), seq=int(s), time=float(t), kind=str(kd), state=str(st), detail=str(d))
             for k, e, s, t, kd, st, d in rows
         ]
+
+    # -- leases ------------------------------------------------------------------
+
+    def acquire_lease(self, cursor: Cursor, name: str, holder: str, ttl: float) -> tuple[Lease, bool] | None:
+        """Renew `holder`'s current lease of `name`, or grant the name if it is free.
+
+        Returns:
+            The lease and whether it is a new grant (False: a renewal, same
+            token); None if another holder has a current lease.
+        """
+        cursor.execute(self._lease_extend, (ttl, ttl, name, holder))
+        row: Row | None = cursor.fetchone()
+        if row is not None:
+            return Lease(name=name, holder=holder, token=int(row[0]), expires_at=float(row[1]), ttl=ttl), False
+        cursor.execute(self._lease_grant, (name, holder, ttl, ttl))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return Lease(name=name, holder=holder, token=int(row[0]), expires_at=float(row[1]), ttl=ttl), True
+
+    def renew_lease(self, cursor: Cursor, lease: Lease, ttl: float) -> Lease | None:
+        """Extend the grant `lease.token` of its name to `ttl` from now if it is current; else None."""
+        cursor.execute(self._lease_renew, (ttl, ttl, lease.name, lease.token))
+        row: Row | None = cursor.fetchone()
+        if row is None:
+            return None
+        return Lease(name=lease.name, holder=str(row[0]), token=lease.token, expires_at=float(row[1]), ttl=ttl)
+
+    def release_lease(self, cursor: Cursor, lease: Lease) -> bool:
+        """Release the grant `lease.token` of its name if it is the latest; whether it was."""
+        cursor.execute(self._lease_release, (lease.name, lease.token))
+        return cursor.rowcount == 1
+
+    def latest_lease(self, cursor: Cursor, name: str) -> tuple[Lease | None, float]:
+        """The latest unreleased grant of `name` (expired or not) and the database's clock now."""
+        cursor.execute(self._lease_latest, (name,))
+        holder, token, ttl, expires, now = cursor.fetchone()
+        if holder is None:
+            return None, float(now)
+        lease = Lease(name=name, holder=str(holder), token=int(token), expires_at=float(expires), ttl=float(ttl))
+        return lease, float(now)
 
 
 def _checkpoint(row: Row) -> Checkpoint:

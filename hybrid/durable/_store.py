@@ -41,6 +41,7 @@ from hybrid import Address, Agent, AgentRunner, LifecycleError, Next, StopKind, 
 from ._codec import Codec
 from ._errors import CheckpointError, DurableError, Fenced, KeyInUse, StoreError
 from ._journal import Journal, Pending, open_journal
+from ._leases import DEFAULT_POLL_INTERVAL, DurableLeases
 from ._records import Checkpoint, Claim, Ending, Event, Status, StepKind
 
 
@@ -99,6 +100,7 @@ class Store:
     a run of the key in another store or process fences off this one
     (`Fenced`). Once `open_store`'s block has ended, every method raises
     `StoreError`, and an agent still running fails at its next transition.
+    The same database also holds leases shared across processes: `leases`.
 
     Example:
         ```python
@@ -107,7 +109,7 @@ class Store:
         ```
     """
 
-    __slots__ = ("_closed", "_codec", "_durability", "_journal", "_live")
+    __slots__ = ("_closed", "_codec", "_durability", "_journal", "_lease_freed", "_live")
 
     _journal: Journal
     """The database: every read and write goes through its writer thread."""
@@ -119,6 +121,9 @@ class Store:
     """Keys with a live run in this process (claimed, not ended): written by the checkpointers."""
     _closed: bool
     """Set once, when `open_store` exits: nothing more is read or written."""
+    _lease_freed: dict[str, trio.Event]
+    """Names whose lease a task of this store waits for (`DurableLeases.wait_free`): set and removed
+    by a release through this store, removed by the last waiter to stop waiting."""
 
     def __init__(self) -> None:
         raise TypeError("Store has no public constructor: use hybrid.durable.open_store(url)")
@@ -131,6 +136,7 @@ class Store:
         store._durability = durability
         store._live = {}
         store._closed = False
+        store._lease_freed = {}
         return store
 
     @property
@@ -333,11 +339,43 @@ class Store:
         journal = self._journal
         return await journal.prune(keep_events=keep_events, older_than=older_than, finished_before=finished_before)
 
+    def leases(self, *, poll_interval: float = DEFAULT_POLL_INTERVAL) -> DurableLeases:
+        """The store's lease table: leases with a TTL and a fencing token, shared by every process on the database.
+
+        The same interface as the in-process `hybrid.Leases` (see
+        `DurableLeases` for what holds across processes and which clock the
+        leases expire on). Every call returns a table over the same leases.
+
+        Args:
+            poll_interval: seconds between two looks at a held lease for a
+                task waiting for it (`wait_free`, ``hold(wait=True)``); a
+                release through this store wakes such tasks at once anyway.
+
+        Raises:
+            StoreError: the store is closed.
+            TypeError: `poll_interval` is not a number.
+            ValueError: `poll_interval` is not finite and > 0.
+
+        Example:
+            ```python
+            leases = store.leases()
+            async with leases.hold("report/2024-06", "worker-3", ttl=30) as lease:
+                await write_report(fencing_token=lease.token)
+            ```
+        """
+        self._check_open()
+        return DurableLeases._make(self, poll_interval)
+
     # -- claiming ------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError("the store is closed: open_store's block has ended")
+
+    def _open_journal(self) -> Journal:
+        """The journal, if the store is open (else `StoreError`)."""
+        self._check_open()
+        return self._journal
 
     def _mode(self, durability: Durability | str | None) -> Durability:
         return self._durability if durability is None else Durability(durability)
