@@ -38,6 +38,9 @@ def test_every_example_is_covered_by_this_file() -> None:
         "service",
         "crawler",
         "durable_orders",
+        "pyos",  # tests/test_example_pyos.py
+        "quorum_consensus",  # tests/test_example_quorum_consensus.py
+        "trading_swarm",  # tests/test_example_trading_swarm.py
     }
     assert names == tested
 
