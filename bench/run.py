@@ -8,12 +8,14 @@ Options:
     --repeat N     measured rounds per workload (default 5), after --warmup rounds
     --warmup N     discarded rounds before measuring (default 1)
     --output PATH  the JSON file (default bench/results.json)
-    --only W1,W2   run only these workloads; the other sections are named too: ``peers``,
+    --only W1,W2   run only these workloads (W1-W9, W11); the other sections are named too: ``peers``,
                    ``asyncio`` (hand-written asyncio on the selected workloads, all if none),
                    ``agents`` (LangGraph, pydantic-graph, autogen-core) and ``scaling``
     --no-peers     skip the other libraries: the ``peers`` and ``agents`` sections
 
-W9 (durable transitions) is ``bench/durable.py``, also run alone: ``python -m bench.durable``.
+W9 (durable transitions) is ``bench/durable.py``, also run alone: ``python -m bench.durable``;
+W11 (coordination: Pool, priority mailbox, quorum) is ``bench/coordination.py``, also run alone:
+``python -m bench.coordination``.
 """
 
 from __future__ import annotations
@@ -37,14 +39,15 @@ if __package__ in (None, ""):  # run as a script: python bench/run.py
 import trio
 
 import hybrid
-from bench import agent_peers, asyncio_side, scaling
+from bench import agent_peers, asyncio_side, coordination, scaling
 from bench import durable as durable_bench
 from bench import peers as peers_module
 from bench._harness import grid, number
 from bench.workloads import WORKLOADS as CORE_WORKLOADS
 
-# W9 lives in bench/durable.py (a disk, Postgres if reachable, LangGraph if installed), beside W1-W8.
-WORKLOADS = {**CORE_WORKLOADS, "W9": durable_bench.run_w9}
+# W9 lives in bench/durable.py (a disk, Postgres if reachable, LangGraph if installed), beside W1-W8;
+# W11 in bench/coordination.py (Pool, the priority mailbox, quorum).
+WORKLOADS = {**CORE_WORKLOADS, "W9": durable_bench.run_w9, "W11": coordination.run_w11}
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
 SECTIONS = ["peers", "asyncio", "agents", "scaling"]
@@ -200,6 +203,9 @@ def table(results: dict[str, Any]) -> str:
     w9 = results["workloads"].get("W9")
     if w9 is not None:  # the cases behind W9's rows: "hybrid" is the durable side, "trio" the same without a store
         lines += ["", *durable_bench.table_lines(w9)]
+    w11 = results["workloads"].get("W11")
+    if w11 is not None:  # the sides behind W11's rows: "hybrid" is the primitive, "trio" what it is compared with
+        lines += ["", *coordination.table_lines(w11)]
     peers = results.get("peers")
     if peers:
         p = peers["params"]

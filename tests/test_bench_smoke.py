@@ -21,8 +21,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # bench/ is a top-level package of the repo, not installed
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench import coordination, peers, run, workloads  # noqa: E402
 from bench import durable as durable_bench  # noqa: E402
-from bench import peers, run, workloads  # noqa: E402
 from bench._harness import BenchError, alternate, check, percentile, scaled  # noqa: E402
 
 WORKLOAD_KEYS = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"]
@@ -83,6 +83,43 @@ def test_w9_durable_transitions_run_every_case_on_sqlite(tmp_path: Path) -> None
     """W9 at a tiny size, without Postgres: every case runs (its own checks count each transition)."""
     entry = durable_bench.measure(0.01, 1, 0, directory=tmp_path, use_postgres=False)
     assert entry["metrics"]
+
+
+def test_w11_coordination_runs_every_side_and_reports_every_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """W11 at a tiny size, as `python -m bench --only W11` runs it: each side checks its own answers and counts."""
+    output = tmp_path / "w11.json"
+    argv = ["--size", "0.002", "--repeat", "1", "--warmup", "0", "--only", "W11", "--output", str(output)]
+    assert run.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "W11 coordination" in printed
+    assert "W11 quorum" in printed
+    entry = json.loads(output.read_text())["workloads"]["W11"]
+    assert set(entry["spreads"]["async"]) == {
+        "agent",
+        *(f"{side}_{n}" for side in ("pool", "trio") for n in coordination.POOL_SIZES),
+    }
+    assert set(entry["spreads"]["priority"]) == set(coordination.PRIORITY_SIDES)
+    assert set(entry["spreads"]["quorum"]) == set(coordination.QUORUM_MODES)
+    targets = {name for name, metric in entry["metrics"].items() if metric["target"] is not None}
+    assert targets == {"priority_levels", "priority_constant", "quorum_3_of_5", "quorum_5_of_5"}
+
+
+def test_w11_experimental_priority_queue_takes_messages_in_priority_order() -> None:
+    """The candidate queue W11 measures: highest priority first, FIFO within one, through both of its modes."""
+    queue = coordination.ExperimentalPriorityQueue(lambda message: message[0])
+    taken: list[tuple[int, int]] = []
+    for i, level in enumerate([0, 0, 2, 1, 2, 0, 1]):
+        queue.append((level, i))
+        if i == 4:
+            taken.append(queue.popleft())
+    assert len(queue) == 6
+    while queue:
+        taken.append(queue.popleft())
+    assert taken == [(2, 2), (2, 4), (1, 3), (1, 6), (0, 0), (0, 1), (0, 5)]
+    queue.append((5, 7))  # one level again: the plain deque
+    assert list(queue) == [(5, 7)]
 
 
 def test_peers_that_are_installed_tell_and_ask_and_the_others_are_skipped_with_a_note() -> None:
