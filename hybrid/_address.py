@@ -174,7 +174,11 @@ class Address(Generic[A_co]):
         await trio.lowlevel.checkpoint_if_cancelled()
         if not await mailbox.put_wait():
             raise AgentStopped(f"{mailbox.name} has ended; {event!r} was not sent")
-        mailbox.put(event)
+        try:
+            mailbox.put(event)
+        except BaseException:  # refused by the agent's message_priority: the room goes to the next sender
+            mailbox.wake_room_waiters()
+            raise
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     def request(self, request: Request[R]) -> RequestCall[R]:

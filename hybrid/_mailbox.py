@@ -40,7 +40,6 @@ has priority 0.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import contextvars
 import logging
@@ -48,7 +47,7 @@ import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from threading import get_ident
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Generic, cast, final
@@ -139,27 +138,40 @@ Priority = Callable[[Any], int]
 """An agent's ``message_priority``: the priority of an event or request (higher first)."""
 
 
+# deque's own methods, called past PriorityQueue's overrides (bound once: no attribute lookup per message).
+_deque_append = deque[Any].append
+_deque_insert = deque[Any].insert
+_deque_remove = deque[Any].remove
+
+
 @final
-class PriorityQueue:
+class PriorityQueue(deque[Any]):
     """A mailbox queue taking the highest priority first, in order within a priority.
 
-    It has the deque operations the mailbox, the reader and `Address.send`
-    use (`append`, `popleft`, `len`, truth, iteration in taking order,
-    ``in``, `remove`), so a priority mailbox needs no other code path.
-    `append` asks `priority` for the message's priority: in the sender's task
-    for events and requests, so a priority function that raises or returns
-    something else than an int fails the send, where the mistake shows.
+    A deque that keeps its messages in taking order: a message is inserted
+    after every queued message of a higher or equal priority, so `popleft`,
+    ``len``, truth, iteration and ``in`` are the deque's own (C) operations and
+    the reader and `Address.send`'s fast path pay nothing for priorities; only
+    `append` is Python. `append` asks `priority` for the message's priority:
+    in the sender's task for events and requests, so a priority function that
+    raises or returns something else than an int fails the send, where the
+    mistake shows.
 
-    Fields: `buckets` maps each priority that has messages to them (oldest
-    first); `levels` holds those priorities negated, in ascending order (so
-    the highest priority is ``-levels[0]``); `size` is the number of messages.
+    Fields (bookkeeping of the priorities queued, updated by `append`,
+    `remove` and `retain`, never by the reader): `counts` maps each priority
+    queued to its number of messages; `levels` holds those priorities, highest
+    first; `size` is the length when they were last brought up to date. The
+    reader only pops from the left, and what it pops are the messages of the
+    highest priorities, so ``size - len(self)`` messages are taken off the
+    top of `counts` before the next change (`_sync`).
     """
 
-    __slots__ = ("buckets", "levels", "priority", "size")
+    __slots__ = ("counts", "levels", "priority", "size")
 
     def __init__(self, priority: Priority) -> None:
+        super().__init__()
         self.priority = priority
-        self.buckets: dict[int, deque[Any]] = {}
+        self.counts: dict[int, int] = {}
         self.levels: list[int] = []
         self.size = 0
 
@@ -188,63 +200,88 @@ class PriorityQueue:
             return 0
         return level
 
+    def _sync(self) -> None:
+        """Take the messages the reader popped since the last change off the top of `counts`."""
+        taken = self.size - len(self)
+        self.size = len(self)
+        counts = self.counts
+        levels = self.levels
+        while taken:
+            top = levels[0]
+            left = counts[top]
+            if left > taken:
+                counts[top] = left - taken
+                break
+            taken -= left
+            del counts[top]
+            del levels[0]
+
     def append(self, message: object) -> None:
-        level = self.level(message)
-        bucket = self.buckets.get(level)
-        if bucket is None:
-            bucket = self.buckets[level] = deque()
-            bisect.insort(self.levels, -level)
-        bucket.append(message)
+        # The common case inlined (each call is a frame): a plain event whose priority is an int.
+        if type(message) in _ENVELOPE_KINDS or message is INTERRUPT_MARK:
+            level = self.level(message)
+        else:
+            level = self.priority(message)
+            if type(level) is not int:
+                level = self.level(message)  # an int subclass, or the error
+        if self.size != len(self):
+            self._sync()
+        levels = self.levels
+        counts = self.counts
+        if levels and levels[-1] <= level:
+            if levels[-1] == level:  # the lowest priority queued: it goes last
+                counts[level] += 1
+                _deque_append(self, message)
+                self.size += 1
+                return
+            # After every message of this priority or a higher one.
+            index = 0
+            for queued in levels:
+                if queued < level:
+                    break
+                index += counts[queued]
+            _deque_insert(self, index, message)
+        else:
+            _deque_append(self, message)
+        if level in counts:
+            counts[level] += 1
+        else:
+            counts[level] = 1
+            at = 0
+            while at < len(levels) and levels[at] > level:
+                at += 1
+            levels.insert(at, level)
         self.size += 1
 
-    def popleft(self) -> Any:
-        if not self.size:
-            raise IndexError("pop from an empty PriorityQueue")
-        level = -self.levels[0]
-        bucket = self.buckets[level]
-        message = bucket.popleft()
-        if not bucket:
-            del self.buckets[level]
-            del self.levels[0]
-        self.size -= 1
-        return message
-
     def remove(self, message: object) -> None:
-        for level in self.levels:
-            bucket = self.buckets[-level]
-            if message in bucket:
-                bucket.remove(message)
-                if not bucket:
-                    del self.buckets[-level]
-                    self.levels.remove(level)
-                self.size -= 1
-                return
-        raise ValueError(f"{message!r} is not queued")
+        self._sync()
+        level = self.level(message) if message is INTERRUPT_MARK else None
+        _deque_remove(self, message)
+        if level is None:  # find the priority it was queued with: recount
+            self._recount()
+        else:
+            self.counts[level] -= 1
+            if not self.counts[level]:
+                del self.counts[level]
+                self.levels.remove(level)
+            self.size -= 1
 
     def retain(self, keep: Callable[[Any], bool]) -> None:
         """Drop the messages for which `keep` is false, in place (the reader holds this object)."""
-        for level in list(self.levels):
-            bucket = self.buckets[-level]
-            kept = deque(message for message in bucket if keep(message))
-            self.size -= len(bucket) - len(kept)
-            if kept:
-                self.buckets[-level] = kept
-            else:
-                del self.buckets[-level]
-                self.levels.remove(level)
+        for _ in range(len(self)):
+            message = self.popleft()
+            if keep(message):
+                _deque_append(self, message)  # back in the same order
+        self._recount()
 
-    def __len__(self) -> int:
-        return self.size
-
-    def __bool__(self) -> bool:
-        return self.size > 0
-
-    def __iter__(self) -> Iterator[Any]:
-        for level in self.levels:
-            yield from self.buckets[-level]
-
-    def __contains__(self, message: object) -> bool:
-        return any(message in bucket for bucket in self.buckets.values())
+    def _recount(self) -> None:
+        counts: dict[int, int] = {}
+        for message in self:
+            level = self.level(message)
+            counts[level] = counts.get(level, 0) + 1
+        self.counts = counts
+        self.levels = sorted(counts, reverse=True)
+        self.size = len(self)
 
 
 @final
@@ -559,7 +596,16 @@ class Mailbox:
                         what = f"the answer to {message.request!r}" if kind is Response else repr(message)
                         logger.warning("%s: the next agent does not handle %s; dropped", self.name, what)
                     continue
-                kept.append(message)
+                try:
+                    kept.append(message)
+                except Exception as error:  # the new agent's message_priority refused it
+                    self.dropped += 1
+                    if kind is RequestCall:
+                        message._complete(outcome.Error(error))  # noqa: SLF001
+                    else:
+                        logger.exception(
+                            "%s: the next agent's message_priority refused %r; dropped", self.name, message
+                        )
             self.queue = kept
         return marks
 
@@ -756,6 +802,16 @@ class RequestCall(Generic[R]):
                 outcome.Error(LifecycleError(f"{router.name} routed {self._request!r} to itself: it would never leave"))
             )
             return
+        if self._task is not None and self._task is mailbox.reader:
+            self._complete(
+                outcome.Error(
+                    LifecycleError(
+                        f"{router.name} routed {self._request!r} back to {mailbox.name}, which awaits it: "
+                        "it would wait forever (its handler runs only after this request returns)"
+                    )
+                )
+            )
+            return
         try:
             handler = mailbox.requests.get(type(self._request)) or lookup(
                 mailbox.requests, type(self._request), REQUEST, mailbox.agent_type
@@ -763,15 +819,32 @@ class RequestCall(Generic[R]):
         except UnhandledMessage as error:
             self._complete(outcome.Error(error))
             return
-        if not mailbox.has_room() and not await mailbox.put_wait():
+        while not mailbox.has_room():
+            if self._task is None and self._reply_to is None:
+                return  # its caller gave up: nobody waits for the answer
+            run = mailbox.run
+            if mailbox.limit == CLOSED and run is not None and not run.has_ended():
+                # Ending: a supervisor that restarts it reopens the address as the run
+                # ends, and then the request waits there for the next instance.
+                await run.wait_ended()
+                if mailbox.limit == CLOSED:
+                    break
+            elif not await mailbox.put_wait():
+                break
+        if mailbox.limit == CLOSED:
             self._fail_stopped_at(mailbox)
             return
         if self._task is None and self._reply_to is None:
             return  # its caller gave up meanwhile: nobody waits for the answer
+        previous = (self._mailbox, self._handler)
         self._mailbox = mailbox
         self._handler = handler
         self._state = _QUEUED
-        mailbox.put(self)
+        try:
+            mailbox.put(self)
+        except Exception as error:  # the target's message_priority refused it: the caller learns why
+            self._mailbox, self._handler = previous
+            self._complete(outcome.Error(error))
 
     def _fail_stopped_at(self, mailbox: Mailbox) -> None:
         self._complete(outcome.Error(AgentStopped(f"{mailbox.name} has ended; request {self._request!r} was not sent")))
@@ -825,3 +898,7 @@ def received(message: object) -> tuple[object, MessageKind, Stamp | None]:
 def is_abandoned(message: object) -> bool:
     """Whether `message` is a request whose caller gave up (the reader skips it)."""
     return isinstance(message, RequestCall) and message._state == _ABANDONED  # noqa: SLF001
+
+
+_ENVELOPE_KINDS: Final = frozenset({RequestCall, Tick, Response, Stamped})
+"""What `PriorityQueue.append` unwraps before asking the agent's priority function."""

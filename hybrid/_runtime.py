@@ -903,6 +903,16 @@ class Runtime:
             self.interrupt_event = trio.Event()
         await self.interrupt_event.wait()
 
+    def has_ended(self) -> bool:
+        return self.phase == ENDED
+
+    async def wait_ended(self) -> None:
+        """Wait until this run has ended, whatever its outcome."""
+        if self.phase != ENDED:
+            if self.ended is None:
+                self.ended = trio.Event()
+            await self.ended.wait()
+
     async def join(self) -> Any:
         if self.phase != ENDED:
             if self.ended is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 import pytest
 import trio
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 
 import hybrid
 from hybrid import Agent
+from hybrid._mailbox import INTERRUPT_MARK, PriorityQueue
 
 
 @attrs.frozen
@@ -266,3 +269,48 @@ async def test_requests_abandoned_by_their_callers_are_swept_out_of_a_priority_m
         await trio.testing.wait_all_tasks_blocked()
         address.interrupt()
     assert agent.seen == [2, 5, 8, 1, 4, 7, 0, 3, 6, 9, "interrupt"]
+
+
+def keeps(remainder: int, message: object) -> bool:
+    return not (isinstance(message, Job) and message.n % 4 == remainder)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("append"), st.integers(-2, 2)),
+            st.tuples(st.just("mark"), st.just(0)),
+            st.tuples(st.just("pop"), st.just(0)),
+            st.tuples(st.just("unmark"), st.just(0)),
+            st.tuples(st.just("retain"), st.integers(0, 3)),
+        ),
+        max_size=60,
+    )
+)
+def test_the_priority_queue_matches_a_sorted_model_under_every_operation_the_mailbox_uses(
+    operations: list[tuple[str, int]],
+) -> None:
+    """Appends, the reader's pops, the interrupt mark's removal and the sweep, against a stable sort."""
+    queue = PriorityQueue(by_field)
+    model: list[tuple[int, int, object]] = []  # (-priority, arrival, message): sorted is taking order
+    for arrival, (operation, value) in enumerate(operations):
+        if operation == "append":
+            job = Job(arrival, value)
+            queue.append(job)
+            model.append((-value, arrival, job))
+        elif operation == "mark":
+            queue.append(INTERRUPT_MARK)
+            model.append((0, arrival, INTERRUPT_MARK))
+        elif operation == "pop" and model:
+            model.sort(key=lambda entry: entry[:2])
+            assert queue.popleft() is model.pop(0)[2]
+        elif operation == "unmark" and INTERRUPT_MARK in queue:
+            queue.remove(INTERRUPT_MARK)
+            model.remove(next(entry for entry in sorted(model, key=lambda e: e[:2]) if entry[2] is INTERRUPT_MARK))
+        elif operation == "retain":
+            queue.retain(functools.partial(keeps, value))
+            model = [entry for entry in model if keeps(value, entry[2])]
+        model.sort(key=lambda entry: entry[:2])
+        assert list(queue) == [entry[2] for entry in model]
+        assert len(queue) == len(model)

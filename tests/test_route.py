@@ -205,3 +205,55 @@ def test_a_handler_cannot_be_both_inline_and_route() -> None:
 def test_route_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match=r"on_request\(route=...\) must be True or False, got 1"):
         hybrid.on_request(route=1)  # type: ignore[call-overload]
+
+
+class Picky(Agent):
+    @staticmethod
+    def message_priority(message: object) -> int:
+        if isinstance(message, Work) and message.target < 0:
+            raise ValueError("no priority for negative targets")
+        return 0
+
+    @hybrid.on_request
+    async def work(self, request: Work) -> str:
+        return "ok"
+
+
+async def test_a_routed_request_the_targets_priority_function_refuses_fails_the_caller_not_the_router() -> None:
+    async with trio.open_nursery() as nursery:
+        picky = hybrid.spawn(nursery, Picky())
+
+        class ToPicky(Agent):
+            @hybrid.on_request(route=True)
+            async def work(self, request: Work) -> hybrid.Address[Picky]:
+                return picky
+
+        router = hybrid.spawn(nursery, ToPicky())
+        with pytest.raises(ValueError, match="no priority for negative targets"):
+            await router.request(Work(-1))
+        assert await router.request(Work(0)) == "ok"  # the router goes on
+        picky.interrupt()
+        router.interrupt()
+
+
+async def test_a_request_routed_back_to_the_agent_awaiting_it_fails_instead_of_deadlocking() -> None:
+    class Caller(Agent):
+        def __init__(self) -> None:
+            self.router: hybrid.Address[Router] | None = None
+
+        @hybrid.on_request
+        async def work(self, request: Work) -> str:
+            assert self.router is not None
+            if request.seconds == 0:
+                return await self.router.request(Work(0, seconds=1))  # routed back here
+            return "inner"
+
+    async with trio.open_nursery() as nursery:
+        caller = Caller()
+        address = hybrid.spawn(nursery, caller)
+        router = hybrid.spawn(nursery, Router([address]))
+        caller.router = router
+        with trio.fail_after(5), pytest.raises(hybrid.LifecycleError, match="which awaits it: it would wait forever"):
+            await address.request(Work(0))
+        address.interrupt()
+        router.interrupt()
