@@ -365,7 +365,9 @@ class LeaseTable(abc.ABC):
             TypeError: `name` or `holder` not a str; `ttl` or `renew_every`
                 not a number.
             ValueError: `name` or `holder` empty; `ttl` or `renew_every` not
-                finite and > 0, or `renew_every` >= `ttl`.
+                finite and > 0, or `renew_every` >= `ttl`; or `holder`
+                already holds the lease (another block of the same holder
+                name: each block needs a holder name of its own).
 
         Example:
             ```python
@@ -583,6 +585,14 @@ async def _hold(
 ) -> AsyncGenerator[Lease]:
     """`LeaseTable.hold` (its arguments checked)."""
     while True:
+        held = await table.current(name)
+        if held is not None and held.holder == holder:
+            # acquire() would renew that grant: two blocks would share one lease, and the
+            # first to leave would release it under the other.
+            raise ValueError(
+                f"{holder!r} already holds lease {name!r} (token {held.token}); a hold() block needs a "
+                "holder name of its own (add a task or process id to it)"
+            )
         sent = trio.current_time()
         lease = await table.acquire(name, holder, ttl=ttl)
         if lease is not None:

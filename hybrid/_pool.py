@@ -13,8 +13,10 @@ workers would not handle is refused in the sender, as for any agent.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
+import logging
 import random
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, cast
@@ -23,12 +25,16 @@ from typing_extensions import Self, TypeVar
 
 from ._address import Address
 from ._agent import Agent
+from ._exceptions import AgentStopped, LifecycleError
 from ._handlers import on_request
 from ._next import Next
 from ._rendezvous import rendezvous
 from ._request import Request
+from ._stop import StopKind, StopReason
 from ._supervisor import Restart, Supervisor
 from ._validate import count
+
+logger = logging.getLogger("hybrid.pool")
 
 A = TypeVar("A", bound=Agent[Any], default=Agent[Any])
 
@@ -85,7 +91,11 @@ class Pool(Supervisor[None], Generic[A]):
     (class attributes, as for any `Supervisor`) the pool fails. A member with a
     bounded mailbox that is full holds the pool up until it has room
     (backpressure reaches the senders through the pool's own mailbox).
-    Interrupting the pool stops its members first.
+    Interrupting the pool stops its members first. A member that ends for
+    good (`Restart.TRANSIENT` or `TEMPORARY`) leaves the rotation (its keys,
+    for consistent hashing, move to the others); when none is left, the pool
+    finishes. (A subclass that overrides `on_child_ended` calls
+    ``await super().on_child_ended(address, reason)``.)
 
     Args:
         factory: makes a fresh worker for each start: the worker class, or
@@ -200,10 +210,27 @@ class Pool(Supervisor[None], Generic[A]):
 
     async def _route_event(self, event: object) -> None:
         if self.routing is Routing.BROADCAST:
-            for member in self.members:
-                await member.send_wait(event)
+            for member in list(self.members):
+                try:
+                    await _deliver(member, event)
+                except AgentStopped:  # ended for good meanwhile: the others still get it
+                    logger.warning("%s: %s has ended; it missed %r", self.ctx.address.name, member.name, event)
         else:
-            await self.pick(event).send_wait(event)
+            await _deliver(self.pick(event), event)
+
+    async def on_child_ended(self, address: Address[Any], reason: StopReason) -> None:
+        """Take a member that will not be restarted out of the rotation; with none left, the pool finishes."""
+        restarted = self.restart is Restart.PERMANENT or (
+            self.restart is Restart.TRANSIENT and reason.kind is StopKind.FAILED
+        )
+        if restarted or address not in self.members:
+            return
+        self.members.remove(address)
+        del self._names[address.name]
+        if not self.members:
+            logger.info("%s: its last member has ended; the pool finishes", self.ctx.address.name)
+            with contextlib.suppress(LifecycleError):  # finishing already
+                self.ctx.shutdown()
 
     async def _route_request(self, request: Request[Any]) -> Address[A]:
         return self.pick(request)
@@ -215,6 +242,25 @@ class Pool(Supervisor[None], Generic[A]):
 
 # A router for any request type: marked here, registered per worker type below.
 _route_request = on_request(route=True)(Pool._route_request)  # noqa: SLF001
+
+
+async def _deliver(member: Address[Any], event: object) -> None:
+    """Send `event` to `member`, waiting for room, and through a restart.
+
+    A member that is ending refuses messages until its supervisor (the pool)
+    has restarted it; then its address takes them again. So when a member
+    that is still alive refuses, wait until its run has ended and send again.
+    """
+    while True:
+        try:
+            await member.send_wait(event)
+        except AgentStopped:
+            if not member.is_alive:
+                raise
+            with contextlib.suppress(Exception):  # its failure is its supervisor's business
+                await member.join()
+        else:
+            return
 
 
 def _load(member: Address[Any]) -> int:

@@ -57,7 +57,9 @@ def rendezvous(key: str | bytes, nodes: Iterable[N]) -> N:
     Args:
         key: what to place: a str or bytes.
         nodes: the candidates, iterated once: anything whose ``str()`` names
-            it uniquely (addresses, host names, ids), or bytes.
+            it uniquely and stays the same (node names, host:port, ids), or
+            bytes. For agents, place over their names (``address.name``), not
+            their `hybrid.Address` objects, whose text changes with their phase.
 
     Returns:
         The node of highest weight for `key`.

@@ -288,7 +288,13 @@ class _AgentSubscriber:
             self.key.send(message)
         except MailboxFull:
             return False
-        except (AgentStopped, UnhandledMessage) as error:
+        except AgentStopped as error:
+            if self.key.is_alive:  # a supervised child between two runs: still subscribed
+                self.hub.missed(self, message)
+            else:
+                self.hub.lost(self, error)
+            return None
+        except UnhandledMessage as error:
             self.hub.lost(self, error)
             return None
         self.hub.delivered(self.counts)
@@ -310,7 +316,13 @@ class _AgentSubscriber:
             self.waits.add(scope)
             try:
                 await self.key.send_wait(message)
-            except (AgentStopped, UnhandledMessage) as error:
+            except AgentStopped as error:
+                if self.key.is_alive:  # a supervised child between two runs: still subscribed
+                    self.hub.missed(self, message)
+                else:
+                    self.hub.lost(self, error)
+                return False
+            except UnhandledMessage as error:
                 self.hub.lost(self, error)
                 return False
             finally:
@@ -573,6 +585,12 @@ class _Hub:
     def delivered(self, counts: _Counts) -> None:
         counts.delivered += 1
         self.delivered_count += 1
+
+    def missed(self, member: _Member, message: object) -> None:
+        """`member` is an agent being restarted (its address refuses while its old run ends): a drop."""
+        member.counts.dropped += 1
+        self.dropped += 1
+        logger.warning("%s: %s is being restarted and missed %r", self.name, member.name, message)
 
     def drop(self, member: _Member, overflow: Overflow) -> None:
         """`member` had no room: count the drop, and log it (WARNING at most every `_WARN_EVERY` s)."""

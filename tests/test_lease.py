@@ -736,3 +736,14 @@ def test_hold_blocks_that_end_without_lease_lost_never_overlap(
             assert not [t for at, t in entered if t != token and start < at < end]
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_hold_refuses_a_holder_that_already_holds_the_lease(autojump_clock: trio.testing.MockClock) -> None:
+    """Two blocks of one holder name would share one grant: the first to leave would free it under the other."""
+    leases = hybrid.Leases()
+    async with leases.hold("report", "a", ttl=10):
+        with pytest.raises(ValueError, match=r"'a' already holds lease 'report' \(token 1\)"):
+            async with leases.hold("report", "a", ttl=10):
+                pass  # pragma: no cover
+        assert (await leases.current("report")) is not None  # the first block still holds it
+    assert await leases.current("report") is None

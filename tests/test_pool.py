@@ -265,3 +265,73 @@ def test_pool_classes_are_made_once_per_worker_type() -> None:
     assert type(Pool(Worker, size=1)) is type(Pool(Worker, size=2))
     assert type(Pool(Worker, size=1)).__name__ == "Pool[Worker]"
     assert type(Pool(Worker, size=1, routing=Routing.BROADCAST)) is not type(Pool(Worker, size=1))
+
+
+@attrs.frozen
+class Poison:
+    user: str = ""
+
+
+class SlowToStop(Worker):
+    """A worker whose on_stop awaits (closing a connection, say): it refuses messages while it ends."""
+
+    @hybrid.on_event
+    async def poison(self, event: Poison) -> None:
+        self.ctx.do_next(Next.fail(RuntimeError("poison")))
+
+    async def on_stop(self, reason: hybrid.StopReason) -> None:
+        await trio.sleep(1)
+
+
+async def test_messages_routed_to_a_member_while_it_ends_wait_for_its_restart(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        pool = hybrid.spawn(nursery, Pool(SlowToStop, size=2))
+        first, second = await members(pool)
+        pool.send(Poison())  # round robin: the first member fails, then spends a second in on_stop
+        await trio.sleep(0.1)
+        for n in range(6):
+            pool.send(Note(str(n)))
+        answers = [await pool.request(Work()) for _ in range(4)]  # two of them routed to the ending member
+        await trio.sleep(2)
+        notes = [await first.request(Notes()), await second.request(Notes())]
+        assert sorted(notes[0] + notes[1], key=int) == [str(n) for n in range(6)]  # none lost
+        assert answers.count(first.name) == 2
+        pool.interrupt()
+
+
+async def test_a_member_that_ends_for_good_leaves_the_rotation_and_the_last_one_ends_the_pool() -> None:
+    async with trio.open_nursery() as nursery:
+        pool = hybrid.spawn(nursery, Pool(Worker, size=3, restart=hybrid.Restart.TEMPORARY))
+        first, *_ = await members(pool)
+        first.interrupt()
+        await first.join()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [member.name for member in await members(pool)] == [f"{pool.name}/Worker-2", f"{pool.name}/Worker-3"]
+        answers = {await pool.request(Work()) for _ in range(6)}
+        assert first.name not in answers
+        for member in await members(pool):
+            member.interrupt()
+        assert await pool.join() is None  # finished once its last member ended
+        with pytest.raises(hybrid.AgentStopped):
+            pool.send(Note("late"))
+
+
+async def test_broadcast_goes_on_past_a_member_that_ends_for_good_while_it_is_sent_to(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with trio.open_nursery() as nursery:
+        pool = hybrid.spawn(
+            nursery, Pool(SlowToStop, size=3, routing=Routing.BROADCAST, restart=hybrid.Restart.TEMPORARY)
+        )
+        first, second, third = await members(pool)
+        first.send(Poison())
+        await trio.sleep(0.1)  # the first member is in its one-second on_stop, its mailbox closed
+        pool.send(Note("all"))
+        await trio.sleep(2)
+        assert await second.request(Notes()) == ["all"]
+        assert await third.request(Notes()) == ["all"]
+        assert f"{first.name} has ended; it missed Note(text='all'" in caplog.text
+        assert [member.name for member in await members(pool)] == [second.name, third.name]
+        pool.interrupt()

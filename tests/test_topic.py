@@ -869,3 +869,46 @@ async def test_an_agent_that_no_longer_handles_the_type_is_unsubscribed_with_an_
         address.interrupt()
     assert [record.levelname for record in caplog.records] == ["ERROR"]
     assert "no longer handles its messages and was unsubscribed" in caplog.records[0].getMessage()
+
+
+class SlowToStop(Listener):
+    """Its on_stop awaits: while it ends, its address refuses messages."""
+
+    async def on_stop(self, reason: hybrid.StopReason) -> None:
+        await trio.sleep(1)
+
+
+async def test_a_supervised_subscriber_stays_subscribed_across_its_restart_and_misses_only_the_window(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    made: list[SlowToStop] = []
+
+    def factory() -> SlowToStop:
+        made.append(SlowToStop())
+        return made[-1]
+
+    class App(hybrid.Supervisor):
+        def begin(self) -> hybrid.Next[App]:
+            self.ctx.spawn(factory)
+            return hybrid.Next.events()
+
+    topic = hybrid.Topic(Tick)
+    async with trio.open_nursery() as nursery:
+        app = hybrid.spawn(nursery, App())
+        await trio.testing.wait_all_tasks_blocked()
+        listener = made[0].ctx.address
+        topic.subscribe(listener)
+        topic.publish(Tick(0))
+        await trio.testing.wait_all_tasks_blocked()
+        made[0].ctx.do_next(hybrid.Next.fail(RuntimeError("crash")))
+        await trio.sleep(0.5)  # in its on_stop: refusing
+        assert topic.publish(Tick(1)) == 0
+        await trio.sleep(1)  # restarted
+        assert topic.publish(Tick(2)) == 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert topic.subscribers == (listener,)
+        assert (made[0].seen, made[1].seen) == ([0], [2])
+        assert topic.statistics().dropped == 1
+        assert topic.statistics().ended == 0
+        assert "is being restarted and missed Tick(n=1)" in caplog.text
+        app.interrupt()
