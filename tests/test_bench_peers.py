@@ -186,4 +186,4 @@ def test_command_line_runs_the_new_sections_and_writes_them_to_the_json_results(
 def test_no_peers_skips_the_agent_frameworks_but_not_asyncio() -> None:
     args = run.parse_args(["--only", "W1,Asyncio,agents,peers", "--no-peers"])
     assert args.selected == ["W1", "asyncio"]
-    assert run.parse_args([]).selected == [*workloads.WORKLOADS, "W9", "peers", "asyncio", "agents", "scaling"]
+    assert run.parse_args([]).selected == [*workloads.WORKLOADS, "W9", "W11", "peers", "asyncio", "agents", "scaling"]

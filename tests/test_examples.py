@@ -41,6 +41,7 @@ def test_every_example_is_covered_by_this_file() -> None:
         "pyos",  # tests/test_example_pyos.py
         "quorum_consensus",  # tests/test_example_quorum_consensus.py
         "trading_swarm",  # tests/test_example_trading_swarm.py
+        "job_runner",  # tests/test_example_job_runner.py
     }
     assert names == tested
 
