@@ -74,8 +74,8 @@ from ._instrument import add_instrument as add_instrument
 from ._instrument import instruments as instruments
 from ._instrument import remove_instrument as remove_instrument
 from ._lease import Lease as Lease
-from ._lease import LeaseTable as LeaseTable
 from ._lease import Leases as Leases
+from ._lease import LeaseTable as LeaseTable
 from ._mailbox import RequestCall as RequestCall
 from ._monitors import Ended as Ended
 from ._monitors import Monitor as Monitor
