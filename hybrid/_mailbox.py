@@ -47,7 +47,7 @@ import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from threading import get_ident
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Generic, cast, final
@@ -140,40 +140,43 @@ Priority = Callable[[Any], int]
 
 # deque's own methods, called past PriorityQueue's overrides (bound once: no attribute lookup per message).
 _deque_append = deque[Any].append
-_deque_insert = deque[Any].insert
+_deque_pop = deque[Any].pop
 _deque_remove = deque[Any].remove
+_deque_contains = deque[Any].__contains__
 
 
-@final
 class PriorityQueue(deque[Any]):
     """A mailbox queue taking the highest priority first, in order within a priority.
 
-    A deque that keeps its messages in taking order: a message is inserted
-    after every queued message of a higher or equal priority, so `popleft`,
-    ``len``, truth, iteration and ``in`` are the deque's own (C) operations and
-    the reader and `Address.send`'s fast path pay nothing for priorities; only
-    `append` is Python. `append` asks `priority` for the message's priority:
-    in the sender's task for events and requests, so a priority function that
-    raises or returns something else than an int fails the send, where the
-    mistake shows.
+    It is a deque, so that ``len`` and truth (what `Address.send`'s fast path
+    and the reader test per message) stay deque's own C operations, and it
+    has the other deque operations the mailbox uses (`append`, `popleft`,
+    iteration, ``in``, `remove`). It has two modes, switched by assigning
+    ``__class__`` (the two classes share one layout):
 
-    Fields (bookkeeping of the priorities queued, updated by `append`,
-    `remove` and `retain`, never by the reader): `counts` maps each priority
-    queued to its number of messages; `levels` holds those priorities, highest
-    first; `size` is the length when they were last brought up to date. The
-    reader only pops from the left, and what it pops are the messages of the
-    highest priorities, so ``size - len(self)`` messages are taken off the
-    top of `counts` before the next change (`_sync`).
+    - `PriorityQueue`, while the messages queued all have one priority
+      (`current`; the common case): the deque holds them, and `popleft`,
+      iteration and ``in`` are deque's own; only `append` is Python;
+    - `_ManyLevels`, while several priorities are queued: `buckets` holds the
+      messages of each priority (oldest first), `levels` those priorities
+      highest first, `top` the bucket of the highest; the deque holds one
+      placeholder per message, so that ``len`` and truth stay in C. Back to
+      the first mode when one priority is left.
+
+    `append` asks `priority` for the message's priority: in the sender's task
+    for events and requests, so a priority function that raises or returns
+    something else than an int fails the send, where the mistake shows.
     """
 
-    __slots__ = ("counts", "levels", "priority", "size")
+    __slots__ = ("buckets", "current", "levels", "priority", "top")
 
     def __init__(self, priority: Priority) -> None:
         super().__init__()
         self.priority = priority
-        self.counts: dict[int, int] = {}
+        self.current = 0
+        self.buckets: dict[int, deque[Any]] = {}
         self.levels: list[int] = []
-        self.size = 0
+        self.top: deque[Any] | None = None
 
     def level(self, message: object) -> int:
         """The priority of a queued message (its event or request; the interrupt mark's is 0)."""
@@ -200,88 +203,118 @@ class PriorityQueue(deque[Any]):
             return 0
         return level
 
-    def _sync(self) -> None:
-        """Take the messages the reader popped since the last change off the top of `counts`."""
-        taken = self.size - len(self)
-        self.size = len(self)
-        counts = self.counts
-        levels = self.levels
-        while taken:
-            top = levels[0]
-            left = counts[top]
-            if left > taken:
-                counts[top] = left - taken
-                break
-            taken -= left
-            del counts[top]
-            del levels[0]
-
     def append(self, message: object) -> None:
-        # The common case inlined (each call is a frame): a plain event whose priority is an int.
         if type(message) in _ENVELOPE_KINDS or message is INTERRUPT_MARK:
             level = self.level(message)
-        else:
+        else:  # a plain event, inlined (each call is a frame)
             level = self.priority(message)
             if type(level) is not int:
                 level = self.level(message)  # an int subclass, or the error
-        if self.size != len(self):
-            self._sync()
-        levels = self.levels
-        counts = self.counts
-        if levels and levels[-1] <= level:
-            if levels[-1] == level:  # the lowest priority queued: it goes last
-                counts[level] += 1
-                _deque_append(self, message)
-                self.size += 1
-                return
-            # After every message of this priority or a higher one.
-            index = 0
-            for queued in levels:
-                if queued < level:
-                    break
-                index += counts[queued]
-            _deque_insert(self, index, message)
-        else:
+        if level == self.current or not len(self):
+            self.current = level
             _deque_append(self, message)
-        if level in counts:
-            counts[level] += 1
-        else:
-            counts[level] = 1
-            at = 0
-            while at < len(levels) and levels[at] > level:
-                at += 1
-            levels.insert(at, level)
-        self.size += 1
+            return
+        # A second priority: the messages move to buckets, the deque keeps a placeholder each.
+        first = deque(self)
+        self.clear()
+        self.extend([None] * len(first))
+        self.buckets = {self.current: first}
+        self.levels = [self.current]
+        self.top = first
+        object.__setattr__(self, "__class__", _ManyLevels)  # the second mode
+        self.append(message)
 
     def remove(self, message: object) -> None:
-        self._sync()
-        level = self.level(message) if message is INTERRUPT_MARK else None
         _deque_remove(self, message)
-        if level is None:  # find the priority it was queued with: recount
-            self._recount()
-        else:
-            self.counts[level] -= 1
-            if not self.counts[level]:
-                del self.counts[level]
-                self.levels.remove(level)
-            self.size -= 1
 
     def retain(self, keep: Callable[[Any], bool]) -> None:
         """Drop the messages for which `keep` is false, in place (the reader holds this object)."""
         for _ in range(len(self)):
             message = self.popleft()
             if keep(message):
-                _deque_append(self, message)  # back in the same order
-        self._recount()
+                _deque_append(self, message)  # back in the same order, with the same priority
 
-    def _recount(self) -> None:
-        counts: dict[int, int] = {}
-        for message in self:
+
+@final
+class _ManyLevels(PriorityQueue):
+    """`PriorityQueue` while several priorities are queued (see there)."""
+
+    __slots__ = ()
+
+    def append(self, message: object) -> None:
+        if type(message) in _ENVELOPE_KINDS or message is INTERRUPT_MARK:
             level = self.level(message)
-            counts[level] = counts.get(level, 0) + 1
-        self.counts = counts
-        self.levels = sorted(counts, reverse=True)
-        self.size = len(self)
+        else:  # a plain event, inlined (each call is a frame)
+            level = self.priority(message)
+            if type(level) is not int:
+                level = self.level(message)  # an int subclass, or the error
+        bucket = self.buckets.get(level)
+        if bucket is None:
+            bucket = self.buckets[level] = deque()
+            levels = self.levels
+            at = 0
+            while at < len(levels) and levels[at] > level:
+                at += 1
+            levels.insert(at, level)
+            if at == 0:
+                self.top = bucket
+        bucket.append(message)
+        _deque_append(self, None)
+
+    def popleft(self) -> Any:
+        top = self.top
+        assert top is not None  # several levels: never empty
+        message = top.popleft()
+        _deque_pop(self)
+        if not top:
+            self._emptied(self.levels[0])
+        return message
+
+    def _emptied(self, level: int) -> None:
+        """The bucket of `level` is empty: drop it; with one priority left, back to the deque of its messages."""
+        del self.buckets[level]
+        levels = self.levels
+        levels.remove(level)
+        if len(levels) == 1:
+            self.current = levels.pop()
+            rest = self.buckets.pop(self.current)
+            self.top = None
+            self.clear()
+            self.extend(rest)
+            object.__setattr__(self, "__class__", PriorityQueue)  # back to the first mode
+        else:
+            self.top = self.buckets[levels[0]]
+
+    def remove(self, message: object) -> None:
+        for level in self.levels:
+            bucket = self.buckets[level]
+            if message in bucket:
+                bucket.remove(message)
+                _deque_pop(self)
+                if not bucket:
+                    self._emptied(level)
+                return
+        raise ValueError(f"{message!r} is not queued")
+
+    def retain(self, keep: Callable[[Any], bool]) -> None:
+        for bucket in self.buckets.values():
+            kept = [message for message in bucket if keep(message)]
+            for _ in range(len(bucket) - len(kept)):
+                _deque_pop(self)
+            bucket.clear()
+            bucket.extend(kept)  # in place: `top` may be this bucket
+        while type(self) is _ManyLevels:
+            empty = [level for level in self.levels if not self.buckets[level]]
+            if not empty:
+                return
+            self._emptied(empty[0])
+
+    def __iter__(self) -> Iterator[Any]:
+        for level in self.levels:
+            yield from self.buckets[level]
+
+    def __contains__(self, message: object) -> bool:
+        return any(message in bucket for bucket in self.buckets.values())
 
 
 @final
@@ -622,7 +655,7 @@ class Mailbox:
         queue = self.queue
         assert queue is not None
         if self.abandoned * 2 > len(queue) >= 64:
-            if type(queue) is PriorityQueue:
+            if isinstance(queue, PriorityQueue):
                 queue.retain(lambda message: not is_abandoned(message))
             else:
                 for _ in range(len(queue)):  # in place: the reader holds this deque
