@@ -13,16 +13,17 @@ checks it; imports under ``TYPE_CHECKING`` are annotations only):
   `on_response`, dispatch tables), ``_thread.py`` (the one thread hop),
   ``_instrument.py`` (`Instrument` and its per-run registry), ``_registry.py``
   (agent names per run)
-- coordination on trio alone, importing only the leaves: ``_quorum.py``
-  (`quorum`), ``_breaker.py`` (`CircuitBreaker`), ``_waitmap.py`` (`WaitMap`),
-  ``_rendezvous.py`` (`rendezvous`), ``_lease.py`` (`Leases`, `Lease`)
+- coordination on trio alone, importing only the leaves: ``_breaker.py``
+  (`CircuitBreaker`), ``_waitmap.py`` (`WaitMap`), ``_rendezvous.py``
+  (`rendezvous`), ``_lease.py`` (`LeaseTable`, `Leases`, `Lease`)
 - ``_mailbox.py``: `Mailbox` (queue, bound, closing, parked reader, waiting
   senders) and every envelope kind, `RequestCall` among them
 - ``_runtime.py``: one agent's run loop, phases and ending; knows no handle
 - handles, each with its own loop: ``_address.py`` (`Address`,
   `AgentStatistics`), ``_context.py`` (`Context`), ``_timers.py`` (`Timer`),
   ``_streams.py`` (`Stream`, `StreamEnded`), ``_monitors.py`` (`Monitor`, `Ended`),
-  ``_snapshot.py`` (`snapshot`, `Snapshot`, `AgentInfo`: the tree of live agents)
+  ``_snapshot.py`` (`snapshot`, `Snapshot`, `AgentInfo`: the tree of live agents),
+  and ``_quorum.py`` (`quorum`: it sends hybrid requests without a task each)
 - ``_agent.py``: `Agent`, `AgentRunner`, `spawn`, `start`, `open_agent`, `interrupted`
 - built on public names only, as a third party would: ``_supervisor.py``
   (`Supervisor`, `SupervisorContext`, `Restart`, `Strategy`,

@@ -50,7 +50,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from threading import get_ident
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Generic, cast, final
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, cast, final
 
 import outcome
 import trio
@@ -73,6 +73,13 @@ UNBOUNDED: Final = sys.maxsize
 """`Mailbox.limit` of an unbounded mailbox."""
 CLOSED: Final = -1
 """`Mailbox.limit` of a closed mailbox: no queue length is below it."""
+
+class Gathering(Protocol):
+    """Whoever collects the answers of requests sent with `RequestCall._gather_into` (a quorum)."""
+
+    def answered(self, call: RequestCall[Any], result: outcome.Outcome[Any]) -> None:
+        """`call` was answered (in the answering agent's task): record it, wake the collector if decided."""
+
 
 Stamp = tuple[float, contextvars.Context]
 """When a message was queued (`time.perf_counter`) and a copy of its sender's context."""
@@ -691,7 +698,17 @@ class RequestCall(Generic[R]):
       the caller's `@hybrid.on_response` handler for this request type.
     """
 
-    __slots__ = ("_handler", "_mailbox", "_reply_to", "_request", "_response_handler", "_state", "_task", "stamp")
+    __slots__ = (
+        "_gather",
+        "_handler",
+        "_mailbox",
+        "_reply_to",
+        "_request",
+        "_response_handler",
+        "_state",
+        "_task",
+        "stamp",
+    )
 
     _mailbox: Mailbox
     _request: Request[R]
@@ -700,6 +717,7 @@ class RequestCall(Generic[R]):
     _task: Task | None
     _reply_to: Mailbox | None
     _response_handler: Callable[..., Awaitable[Any]] | None
+    _gather: Gathering | None  # the quorum waiting for this answer, if one sent it
     stamp: Stamp | None
 
     def __new__(cls, *args: object, **kwargs: object) -> Self:
@@ -811,6 +829,35 @@ class RequestCall(Generic[R]):
         elif self._reply_to is not None:
             assert self._response_handler is not None
             self._reply_to.put_response(self._response_handler, self._request, result)
+        elif self._gather is not None:
+            gather = self._gather
+            self._gather = None
+            gather.answered(self, result)
+
+    def _waited_for(self) -> bool:
+        """Whether someone still waits for the answer (a task, a forwarding agent, a quorum)."""
+        return self._task is not None or self._reply_to is not None or self._gather is not None
+
+    def _gather_into(self, gather: Gathering) -> bool:
+        """Send the request now, its answer going to `gather`; False (nothing sent) unless it fits at once.
+
+        Only a request never sent, to a mailbox of this thread with room: the
+        quorum that calls this falls back to a task per request otherwise.
+        """
+        mailbox = self._mailbox
+        if self._state != _NEW or get_ident() != mailbox.thread_id or not mailbox.has_room():
+            return False
+        self._state = _QUEUED
+        self._gather = gather
+        mailbox.put(self)
+        return True
+
+    def _withdraw(self) -> None:
+        """The quorum that sent it no longer wants the answer: never handled if still queued, else dropped."""
+        self._gather = None
+        if self._state == _QUEUED:
+            self._state = _ABANDONED
+            self._mailbox.abandon()
 
     async def _route(self, router: Mailbox, target: object) -> None:
         """A ``route=True`` handler of `router`'s reader chose `target` (an Address): queue the call there.
@@ -853,7 +900,7 @@ class RequestCall(Generic[R]):
             self._complete(outcome.Error(error))
             return
         while not mailbox.has_room():
-            if self._task is None and self._reply_to is None:
+            if not self._waited_for():
                 return  # its caller gave up: nobody waits for the answer
             run = mailbox.run
             if mailbox.limit == CLOSED and run is not None and not run.has_ended():
@@ -867,7 +914,7 @@ class RequestCall(Generic[R]):
         if mailbox.limit == CLOSED:
             self._fail_stopped_at(mailbox)
             return
-        if self._task is None and self._reply_to is None:
+        if not self._waited_for():
             return  # its caller gave up meanwhile: nobody waits for the answer
         previous = (self._mailbox, self._handler)
         self._mailbox = mailbox
@@ -886,6 +933,22 @@ class RequestCall(Generic[R]):
         self._complete(outcome.Error(AgentStopped(f"{self._mailbox.name} ended before answering {self._request!r}")))
 
 
+def can_gather(members: list[Any]) -> bool:
+    """Whether every member is a request never sent, to a mailbox of this thread with room for all of them."""
+    wanted: dict[Mailbox, int] = {}
+    for member in members:
+        if type(member) is not RequestCall or member._state != _NEW:  # noqa: SLF001
+            return False
+        mailbox: Mailbox = member._mailbox  # noqa: SLF001
+        wanted[mailbox] = wanted.get(mailbox, 0) + 1
+    ident = get_ident()
+    for mailbox, count in wanted.items():
+        queue = mailbox.queue
+        if mailbox.thread_id != ident or (0 if queue is None else len(queue)) + count > mailbox.limit:
+            return False
+    return True
+
+
 def make_call(mailbox: Mailbox, request: Request[R], handler: Callable[..., Awaitable[Any]]) -> RequestCall[R]:
     """A new `RequestCall` of `request` to the reader of `mailbox` (its public constructor is closed)."""
     call = cast("RequestCall[R]", object.__new__(RequestCall))
@@ -896,6 +959,7 @@ def make_call(mailbox: Mailbox, request: Request[R], handler: Callable[..., Awai
     call._task = None  # noqa: SLF001
     call._reply_to = None  # noqa: SLF001
     call._response_handler = None  # noqa: SLF001
+    call._gather = None  # noqa: SLF001
     call.stamp = None
     return call
 

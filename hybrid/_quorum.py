@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
+import outcome
 import trio
+from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
 
 from . import _validate
 from ._exceptions import QuorumError
+from ._mailbox import RequestCall, can_gather
 
 T = TypeVar("T")
 
@@ -52,6 +55,70 @@ class _Tally(Generic[T]):
                 self.scope.cancel()
 
 
+class _Gathered(Generic[T]):
+    """A quorum of hybrid requests sent without a task each: their answers come here.
+
+    `answered` runs in the answering agents' tasks (all on this trio thread);
+    the caller parks until `decided`, then withdraws the requests still out.
+    """
+
+    __slots__ = ("decided", "errors", "lost", "need", "results", "task", "tolerated")
+
+    def __init__(self, need: int, size: int, task: Task) -> None:
+        self.need = need
+        self.tolerated = size - need
+        self.results: list[T] = []
+        self.errors: list[Exception] = []
+        self.task: Task | None = task
+        """The parked caller, until it is woken (decided) or gives up (None)."""
+        self.decided = False
+        self.lost = False
+
+    def answered(self, call: RequestCall[Any], result: outcome.Outcome[Any]) -> None:
+        if self.decided:
+            return  # came after the outcome: dropped, as a cancelled member's
+        if isinstance(result, outcome.Value):
+            value: T = cast("outcome.Value[T]", result).value
+            self.results.append(value)
+            if len(self.results) == self.need:
+                self._decide()
+        else:
+            failed = cast("outcome.Error", result)
+            error = cast("Exception", failed.error)  # a handler's Exception, or AgentStopped
+            self.errors.append(error)
+            if len(self.errors) > self.tolerated:
+                self.lost = True
+                self._decide()
+
+    def _decide(self) -> None:
+        self.decided = True
+        task = self.task
+        if task is not None:
+            self.task = None
+            reschedule(task)
+
+
+async def _gather(need: int, calls: list[RequestCall[T]]) -> _Gathered[T]:
+    """Send every request now, park until `need` answers or too many failures, withdraw the rest."""
+    await trio.lowlevel.checkpoint_if_cancelled()  # a caller already cancelled sends nothing
+    gathered: _Gathered[T] = _Gathered(need, len(calls), current_task())
+    for call in calls:
+        sent = call._gather_into(gathered)  # noqa: SLF001 - checked by can_gather
+        assert sent
+
+    def abort(raise_cancel: Any) -> Abort:
+        gathered.decided = True
+        gathered.task = None
+        for call in calls:
+            call._withdraw()  # noqa: SLF001
+        return Abort.SUCCEEDED
+
+    await wait_task_rescheduled(abort)
+    for call in calls:
+        call._withdraw()  # noqa: SLF001 - the requests still out: never handled if queued, else dropped
+    return gathered
+
+
 async def quorum(need: int, awaitables: Iterable[Awaitable[T]]) -> list[T]:
     """Await all of `awaitables` at once; return the first `need` results, cancelling the rest.
 
@@ -79,7 +146,14 @@ async def quorum(need: int, awaitables: Iterable[Awaitable[T]]) -> list[T]:
     checkpoint; their ``finally`` blocks run before `quorum` returns.
 
     Anything awaitable works: coroutines, or hybrid requests,
-    ``[address.request(Vote()) for address in nodes]``.
+    ``[address.request(Vote()) for address in nodes]``. When every member is
+    a hybrid request (to agents of this trio run, with room for it), no task
+    is started: the requests are queued at once, their answers counted as
+    they come, and the caller parks once (about a third of the cost). The
+    semantics are the same: once the outcome is decided, a request still
+    queued is never handled and the answer of one being handled is dropped
+    (its handler runs to its end, as for any caller that gave up); errors
+    that come after the outcome are dropped too.
 
     Args:
         need: how many results are needed: an int, 1 to the number of
@@ -122,6 +196,12 @@ async def quorum(need: int, awaitables: Iterable[Awaitable[T]]) -> list[T]:
             if inspect.iscoroutine(member):
                 member.close()
         raise
+    if can_gather(members):
+        # Hybrid requests only: sent at once, their answers counted as they come, no task each.
+        gathered = await _gather(need, cast("list[RequestCall[T]]", members))
+        if gathered.lost:
+            raise _quorum_error(need, len(members), gathered.results, gathered.errors)
+        return gathered.results[:need]
     try:
         async with trio.open_nursery() as nursery:
             tally: _Tally[T] = _Tally(need, len(members), nursery.cancel_scope)
@@ -136,12 +216,14 @@ async def quorum(need: int, awaitables: Iterable[Awaitable[T]]) -> list[T]:
             raise group.exceptions[0] from None
         raise
     if tally.lost:
-        errors = tally.errors
-        message = (
-            f"quorum needs {need} of {len(members)} results but {len(errors)} failed, "
-            f"so at most {len(members) - len(errors)} can arrive"
-        )
-        results: list[object] = list(tally.results)
-        failure = QuorumError(message, need=need, results=results, errors=list(errors))
-        raise failure from ExceptionGroup("the failures of the quorum's members", errors)
+        raise _quorum_error(need, len(members), tally.results, tally.errors)
     return tally.results[:need]
+
+
+def _quorum_error(need: int, size: int, results: list[Any], errors: list[Exception]) -> QuorumError:
+    message = (
+        f"quorum needs {need} of {size} results but {len(errors)} failed, so at most {size - len(errors)} can arrive"
+    )
+    failure = QuorumError(message, need=need, results=list(results), errors=list(errors))
+    failure.__cause__ = ExceptionGroup("the failures of the quorum's members", errors)
+    return failure

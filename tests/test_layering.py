@@ -14,10 +14,10 @@ PACKAGE = Path(hybrid.__file__).parent
 LAYERS: list[set[str]] = [
     {"_exceptions", "_stop", "_request", "_validate", "_retry"},  # leaves
     {"_next", "_handlers", "_thread", "_instrument", "_registry", "_checkpointer"},
-    {"_quorum", "_breaker", "_waitmap", "_rendezvous", "_lease"},  # coordination on trio alone
+    {"_breaker", "_waitmap", "_rendezvous", "_lease"},  # coordination on trio alone
     {"_mailbox"},
     {"_runtime"},
-    {"_address", "_context", "_timers", "_streams", "_monitors", "_snapshot"},  # handles
+    {"_address", "_context", "_timers", "_streams", "_monitors", "_snapshot", "_quorum"},  # handles, quorum
     {"_agent"},
     {"_supervisor", "_pipeline", "_pool", "_topic"},  # built as a third party would build them
     {"__init__"},

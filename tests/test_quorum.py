@@ -306,3 +306,92 @@ async def test_a_member_that_is_not_awaitable_is_a_type_error_at_the_call() -> N
     with pytest.raises(TypeError, match="quorum takes awaitables"):
         await hybrid.quorum(1, [coro, not_awaitable])
     assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+
+
+@attrs.frozen
+class Hold:
+    """Keeps a Voter in its handler until `gate` is set, so requests queue behind it."""
+
+    gate: trio.Event
+
+
+class Holdable(Voter):
+    @hybrid.on_event
+    async def hold(self, event: Hold) -> None:
+        await event.gate.wait()
+
+
+async def test_requests_still_queued_once_the_quorum_is_decided_are_never_handled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gate = trio.Event()
+    voters = [Holdable(f"v{i}", 0) for i in range(5)]
+    async with trio.open_nursery() as nursery:
+        nodes = [hybrid.spawn(nursery, voter) for voter in voters]
+        for node in nodes[2:]:
+            node.send(Hold(gate))  # three busy voters: their votes would queue
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(await hybrid.quorum(2, [node.request(Vote(7)) for node in nodes])) == ["v0", "v1"]
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [voter.answered for voter in voters] == [[7], [7], [], [], []]
+        assert [node.statistics().messages_dropped for node in nodes] == [0, 0, 1, 1, 1]
+        for node in nodes:
+            node.interrupt()
+
+
+async def test_a_caller_cancelled_while_its_requests_wait_withdraws_them(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gate = trio.Event()
+    voters = [Holdable(f"v{i}", 0) for i in range(3)]
+    async with trio.open_nursery() as nursery:
+        nodes = [hybrid.spawn(nursery, voter) for voter in voters]
+        for node in nodes:
+            node.send(Hold(gate))
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.move_on_after(1) as scope:
+            await hybrid.quorum(2, [node.request(Vote(1)) for node in nodes])
+        assert scope.cancelled_caught
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [voter.answered for voter in voters] == [[], [], []]
+        for node in nodes:
+            node.interrupt()
+
+
+async def test_an_agent_that_has_ended_counts_as_a_failed_member() -> None:
+    voters = [Voter(f"v{i}", 0) for i in range(3)]
+    async with trio.open_nursery() as nursery:
+        nodes = [hybrid.spawn(nursery, voter) for voter in voters]
+        nodes[0].interrupt()
+        await nodes[0].join()
+        assert sorted(await hybrid.quorum(2, [node.request(Vote(1)) for node in nodes])) == ["v1", "v2"]
+        with pytest.raises(hybrid.QuorumError) as caught:
+            await hybrid.quorum(3, [node.request(Vote(2)) for node in nodes])
+        assert [type(error) for error in caught.value.errors] == [hybrid.AgentStopped]
+        for node in nodes[1:]:
+            node.interrupt()
+
+
+async def test_requests_to_a_full_bounded_mailbox_wait_for_room(autojump_clock: trio.testing.MockClock) -> None:
+    """Not every request fits at once: quorum then waits for room as awaiting each request would."""
+    gate = trio.Event()
+    voter = Holdable("bounded", 0)
+    async with trio.open_nursery() as nursery:
+        node = hybrid.spawn(nursery, voter, mailbox_capacity=1)
+        other = hybrid.spawn(nursery, Voter("free", 0))
+        node.send(Hold(gate))
+        await trio.testing.wait_all_tasks_blocked()
+        node.send(Hold(gate))  # its one place taken, until the gate opens
+        nursery.start_soon(_release_later, gate)
+        winners = await hybrid.quorum(2, [other.request(Vote(1)), node.request(Vote(1))])
+        assert winners == ["free", "bounded"]
+        node.interrupt()
+        node.interrupt()  # the second interrupt cuts the remaining hold short
+        other.interrupt()
+
+
+async def _release_later(gate: trio.Event) -> None:
+    await trio.sleep(5)
+    gate.set()
