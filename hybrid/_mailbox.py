@@ -74,6 +74,7 @@ UNBOUNDED: Final = sys.maxsize
 CLOSED: Final = -1
 """`Mailbox.limit` of a closed mailbox: no queue length is below it."""
 
+
 class Gathering(Protocol):
     """Whoever collects the answers of requests sent with `RequestCall._gather_into` (a quorum)."""
 
