@@ -212,7 +212,7 @@ class PriorityQueue(deque[Any]):
         return level
 
     def append(self, message: object) -> None:
-        if type(message) in _ENVELOPE_KINDS or message is INTERRUPT_MARK:
+        if type(message) in _ENVELOPE_KINDS:  # an envelope, or the interrupt mark
             level = self.level(message)
         else:  # a plain event, inlined (each call is a frame)
             level = self.priority(message)
@@ -250,7 +250,7 @@ class _ManyLevels(PriorityQueue):
     __slots__ = ()
 
     def append(self, message: object) -> None:
-        if type(message) in _ENVELOPE_KINDS or message is INTERRUPT_MARK:
+        if type(message) in _ENVELOPE_KINDS:  # an envelope, or the interrupt mark
             level = self.level(message)
         else:  # a plain event, inlined (each call is a frame)
             level = self.priority(message)
@@ -998,5 +998,5 @@ def is_abandoned(message: object) -> bool:
     return isinstance(message, RequestCall) and message._state == _ABANDONED  # noqa: SLF001
 
 
-_ENVELOPE_KINDS: Final = frozenset({RequestCall, Tick, Response, Stamped})
+_ENVELOPE_KINDS: Final = frozenset({RequestCall, Tick, Response, Stamped, _InterruptMark})
 """What `PriorityQueue.append` unwraps before asking the agent's priority function."""
