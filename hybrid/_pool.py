@@ -19,7 +19,7 @@ import itertools
 import logging
 import random
 from collections.abc import Callable
-from typing import Any, ClassVar, Generic, cast
+from typing import Any, ClassVar, Final, Generic, cast
 
 from typing_extensions import Self, TypeVar
 
@@ -75,6 +75,9 @@ class PoolMembers(Request[tuple[Address[Any], ...]]):
         ```
     """
 
+
+_OWNERS_KEPT: Final = 4096
+"""Keys whose owner a consistent-hash pool remembers (a hash per member per key otherwise)."""
 
 _classes: dict[tuple[type[Pool[Any]], type[Agent[Any]], bool], type[Pool[Any]]] = {}
 """``Pool[Worker]`` classes made so far, by (pool class, worker type, broadcast)."""
@@ -168,6 +171,9 @@ class Pool(Supervisor[None], Generic[A]):
         self.members: list[Address[A]] = []
         """The members in start order; each address stays valid across restarts."""
         self._names: dict[str, Address[A]] = {}
+        self._owners: dict[str | bytes, str] = {}
+        """Consistent hashing: the member name owning each key seen lately (at most `_OWNERS_KEPT`);
+        emptied when a member leaves the rotation."""
         self._turn = itertools.count()
         self._random = random.Random()  # noqa: S311 - spreading load, not secrets
 
@@ -206,7 +212,13 @@ class Pool(Supervisor[None], Generic[A]):
             key = str(key)
         if not isinstance(key, (str, bytes)):
             raise TypeError(f"the Pool key function must return a str, bytes or int, got {key!r} for {message!r}")
-        return self._names[rendezvous(key, self._names)]
+        owners = self._owners
+        owner = owners.get(key)
+        if owner is None:
+            if len(owners) >= _OWNERS_KEPT:
+                del owners[next(iter(owners))]  # the oldest: the cache stays bounded
+            owner = owners[key] = rendezvous(key, self._names)
+        return self._names[owner]
 
     async def _route_event(self, event: object) -> None:
         if self.routing is Routing.BROADCAST:
@@ -227,6 +239,7 @@ class Pool(Supervisor[None], Generic[A]):
             return
         self.members.remove(address)
         del self._names[address.name]
+        self._owners.clear()
         if not self.members:
             logger.info("%s: its last member has ended; the pool finishes", self.ctx.address.name)
             with contextlib.suppress(LifecycleError):  # finishing already

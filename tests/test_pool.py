@@ -61,7 +61,7 @@ class Worker(Agent):
         self.ctx.do_next(Next.fail(RuntimeError("worker crashed")))
 
 
-async def members(pool: hybrid.Address[Pool[Worker]]) -> tuple[hybrid.Address[Worker], ...]:
+async def members(pool: hybrid.Address[Pool[Any]]) -> tuple[hybrid.Address[Worker], ...]:
     found = await pool.request(hybrid.PoolMembers())
     return cast("tuple[hybrid.Address[Worker], ...]", found)
 
@@ -313,7 +313,8 @@ async def test_a_member_that_ends_for_good_leaves_the_rotation_and_the_last_one_
         assert first.name not in answers
         for member in await members(pool):
             member.interrupt()
-        assert await pool.join() is None  # finished once its last member ended
+        await pool.join()  # finished once its last member ended
+        assert not pool.is_alive
         with pytest.raises(hybrid.AgentStopped):
             pool.send(Note("late"))
 
@@ -334,4 +335,27 @@ async def test_broadcast_goes_on_past_a_member_that_ends_for_good_while_it_is_se
         assert await third.request(Notes()) == ["all"]
         assert f"{first.name} has ended; it missed Note(text='all'" in caplog.text
         assert [member.name for member in await members(pool)] == [second.name, third.name]
+        pool.interrupt()
+
+
+async def test_when_a_consistent_hash_member_leaves_only_its_keys_move(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("hybrid._pool._OWNERS_KEPT", 8)  # the owners' cache evicts too
+    async with trio.open_nursery() as nursery:
+        pool = hybrid.spawn(
+            nursery,
+            Pool(
+                Worker, size=4, routing=Routing.CONSISTENT_HASH, key=lambda m: m.user, restart=hybrid.Restart.TEMPORARY
+            ),
+        )
+        users = [f"user-{i}" for i in range(40)]
+        before = {user: await pool.request(Work(user=user)) for user in users}
+        assert before == {user: await pool.request(Work(user=user)) for user in users}  # stable, cache or not
+        gone = (await members(pool))[0]
+        gone.interrupt()
+        await gone.join()
+        await trio.testing.wait_all_tasks_blocked()
+        after = {user: await pool.request(Work(user=user)) for user in users}
+        moved = {user for user in users if before[user] != after[user]}
+        assert moved == {user for user in users if before[user] == gone.name}
+        assert moved  # it owned some
         pool.interrupt()
