@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 
 import attrs
+import outcome
 import pytest
 import trio
 import trio.testing
@@ -314,3 +316,132 @@ def test_the_priority_queue_matches_a_sorted_model_under_every_operation_the_mai
         model.sort(key=lambda entry: entry[:2])
         assert list(queue) == [entry[2] for entry in model]
         assert len(queue) == len(model)
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 5
+
+
+@attrs.frozen
+class Pulse:
+    n: int
+
+
+@attrs.frozen
+class Ask(hybrid.Request[int]):
+    n: int
+
+
+class Timed(Agent):
+    """Ticks and forwarded answers take priorities too; the function fails for pulse 13."""
+
+    def __init__(self, gate: trio.Event, server: hybrid.Address[Prioritised] | None = None) -> None:
+        self.gate = gate
+        self.server = server
+        self.seen: list[object] = []
+
+    @staticmethod
+    def message_priority(message: object) -> int:
+        if isinstance(message, Pulse):
+            if message.n == 13:
+                raise RuntimeError("unlucky")
+            return Level.HIGH  # an int subclass is an int
+        if isinstance(message, Seen):
+            return Level.LOW
+        return 0
+
+    @hybrid.on_event
+    async def pulse(self, event: Pulse) -> None:
+        self.seen.append(f"pulse {event.n}")
+
+    @hybrid.on_event
+    async def block(self, event: Block) -> None:
+        await self.gate.wait()
+
+    @hybrid.on_event
+    async def job(self, event: Job) -> None:
+        self.seen.append(event.n)
+
+    @hybrid.on_response
+    async def answered(self, request: Seen, response: outcome.Outcome[list[object]]) -> None:
+        self.seen.append("answer")
+
+
+async def test_ticks_and_forwarded_answers_are_queued_by_priority_and_a_failing_function_falls_back_to_zero(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        server = hybrid.spawn(nursery, Prioritised())
+        timed = Timed(gate, server)
+        address = hybrid.spawn(nursery, timed)
+        address.send(Block())
+        await trio.testing.wait_all_tasks_blocked()
+        address.send(Job(1, 0))
+        server.request(Seen()).forward_to(timed.ctx)  # its answer: priority LOW (1)
+        await trio.testing.wait_all_tasks_blocked()
+        timed.ctx.send_after(1, Pulse(7))  # a tick: priority HIGH
+        timed.ctx.send_after(2, Pulse(13))  # a tick whose priority fails: 0, logged
+        await trio.sleep(3)
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        address.interrupt()
+        server.interrupt()
+    assert timed.seen == ["pulse 7", "answer", 1, "pulse 13"]
+    assert "message_priority failed for Pulse(n=13); queued with priority 0" in caplog.text
+
+
+asked: list[object] = []
+
+
+class Fickle(Agent):
+    """Its priority function refuses a message the second time it sees it (when a restart re-queues it)."""
+
+    @staticmethod
+    def message_priority(message: object) -> int:
+        if message in asked:
+            raise ValueError(f"asked twice about {message!r}")
+        asked.append(message)
+        return 0
+
+    @hybrid.on_event
+    async def job(self, event: Job) -> None:
+        pass
+
+    @hybrid.on_request
+    async def report(self, request: Seen) -> list[object]:
+        return []
+
+
+async def test_a_message_the_priority_function_refuses_at_a_restart_is_dropped_and_its_sender_told(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The mailbox re-queues its messages for the next instance: a refusal then drops the message, never
+    the supervisor; a request's caller gets the error."""
+    made: list[Fickle] = []
+
+    def factory() -> Fickle:
+        made.append(Fickle())
+        return made[-1]
+
+    class Parent(hybrid.Supervisor):
+        restart_backoff = hybrid.Backoff(initial=1.0)
+
+        def begin(self) -> hybrid.Next[Parent]:
+            self.ctx.spawn(factory)
+            return hybrid.Next.events()
+
+    async with trio.open_nursery() as nursery:
+        parent = hybrid.spawn(nursery, Parent())
+        await trio.testing.wait_all_tasks_blocked()
+        address = made[0].ctx.address
+        made[0].ctx.do_next(hybrid.Next.fail(RuntimeError("crash")))
+        await trio.sleep(0.5)
+        address.send(Job(1, 2))  # queued while the child waits for its restart
+        with pytest.raises(ValueError, match="asked twice about Seen"):
+            await address.request(Seen())
+        assert len(made) == 2
+        assert address.statistics().messages_dropped == 2
+        assert "the next agent's message_priority refused Job(n=1, priority=2); dropped" in caplog.text
+        parent.interrupt()

@@ -257,3 +257,52 @@ async def test_a_request_routed_back_to_the_agent_awaiting_it_fails_instead_of_d
             await address.request(Work(0))
         address.interrupt()
         router.interrupt()
+
+
+class EndsSlowly(Worker):
+    """Its on_stop awaits: its address refuses messages until its run has ended."""
+
+    async def on_stop(self, reason: hybrid.StopReason) -> None:
+        await trio.sleep(1)
+
+
+async def test_a_request_routed_to_an_agent_that_is_ending_waits_for_its_restart(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    made: list[EndsSlowly] = []
+
+    def factory() -> EndsSlowly:
+        made.append(EndsSlowly())
+        return made[-1]
+
+    class Parent(hybrid.Supervisor):
+        def begin(self) -> hybrid.Next[Parent]:
+            self.ctx.spawn(factory, name="w")
+            return hybrid.Next.events()
+
+    async with trio.open_nursery() as nursery:
+        parent = hybrid.spawn(nursery, Parent(), name="p")
+        await trio.testing.wait_all_tasks_blocked()
+        worker = made[0].ctx.address
+        router = hybrid.spawn(nursery, Router([worker]))
+        made[0].ctx.do_next(hybrid.Next.fail(RuntimeError("crash")))
+        await trio.sleep(0.5)  # in its on_stop: refusing
+        with pytest.raises(hybrid.AgentStopped):
+            await worker.request(Work(0))  # what a direct caller sees in that window
+        assert await router.request(Work(0)) == "p/w"  # the router waited for the restart
+        assert len(made) == 2
+        router.interrupt()
+        parent.interrupt()
+
+
+async def test_a_request_routed_to_an_agent_that_ends_for_good_fails_with_agent_stopped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        worker = hybrid.spawn(nursery, EndsSlowly())
+        router = hybrid.spawn(nursery, Router([worker]))
+        worker.interrupt()
+        await trio.sleep(0.5)
+        with pytest.raises(hybrid.AgentStopped, match="has ended"):
+            await router.request(Work(0))
+        router.interrupt()
