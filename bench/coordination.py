@@ -33,16 +33,12 @@ discarded; medians, and the range over the rounds):
   ``await hybrid.quorum(need, [a.request(Zero(i)) for a in five])`` with need
   3 and 5, against one ``await agent.request(Zero(i))`` per call; target:
   <= `TARGET_QUORUM` x one request. Shown beside: five requests awaited one
-  after the other, a hand-written nursery of five request tasks (what
-  `quorum` does without its bookkeeping), no hybrid at all, a nursery of
-  five tasks each awaiting a trivial coroutine (what the nursery costs), and
-  a proxy of a quorum without a task per member (`_taskless_5`: five events
-  and one park of the caller; not an API).
-
-The ``experimental_*`` priority sides run the same W1 workload with a
-candidate queue, `ExperimentalPriorityQueue`, put in the agent's mailbox: a
-local experiment for the design of ``hybrid._mailbox.PriorityQueue``, see
-bench/README.md.
+  after the other, a hand-written nursery of five request tasks (the task
+  per member `quorum` keeps for awaitables other than hybrid requests), no
+  hybrid at all, a nursery of five tasks each awaiting a trivial coroutine
+  (what the nursery costs), and a proxy of a quorum without a task per
+  member (`_taskless_5`: five events and one park of the caller; not an API),
+  the floor of `quorum`'s own taskless path for hybrid requests.
 
 Options:
     --size F       scale the request, event and call counts (default 1.0)
@@ -53,13 +49,11 @@ Options:
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import math
 import statistics
 import sys
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -74,7 +68,7 @@ import trio.testing
 import hybrid
 from bench._harness import Sample, alternate, check, grid, number, scaled
 from bench.workloads import W1_EVENTS, Counter, Tick, _metric, _target, make_ticks
-from hybrid import Agent, Pool, Routing, _mailbox
+from hybrid import Agent, Pool, Routing
 
 CALLERS = 64
 """Concurrent caller tasks of the pool sides (fixed, not scaled by --size)."""
@@ -294,136 +288,9 @@ def trio_workers(workers: int, requests: Sequence[Sleep], callers: int) -> Sampl
 
 # -- the priority mailbox sides ---------------------------------------------------------------------
 
-_ENVELOPES = frozenset(
-    {_mailbox.RequestCall, _mailbox.Tick, _mailbox.Response, _mailbox.Stamped, type(_mailbox.INTERRUPT_MARK)}
-)
-"""The mailbox's envelope kinds (`hybrid._mailbox`): their priority is the general path's business."""
 
-# deque's own methods, called on the subclass below without a Python-level frame.
-_deque_append = deque[Any].append
-_deque_pop = deque[Any].pop
-
-
-def _become(queue: deque[Any], kind: type[deque[Any]]) -> None:
-    """Switch `queue` between the experiment's two modes: classes of one layout (no new slots)."""
-    queue.__class__ = kind
-
-
-class ExperimentalPriorityQueue(deque[Any]):
-    """A candidate design for `hybrid._mailbox.PriorityQueue`, measured here only (see bench/README.md).
-
-    The same order (highest priority first, FIFO within one) and the same
-    answers to ``len()``, truth, `append` and `popleft`, which is all that
-    W1's path uses (``remove``, ``retain`` and ``in`` are left out of the
-    experiment). Three changes:
-
-    - it is a `deque` subclass that does not override ``__len__``: the
-      sender's fast path (``len(queue) < limit``) and the reader's ``if
-      queue:`` stay C calls, where `PriorityQueue` makes each a Python call;
-    - while one priority is queued (the constant and the common case) the
-      deque holds the messages themselves and `popleft` is deque's own, so
-      the only Python-level call per message is `append` (and the agent's
-      ``message_priority``); a second priority turns the object into a
-      `_ExperimentalManyLevels` (``__class__`` assignment, same layout):
-      per-priority buckets, the deque keeping one placeholder per message
-      so that ``len()`` and truth stay in C; back to one level when only one
-      remains;
-    - `append` calls ``message_priority`` directly for a message that is
-      not one of the mailbox's envelopes and returns an exact int; anything
-      else (envelopes, IntEnum, a wrong type, an exception) takes
-      `PriorityQueue.level`, unchanged.
-    """
-
-    __slots__ = ("buckets", "current", "general", "levels", "priority", "top")
-
-    def __init__(self, priority: Callable[[Any], int]) -> None:
-        super().__init__()
-        self.priority = priority
-        self.general = _mailbox.PriorityQueue(priority)
-        """Only its `level` is used: the envelopes, the checks, the errors."""
-        self.current = 0
-        """The one priority queued (one-level mode)."""
-        self.buckets: dict[int, deque[Any]] = {}
-        """Many-level mode: the messages of each priority queued, oldest first."""
-        self.levels: list[int] = []
-        """Many-level mode: the priorities queued, negated, ascending."""
-        self.top: deque[Any] | None = None
-        """Many-level mode: the bucket of the highest priority."""
-
-    def append(self, message: object) -> None:
-        # Inlined (each call is a frame): the level of a plain event, as `PriorityQueue.level` finds it.
-        if type(message) in _ENVELOPES:
-            level = self.general.level(message)
-        else:
-            level = self.priority(message)
-            if type(level) is not int:
-                level = self.general.level(message)  # IntEnum, or the error
-        if level == self.current or not len(self):  # deque's len: not overridden
-            self.current = level
-            _deque_append(self, message)
-            return
-        # A second priority: the messages move to buckets, the deque keeps a placeholder each.
-        first = deque(self)
-        self.clear()
-        self.extend([None] * len(first))
-        self.buckets = {self.current: first}
-        self.levels = [-self.current]
-        self.top = first
-        _become(self, _ExperimentalManyLevels)
-        self.append(message)
-
-
-class _ExperimentalManyLevels(ExperimentalPriorityQueue):
-    """`ExperimentalPriorityQueue` while more than one priority is queued."""
-
-    __slots__ = ()
-
-    def append(self, message: object) -> None:
-        if type(message) in _ENVELOPES:
-            level = self.general.level(message)
-        else:
-            level = self.priority(message)
-            if type(level) is not int:
-                level = self.general.level(message)
-        bucket = self.buckets.get(level)
-        if bucket is None:
-            bucket = self.buckets[level] = deque()
-            bisect.insort(self.levels, -level)
-            self.top = self.buckets[-self.levels[0]]
-        bucket.append(message)
-        _deque_append(self, None)
-
-    def popleft(self) -> Any:
-        top = self.top
-        assert top is not None  # many levels: never empty (one left turns it back)
-        message = top.popleft()
-        _deque_pop(self)
-        if not top:
-            levels = self.levels
-            del self.buckets[-levels[0]]
-            del levels[0]
-            if len(levels) == 1:  # one priority left: back to a plain deque of its messages
-                self.current = -levels.pop()
-                rest = self.buckets.pop(self.current)
-                self.top = None
-                self.clear()
-                self.extend(rest)
-                _become(self, ExperimentalPriorityQueue)
-            else:
-                self.top = self.buckets[-levels[0]]
-        return message
-
-    def __iter__(self) -> Iterator[Any]:
-        for level in self.levels:
-            yield from self.buckets[-level]
-
-
-def tell(agent_type: type[Counter], messages: list[Tick], *, experimental: bool = False) -> Sample:
-    """W1's hybrid side (`bench.workloads.hybrid_tell`) with the agent class as a parameter.
-
-    `experimental`: the agent's mailbox queue is an `ExperimentalPriorityQueue`,
-    put in place before the first message (a mailbox makes its queue then).
-    """
+def tell(agent_type: type[Counter], messages: list[Tick]) -> Sample:
+    """W1's hybrid side (`bench.workloads.hybrid_tell`) with the agent class as a parameter."""
 
     async def main() -> Sample:
         done = trio.Event()
@@ -431,11 +298,6 @@ def tell(agent_type: type[Counter], messages: list[Tick], *, experimental: bool 
         async with trio.open_nursery() as nursery:
             address = hybrid.spawn(nursery, agent)
             await trio.testing.wait_all_tasks_blocked()  # the agent is parked on its mailbox
-            if experimental:
-                mailbox = address._mailbox
-                assert mailbox.priority is not None
-                assert mailbox.queue is None  # made by the first message: this one
-                mailbox.queue = ExperimentalPriorityQueue(mailbox.priority)
             send = address.send
             start = perf_counter()
             for message in messages:
@@ -555,14 +417,12 @@ def quorum_calls(mode: str, requests: Sequence[Zero]) -> Sample:
 
 ROUTINGS = (Routing.ROUND_ROBIN, Routing.SMALLEST_MAILBOX, Routing.CONSISTENT_HASH)
 
-PRIORITY_SIDES: dict[str, tuple[type[Counter], bool, str]] = {
-    "plain": (Counter, False, "plain FIFO mailbox (W1's Counter)"),
-    "levels": (LevelsCounter, False, f"message_priority: seq % {PRIORITY_LEVELS}"),
-    "constant": (ConstantCounter, False, "message_priority: 0"),
-    "experimental_levels": (LevelsCounter, True, f"seq % {PRIORITY_LEVELS}, ExperimentalPriorityQueue"),
-    "experimental_constant": (ConstantCounter, True, "0, ExperimentalPriorityQueue"),
+PRIORITY_SIDES: dict[str, tuple[type[Counter], str]] = {
+    "plain": (Counter, "plain FIFO mailbox (W1's Counter)"),
+    "levels": (LevelsCounter, f"message_priority: seq % {PRIORITY_LEVELS}"),
+    "constant": (ConstantCounter, "message_priority: 0"),
 }
-"""Each priority side: (agent class, experimental queue?, description)."""
+"""Each priority side: (agent class, description)."""
 
 
 def _bind(fn: Callable[..., Sample], *args: Any, **kwargs: Any) -> Callable[[], Sample]:
@@ -596,10 +456,7 @@ def measure(size: float, rounds: int, warmup: int, *, progress: bool = False) ->
             "pool_1_many": _bind(served, (1, Routing.ROUND_ROBIN), zero, CALLERS),
             **{r.name.lower(): _bind(served, (ROUTING_POOL, r), zero, CALLERS) for r in ROUTINGS},
         },
-        "priority": {
-            name: _bind(tell, agent_type, ticks, experimental=experimental)
-            for name, (agent_type, experimental, _) in PRIORITY_SIDES.items()
-        },
+        "priority": {name: _bind(tell, agent_type, ticks) for name, (agent_type, _) in PRIORITY_SIDES.items()},
         "quorum": {mode: _bind(quorum_calls, mode, calls) for mode in QUORUM_MODES},
     }
     samples: dict[str, dict[str, list[Sample]]] = {}
@@ -671,7 +528,7 @@ def _entry(samples: dict[str, dict[str, list[Sample]]], params: dict[str, Any]) 
             "ns/event",
             med("priority", name),
             med("priority", "plain"),
-            f"priority mailbox cost / plain mailbox cost per event (W1), {PRIORITY_SIDES[name][2]}",
+            f"priority mailbox cost / plain mailbox cost per event (W1), {PRIORITY_SIDES[name][1]}",
             higher_is_better=False,
         )
         metric["target"] = _target("ratio", metric["ratio"], op="<=", bound=TARGET_PRIORITY, goal=None, unit="x")
@@ -784,24 +641,16 @@ def table_lines(entry: dict[str, Any]) -> list[str]:
     prio = s["priority"]
     plain = prio["plain"]["median"]
     prows: list[tuple[str, ...]] = []
-    for name, (_, experimental, label) in PRIORITY_SIDES.items():
+    for name, (_, label) in PRIORITY_SIDES.items():
         spread = prio[name]
-        ratio = spread["median"] / plain
-        if name == "plain":
-            bound, met = "-", "-"
-        elif experimental:
-            bound, met = (
-                f"<= {number(TARGET_PRIORITY)}x",
-                ("yes" if ratio <= TARGET_PRIORITY else "NO") + " (experiment)",
-            )
-        else:
-            bound, met = _target_cells(m[f"priority_{name}"]["target"])
+        metric = m.get(f"priority_{name}")
+        bound, met = _target_cells(None if metric is None else metric["target"])
         prows.append((label, _range(spread), number(1e9 / spread["median"]), f"{spread['median'] - plain:+.0f}",
-                      _x(ratio), bound, met))  # fmt: skip
+                      _x(spread["median"] / plain), bound, met))  # fmt: skip
     lines += [
         "",
         f"W11 priority mailbox on W1: {p['priority_events']:,} events sent to one parked agent, then handled; "
-        "ns per event, median [min-max]; the experiment is a candidate queue measured in bench/coordination.py",
+        "ns per event, median [min-max]",
         *grid(("mailbox", "ns/event", "events/s", "added ns", "vs plain", "target", "met"), prows),
     ]
 

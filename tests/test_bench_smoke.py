@@ -100,26 +100,10 @@ def test_w11_coordination_runs_every_side_and_reports_every_target(
         "agent",
         *(f"{side}_{n}" for side in ("pool", "trio") for n in coordination.POOL_SIZES),
     }
-    assert set(entry["spreads"]["priority"]) == set(coordination.PRIORITY_SIDES)
+    assert set(entry["spreads"]["priority"]) == set(coordination.PRIORITY_SIDES) == {"plain", "levels", "constant"}
     assert set(entry["spreads"]["quorum"]) == set(coordination.QUORUM_MODES)
     targets = {name for name, metric in entry["metrics"].items() if metric["target"] is not None}
     assert targets == {"priority_levels", "priority_constant", "quorum_3_of_5", "quorum_5_of_5"}
-
-
-def test_w11_experimental_priority_queue_takes_messages_in_priority_order() -> None:
-    """The candidate queue W11 measures: highest priority first, FIFO within one, through both of its modes."""
-    queue = coordination.ExperimentalPriorityQueue(lambda message: message[0])
-    taken: list[tuple[int, int]] = []
-    for i, level in enumerate([0, 0, 2, 1, 2, 0, 1]):
-        queue.append((level, i))
-        if i == 4:
-            taken.append(queue.popleft())
-    assert len(queue) == 6
-    while queue:
-        taken.append(queue.popleft())
-    assert taken == [(2, 2), (2, 4), (1, 3), (1, 6), (0, 0), (0, 1), (0, 5)]
-    queue.append((5, 7))  # one level again: the plain deque
-    assert list(queue) == [(5, 7)]
 
 
 def test_peers_that_are_installed_tell_and_ask_and_the_others_are_skipped_with_a_note() -> None:
