@@ -67,7 +67,7 @@ import trio.testing
 
 import hybrid
 from bench._harness import Sample, alternate, check, grid, number, scaled
-from bench.workloads import W1_EVENTS, Counter, Tick, _metric, _target, make_ticks
+from bench.workloads import W1_EVENTS, Counter, Tick, _metric, _target, hybrid_tell, make_ticks
 from hybrid import Agent, Pool, Routing
 
 CALLERS = 64
@@ -291,24 +291,7 @@ def trio_workers(workers: int, requests: Sequence[Sleep], callers: int) -> Sampl
 
 def tell(agent_type: type[Counter], messages: list[Tick]) -> Sample:
     """W1's hybrid side (`bench.workloads.hybrid_tell`) with the agent class as a parameter."""
-
-    async def main() -> Sample:
-        done = trio.Event()
-        agent = agent_type(len(messages), done)
-        async with trio.open_nursery() as nursery:
-            address = hybrid.spawn(nursery, agent)
-            await trio.testing.wait_all_tasks_blocked()  # the agent is parked on its mailbox
-            send = address.send
-            start = perf_counter()
-            for message in messages:
-                send(message)
-            await done.wait()
-            seconds = perf_counter() - start
-            address.interrupt()
-        return {"seconds": seconds, "handled": agent.count}
-
-    sample = trio.run(main)
-    check(f"W11 {agent_type.__name__} handled", sample["handled"], len(messages))
+    sample = hybrid_tell(messages, agent_type, label=f"W11 {agent_type.__name__}")
     sample["ns_per_event"] = sample["seconds"] / len(messages) * 1e9
     sample["per_s"] = len(messages) / sample["seconds"]
     return sample

@@ -179,12 +179,15 @@ class LeanThreeStates(ThreeStates):
 # -- W1 tell -----------------------------------------------------------------------
 
 
-def hybrid_tell(messages: list[Tick]) -> Sample:
-    """Send every message to one agent with `Address.send`; time until all are handled."""
+def hybrid_tell(messages: list[Tick], agent_type: type[Counter] = Counter, label: str = "W1 hybrid") -> Sample:
+    """Send every message to one agent with `Address.send`; time until all are handled.
+
+    `agent_type`: a `Counter` subclass (W11 measures one with a priority mailbox).
+    """
 
     async def main() -> Sample:
         done = trio.Event()
-        agent = Counter(len(messages), done)
+        agent = agent_type(len(messages), done)
         async with trio.open_nursery() as nursery:
             address = hybrid.spawn(nursery, agent)
             await trio.testing.wait_all_tasks_blocked()  # the agent is parked on its mailbox
@@ -198,7 +201,7 @@ def hybrid_tell(messages: list[Tick]) -> Sample:
         return {"seconds": seconds, "handled": agent.count}
 
     sample = trio.run(main)
-    check("W1 hybrid handled", sample["handled"], len(messages))
+    check(f"{label} handled", sample["handled"], len(messages))
     return sample
 
 

@@ -214,7 +214,7 @@ class PriorityQueue(deque[Any]):
     def append(self, message: object) -> None:
         if type(message) in _ENVELOPE_KINDS:  # an envelope, or the interrupt mark
             level = self.level(message)
-        else:  # a plain event, inlined (each call is a frame)
+        else:  # a plain event: inlined in both modes' append (a call per message is what this saves)
             level = self.priority(message)
             if type(level) is not int:
                 level = self.level(message)  # an int subclass, or the error
@@ -252,7 +252,7 @@ class _ManyLevels(PriorityQueue):
     def append(self, message: object) -> None:
         if type(message) in _ENVELOPE_KINDS:  # an envelope, or the interrupt mark
             level = self.level(message)
-        else:  # a plain event, inlined (each call is a frame)
+        else:  # a plain event: inlined in both modes' append (a call per message is what this saves)
             level = self.priority(message)
             if type(level) is not int:
                 level = self.level(message)  # an int subclass, or the error
