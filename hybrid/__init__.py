@@ -37,9 +37,11 @@ checks it; imports under ``TYPE_CHECKING`` are annotations only):
   ``diagrams.py`` (`hybrid.diagrams`: Mermaid state diagrams of what ran),
   ``slowsteps.py`` (`hybrid.slowsteps`: the blocking-call finder), and, each with
   its extra, ``metrics.py`` (`hybrid.metrics`: Prometheus families and latency
-  histograms), ``tracing.py`` (`hybrid.tracing`: OpenTelemetry spans) and
+  histograms), ``tracing.py`` (`hybrid.tracing`: OpenTelemetry spans),
   ``service/`` and ``__main__.py`` (`hybrid.service`: service mode,
-  ``python -m hybrid run``)
+  ``python -m hybrid run``), ``durable/`` (`hybrid.durable`: durable agents,
+  SQLite and Postgres) and ``remote/`` (`hybrid.remote`: the NATS transport
+  that remote agents are built on)
 """
 
 from ._address import Address as Address

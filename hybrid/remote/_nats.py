@@ -1,0 +1,712 @@
+"""`open_nats`: the `Transport` on nats-py, the official NATS client, driven from trio.
+
+No trio-native NATS client exists, so nats-py (asyncio) runs on a trio-asyncio loop
+inside the trio run. A hop between the two worlds (``aio_as_trio``) costs 40-50 µs, as
+much as a loopback round trip to the server, so the hot paths make none:
+
+- **publish** is sync: it checks the message and puts it in the *outbox*, an
+  ``asyncio.Queue``; one long-lived asyncio task, the *pump*, drains the outbox into
+  ``nc.publish``. Many publishes cost one wake-up of the pump.
+- **request** is trio-native: one wildcard subscription on this connection's reply
+  inbox (``_INBOX.<random>.*``) hands each reply to the trio waiter registered under
+  its token, from nats-py's callback, which runs on the trio thread (``Event.set``).
+  Deadlines and cancellation are trio's own: the waiter is dropped in ``finally``, and
+  a late reply finds no waiter and is dropped. A request made in a cancelled scope is
+  not sent; one cancelled later may have been sent (and run). No-responders arrives on the inbox as a ``Status: 503``
+  message.
+- **inbound** messages reach trio with ``send_nowait`` into a memory channel, or a
+  sync handler called in nats-py's callback.
+
+``aio_as_trio`` is kept for the control plane: connect, subscribe, flush, close.
+
+Ownership and shutdown: `open_nats` runs two trio tasks in a nursery of its own, each
+in a shielded cancel scope that only `open_nats` cancels: the owner of the asyncio
+loop and the pump. An outer cancellation therefore cannot stop the loop (and with it
+nats-py's flush and close) halfway; on the way out the outbox is flushed (bounded by
+`close_timeout`), the connection closed, then the pump stopped, and the loop last.
+
+Connection options that differ from nats-py's defaults, and why:
+
+- ``pending_size=0``: nothing is buffered while disconnected. nats-py would otherwise
+  send what was published during a reconnect afterwards, including requests whose
+  callers already gave up; here they fail at once with `RemoteUnavailable`.
+- ``max_reconnect_attempts=-1`` (forever) unless bounded: ``0`` would also mean
+  forever in nats-py. The first connect is bounded by `connect_timeout` (nats-py's
+  defaults take about two minutes to give up).
+- ``ping_interval=2``, ``max_outstanding_pings=2``: a server that hangs (SIGSTOP, a
+  partition) is noticed after about three intervals, seconds instead of minutes.
+- an ``error_cb`` that logs to ``hybrid.remote`` (nats-py's default prints a
+  traceback for every failed connection attempt).
+
+Logging (logger ``hybrid.remote``): WARNING when the connection drops and when a
+subscription falls behind (nats-py drops its messages); INFO when it is back;
+ERROR with the traceback when a subscription's handler raises; DEBUG for each failed
+connection attempt and each dropped publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import re
+import secrets
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final, TypeVar, cast, final
+
+import trio
+from typing_extensions import ParamSpec
+
+try:
+    import nats.errors
+    import trio_asyncio  # pyright: ignore[reportMissingTypeStubs] - untyped; wrapped in _aio and _trio below
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription as NatsSubscription
+except ImportError as _error:  # pragma: no cover - the remote extra is installed with the test extra
+    raise ImportError(
+        "hybrid.remote needs nats-py and trio-asyncio: pip install 'trio-hybrid[remote]'", name=_error.name
+    ) from _error
+
+from hybrid import AgentStopped, _validate
+
+from ._errors import MessageTooLarge, RemoteUnavailable
+from ._names import check_name, check_pattern, check_subject
+from ._transport import ConnectionState, Headers, Message, TransportStatistics
+
+__all__ = ["NatsTransport", "open_nats"]
+
+logger = logging.getLogger("hybrid.remote")
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""The header names nats-py sends (RFC 7230 tokens); it refuses others, late, in the pump."""
+
+_HEADER_FRAME: Final = len(b"NATS/1.0\r\n") + len(b"\r\n")
+"""The bytes of a header block besides its lines; each line adds ``name: value\\r\\n``."""
+
+_CONNECTION_ERRORS: Final = (
+    OSError,
+    asyncio.TimeoutError,
+    nats.errors.StaleConnectionError,
+    nats.errors.NoServersError,
+)
+"""What nats-py reports to ``error_cb`` for each failed (re)connection attempt: logged at DEBUG."""
+
+
+def _aio(loop: asyncio.AbstractEventLoop, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """`fn`, an asyncio coroutine function, made awaitable from trio: runs as a task of `loop`."""
+    wrapped: Callable[P, Awaitable[T]] = trio_asyncio.aio_as_trio(fn, loop=loop)  # pyright: ignore[reportUnknownMemberType]
+    return wrapped
+
+
+def _trio(loop: asyncio.AbstractEventLoop, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """`fn`, a trio async function, made awaitable from asyncio: runs as a trio task of `loop`."""
+    wrapped: Callable[P, Awaitable[T]] = trio_asyncio.trio_as_aio(fn, loop=loop)  # pyright: ignore[reportUnknownMemberType]
+    return wrapped
+
+
+def _header_size(name: object, value: object) -> int:
+    """The bytes of the header line ``name: value\\r\\n``; an error for what nats-py would refuse late, in the pump."""
+    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+        raise ValueError(f"invalid header name {name!r}: use ASCII letters, digits and !#$%&'*+-.^_`|~")
+    if not isinstance(value, str):
+        raise TypeError(f"the value of the header {name!r} must be a str, got {value!r}")
+    return len(name) + len(value.encode()) + 4
+
+
+@final
+class _Waiter:
+    """One request waiting for its reply: registered under its token until answered or given up."""
+
+    __slots__ = ("error", "event", "message", "subject", "token")
+
+    def __init__(self, subject: str, token: str) -> None:
+        self.subject = subject
+        """Where the request went (for error messages)."""
+        self.token = token
+        """Its key in `NatsTransport._waiters`, and the last token of its reply subject."""
+        self.event = trio.Event()
+        """Set once `message` or `error` is: by the reply callback, a failed publish or a disconnect."""
+        self.message: Msg | None = None
+        """The reply."""
+        self.error: Exception | None = None
+        """Why there is no reply: `AgentStopped` (no responders) or `RemoteUnavailable`."""
+
+
+_Outgoing = tuple[str, str, bytes, dict[str, str] | None, _Waiter | None]
+"""What the outbox holds: subject, reply subject, payload, headers, and the request's waiter (or None)."""
+
+
+@final
+class _NatsSubscription:
+    """A `Subscription`: its nats-py subscription and, for the channel form, the sending side."""
+
+    __slots__ = ("_closed", "_send", "_sub", "_transport")
+
+    def __init__(self, transport: NatsTransport, sub: NatsSubscription, send: trio.MemorySendChannel[Message] | None):
+        self._transport = transport
+        self._sub = sub
+        self._send = send
+        """Where the channel form's callback puts messages; closed when the subscription ends."""
+        self._closed = False
+        """Set by `aclose`, or by the transport when it closes (then there is nothing to unsubscribe)."""
+
+    @property
+    def subject(self) -> str:
+        """The subject (or pattern) subscribed to."""
+        return self._sub.subject
+
+    @property
+    def queue(self) -> str:
+        """The queue group (``""`` when none)."""
+        return self._sub.queue
+
+    def _end(self) -> None:
+        """Forget the subscription here and end its channel; nats-py's side is the caller's."""
+        self._closed = True
+        self._transport._subscriptions.discard(self)  # noqa: SLF001 - the transport's own record
+        if self._send is not None:
+            self._send.close()
+
+    async def aclose(self) -> None:
+        """Unsubscribe, and end the channel (if any). Idempotent; a no-op once the transport closed."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._end()
+        # While reconnecting, nats-py forgets the subscription without sending UNSUB (the
+        # server forgot it with the old connection) and does not restore it.
+        with contextlib.suppress(nats.errors.ConnectionClosedError):
+            await _aio(self._transport._loop, self._sub.unsubscribe)()  # noqa: SLF001
+
+    def __repr__(self) -> str:
+        queue = f" queue={self.queue!r}" if self.queue else ""
+        return f"<subscription {self.subject!r}{queue}{' closed' if self._closed else ''}>"
+
+
+@final
+class NatsTransport:
+    """The `Transport` on one nats-py connection; made by `open_nats` only.
+
+    Every method is called from the trio thread. The callbacks of nats-py
+    (``_on_*``) run on it too, as tasks of the trio-asyncio loop: they use
+    trio's sync APIs only.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, nc: Client) -> None:
+        self._loop = loop
+        """The trio-asyncio loop nats-py runs on (owned by `open_nats`)."""
+        self._nc = nc
+        """The nats-py client: connected by `open_nats` before any method is called."""
+        self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
+        """Messages for the pump: put by `publish`/`request` (trio side), taken by `_pump` (asyncio side)."""
+        self._waiters: dict[str, _Waiter] = {}
+        """Requests waiting for a reply, by token: added by `request`; removed by `request`
+        (given up), `_on_reply` (answered), `_publish_failed` or `_fail_waiters`."""
+        self._inbox = f"_INBOX.{secrets.token_hex(11)}"
+        """This connection's inbox prefix: requests are answered on ``<inbox>.<token>``."""
+        self._tokens = itertools.count(1)
+        """Request tokens (and `new_inbox` numbers): unique for the connection's life."""
+        self._subscriptions: set[_NatsSubscription] = set()
+        """The live subscriptions (not the reply inbox): ended when the transport closes."""
+        self._closing = False
+        """Set when `open_nats` starts closing: from then on the state is CLOSED."""
+        self._changed = trio.Event()
+        """Set (and replaced) at each change of the connection's state; `wait_*` wait on it."""
+        self._dropped = 0
+        """Publishes the pump could not send (`TransportStatistics.publishes_dropped`)."""
+        self._flushes: set[trio.CancelScope] = set()
+        """The scopes of the flushes under way: a disconnect cancels them."""
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection is now."""
+        if self._closing or self._nc.is_closed:
+            return ConnectionState.CLOSED
+        if self._nc.is_connected:
+            return ConnectionState.CONNECTED
+        return ConnectionState.RECONNECTING
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message (payload and headers) the server accepts, in bytes (from its INFO)."""
+        return self._nc.max_payload
+
+    def statistics(self) -> TransportStatistics:
+        """A snapshot of the transport's state and counters."""
+        return TransportStatistics(
+            state=self.state,
+            requests_waiting=len(self._waiters),
+            publishes_queued=self._outbox.qsize(),
+            publishes_dropped=self._dropped,
+            subscriptions=len(self._subscriptions),
+            reconnects=self._nc.stats["reconnects"],
+        )
+
+    async def wait_connected(self) -> None:
+        """Return once the connection is up (at once if it is).
+
+        Raises:
+            RemoteUnavailable: the transport is closed, or closes meanwhile.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while (state := self.state) is not ConnectionState.CONNECTED:
+            if state is ConnectionState.CLOSED:
+                raise RemoteUnavailable("the connection to NATS is closed")
+            await self._changed.wait()
+
+    async def wait_disconnected(self) -> None:
+        """Return once the connection is down: reconnecting or closed (at once if it is)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while self.state is ConnectionState.CONNECTED:
+            await self._changed.wait()
+
+    def _state_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _unavailable(self) -> RemoteUnavailable:
+        if self.state is ConnectionState.CLOSED:
+            return RemoteUnavailable("the connection to NATS is closed")
+        return RemoteUnavailable("not connected to NATS (reconnecting)")
+
+    # ------------------------------------------------------------------ sending
+
+    def _outgoing(self, subject: str, data: bytes, headers: Headers | None) -> dict[str, str] | None:
+        """Check a message before it is queued; its headers as nats-py takes them."""
+        check_subject(subject)
+        size = memoryview(data).nbytes  # a TypeError here, not in the pump, for what is not bytes-like
+        copied: dict[str, str] | None = None
+        if headers is not None:
+            copied = {}
+            size += _HEADER_FRAME
+            for name, value in headers.items():
+                size += _header_size(name, value)
+                copied[name] = value
+        if self._closing or not self._nc.is_connected:
+            raise self._unavailable()
+        if size > self._nc.max_payload:
+            raise MessageTooLarge(subject, size, self._nc.max_payload)
+        return copied
+
+    def publish(self, subject: str, data: bytes, headers: Headers | None = None, *, reply: str = "") -> None:
+        """Send a message; sync, never blocks, at-most-once.
+
+        The message is queued for the connection; if the link drops before it
+        goes out, it is dropped (and counted in `TransportStatistics.publishes_dropped`).
+
+        Args:
+            subject: where to send it (no wildcards).
+            data: the payload.
+            headers: optional headers.
+            reply: where the receiver should answer (``""``: nowhere).
+
+        Raises:
+            RemoteUnavailable: the connection is down; nothing is sent, ever.
+            MessageTooLarge: the message exceeds `max_payload`.
+            ValueError: a bad subject, reply subject or header name.
+        """
+        copied = self._outgoing(subject, data, headers)
+        if reply:
+            check_subject(reply)
+        self._outbox.put_nowait((subject, reply, data, copied, None))
+
+    async def request(
+        self, subject: str, data: bytes, headers: Headers | None = None, *, timeout: float | None = None
+    ) -> Message:
+        """Send a message and wait for the first answer.
+
+        Args:
+            subject: where to send it (no wildcards).
+            data: the payload.
+            headers: optional headers.
+            timeout: seconds to wait for the answer (None: the caller's
+                deadline only).
+
+        Returns:
+            The answer.
+
+        Raises:
+            hybrid.AgentStopped: nobody subscribes to `subject` (NATS answered
+                "no responders").
+            trio.TooSlowError: `timeout` passed; the request may still have run.
+            RemoteUnavailable: the connection is down (nothing sent), or dropped
+                while waiting (the request may have run).
+            MessageTooLarge: the message exceeds `max_payload`.
+            ValueError: a bad subject or header name.
+        """
+        seconds = None if timeout is None else _validate.seconds("timeout", timeout, infinite=True)
+        copied = self._outgoing(subject, data, headers)
+        await trio.lowlevel.checkpoint_if_cancelled()  # a request made in a cancelled scope is never sent
+        token = str(next(self._tokens))
+        waiter = self._waiters[token] = _Waiter(subject, token)
+        try:
+            self._outbox.put_nowait((subject, f"{self._inbox}.{token}", data, copied, waiter))
+            if seconds is None:
+                await waiter.event.wait()
+            else:
+                with trio.fail_after(seconds):
+                    await waiter.event.wait()
+        finally:
+            self._waiters.pop(token, None)  # still there if given up (cancelled, timed out): a late reply is dropped
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.message is not None
+        return waiter.message
+
+    def new_inbox(self) -> str:
+        """A fresh subject, unique to this connection, to subscribe to for answers."""
+        return f"{self._inbox}.i.{next(self._tokens)}"  # four tokens: never matched by the reply inbox
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every message published so far has reached the server.
+
+        Raises:
+            RemoteUnavailable: the connection is down, or the server did not
+                confirm within `timeout` seconds.
+        """
+        seconds = _validate.seconds("timeout", timeout, positive=True)
+        if self._closing or not self._nc.is_connected:
+            raise self._unavailable()
+        done = False
+        # A disconnect cancels the scope (nats-py would wait for the lost PONG until the
+        # timeout); nats-py's own timeout is later than trio's, which decides.
+        with trio.move_on_after(seconds) as scope, contextlib.suppress(nats.errors.ConnectionClosedError):
+            self._flushes.add(scope)
+            try:
+                await _aio(self._loop, self._flush)(math.ceil(seconds) + 1)
+                done = True
+            finally:
+                self._flushes.discard(scope)
+        if not done:
+            if self.state is not ConnectionState.CONNECTED:
+                raise self._unavailable()
+            raise RemoteUnavailable(f"the server did not confirm a flush within {seconds} s")
+
+    async def _flush(self, timeout: int) -> None:  # asyncio side
+        await self._outbox.join()
+        await self._nc.flush(timeout)
+
+    async def _pump(self) -> None:  # asyncio side: the one task that publishes
+        outbox = self._outbox
+        publish = self._nc.publish
+        while True:
+            item = await outbox.get()
+            while True:  # then everything queued meanwhile, without waiting again
+                subject, reply, data, headers, _ = item
+                try:
+                    await publish(subject, data, reply=reply, headers=headers)
+                except nats.errors.Error as error:
+                    self._publish_failed(item, error)
+                outbox.task_done()
+                try:
+                    item = outbox.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+
+    def _publish_failed(self, item: _Outgoing, error: nats.errors.Error) -> None:
+        """The link dropped (or, rarely, the limits changed) between `publish`'s checks and the pump."""
+        subject, _, _, _, waiter = item
+        if waiter is None:
+            self._dropped += 1
+            logger.debug("a message to %r was dropped: %r", subject, error)
+        else:
+            self._waiters.pop(waiter.token, None)
+            waiter.error = RemoteUnavailable(f"could not send the request to {subject!r}: {error}")
+            waiter.event.set()
+
+    # ------------------------------------------------------------------ receiving
+
+    async def _on_reply(self, msg: Msg) -> None:  # nats-py callback of the reply inbox
+        waiter = self._waiters.pop(msg.subject[len(self._inbox) + 1 :], None)
+        if waiter is None:
+            return  # a late reply: its request was given up
+        headers = msg.headers
+        if not msg.data and headers is not None and headers.get("Status") == "503":
+            waiter.error = AgentStopped(f"no responders: nothing subscribes to {waiter.subject!r}")
+        else:
+            waiter.message = msg
+        waiter.event.set()
+
+    async def subscribe(
+        self, subject: str, *, queue: str = "", max_buffer: int = 1000
+    ) -> tuple[_NatsSubscription, trio.MemoryReceiveChannel[Message]]:
+        """Subscribe, receiving the messages from a trio memory channel.
+
+        When `max_buffer` messages wait unread, delivery on this subscription
+        waits (nats-py then buffers, up to its per-subscription limits of
+        512k messages or 128 MB, past which it drops and logs). The channel ends
+        when the subscription or the transport closes; closing the receiving
+        side drops the messages that arrive afterwards.
+
+        Args:
+            subject: a subject or pattern (``*`` a whole token, ``>`` the last).
+            queue: a queue group name: each message goes to one member.
+            max_buffer: how many messages may wait in the channel.
+
+        Raises:
+            RemoteUnavailable: the transport is closed.
+            ValueError: a bad subject or queue group name.
+        """
+        _validate.count("max_buffer", max_buffer)
+        send, receive = trio.open_memory_channel[Message](max_buffer)
+        wait_for_room = _trio(self._loop, send.send)
+
+        async def deliver(msg: Msg) -> None:  # nats-py callback
+            try:
+                send.send_nowait(msg)
+            except trio.WouldBlock:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await wait_for_room(msg)  # parks this subscription's delivery: backpressure
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the receiver is gone, or the subscription closed: dropped
+
+        try:
+            subscription = await self._subscribe(subject, queue, deliver, send)
+        except BaseException:
+            send.close()
+            receive.close()
+            raise
+        return subscription, receive
+
+    async def subscribe_handler(
+        self, subject: str, handler: Callable[[Message], None], *, queue: str = ""
+    ) -> _NatsSubscription:
+        """Subscribe, calling the sync `handler` with each message, on the trio thread.
+
+        The handler runs inside trio (trio's sync APIs work: ``send_nowait``,
+        ``Event.set``) and must not block. An exception it raises is logged
+        (logger ``hybrid.remote``, ERROR) and the subscription goes on.
+
+        Raises:
+            RemoteUnavailable: the transport is closed.
+            ValueError: a bad subject or queue group name.
+        """
+
+        async def deliver(msg: Msg) -> None:  # nats-py callback
+            try:
+                handler(msg)
+            except Exception:
+                logger.exception("the handler of a subscription to %r failed on a message to %r", subject, msg.subject)
+
+        return await self._subscribe(subject, queue, deliver, None)
+
+    async def _subscribe(
+        self,
+        subject: str,
+        queue: str,
+        deliver: Callable[[Msg], Awaitable[None]],
+        send: trio.MemorySendChannel[Message] | None,
+    ) -> _NatsSubscription:
+        check_pattern(subject)
+        if queue:
+            check_name(queue, "queue group")
+        if self.state is ConnectionState.CLOSED:
+            raise self._unavailable()
+        # While reconnecting, nats-py keeps the subscription and sends it once connected.
+        sub = await _aio(self._loop, self._nats_subscribe)(subject, queue, deliver)
+        subscription = _NatsSubscription(self, sub, send)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    # ------------------------------------------------------------------ connection
+
+    async def _connect(self, servers: list[str], timeout: float, options: dict[str, Any]) -> None:
+        """Connect, or raise `RemoteUnavailable` after `timeout` seconds of failed attempts."""
+        nc = self._nc
+        try:
+            with trio.fail_after(timeout):
+                await _aio(self._loop, nc.connect)(
+                    servers,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                    closed_cb=self._on_closed,
+                    **options,
+                )
+        except BaseException as error:
+            self._closing = True
+            with trio.CancelScope(shield=True):
+                await _aio(self._loop, nc.close)()  # a half-open socket, a reconnection task
+            where = ", ".join(servers)
+            if isinstance(error, trio.TooSlowError):
+                last = f": {nc.last_error!r}" if nc.last_error is not None else ""
+                raise RemoteUnavailable(f"could not connect to NATS at {where} within {timeout} s{last}") from None
+            if isinstance(error, (nats.errors.Error, OSError)):
+                raise RemoteUnavailable(f"could not connect to NATS at {where}: {error!r}") from error
+            raise
+
+    async def _nats_subscribe(self, subject: str, queue: str, cb: Callable[[Msg], Awaitable[None]]) -> NatsSubscription:
+        # asyncio side; nats-py leaves the type of an argument we do not use (future=) unknown
+        return await self._nc.subscribe(subject, queue=queue, cb=cb)  # pyright: ignore[reportUnknownMemberType]
+
+    async def _start(self) -> None:
+        """Subscribe to the reply inbox (once connected)."""
+        await _aio(self._loop, self._nats_subscribe)(f"{self._inbox}.*", "", self._on_reply)
+
+    async def _close(self, timeout: float) -> None:
+        """Flush (within `timeout` seconds), then close the connection; wake everything still waiting."""
+        if self.state is ConnectionState.CONNECTED:
+            with trio.move_on_after(timeout), contextlib.suppress(RemoteUnavailable):
+                await self.flush(max(timeout, 0.001))
+        self._closing = True
+        self._state_changed()
+        await _aio(self._loop, self._nc.close)()  # calls _on_closed, unless nats-py had closed already
+        await self._on_closed()
+
+    # ------------------------------------------------------------------ nats-py's callbacks
+
+    async def _on_error(self, error: Exception) -> None:
+        if isinstance(error, _CONNECTION_ERRORS):
+            logger.debug("NATS connection error: %r", error)
+        else:
+            logger.warning("NATS: %r", error)
+
+    async def _on_disconnected(self) -> None:
+        if not self._closing:
+            logger.warning("lost the connection to NATS: reconnecting")
+        self._fail_waiters("the connection to NATS dropped while waiting for the reply (the request may have run)")
+        self._state_changed()
+
+    async def _on_reconnected(self) -> None:
+        url = self._nc.connected_url
+        logger.info("reconnected to NATS at %s", url.netloc if url is not None else "?")
+        self._state_changed()
+
+    async def _on_closed(self) -> None:
+        self._fail_waiters("the connection to NATS closed while waiting for the reply")
+        for subscription in list(self._subscriptions):
+            subscription._end()  # noqa: SLF001 - this module's own class
+        self._state_changed()
+
+    def _fail_waiters(self, reason: str) -> None:
+        """Fail every request waiting for a reply, and every flush under way."""
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            waiter.error = RemoteUnavailable(reason)
+            waiter.event.set()
+        for scope in self._flushes:
+            scope.cancel()
+
+    def __repr__(self) -> str:
+        return f"<NatsTransport {self._inbox} {self.state.value}>"
+
+
+async def _own_loop(*, task_status: trio.TaskStatus[tuple[asyncio.AbstractEventLoop, trio.CancelScope]]) -> None:
+    """Run the trio-asyncio loop until `open_nats` cancels the scope it is handed (shielded from others)."""
+    with trio.CancelScope(shield=True) as scope:
+        async with trio_asyncio.open_loop() as loop:  # pyright: ignore[reportUnknownMemberType]
+            task_status.started((loop, scope))
+            await trio.sleep_forever()
+
+
+async def _run_pump(transport: NatsTransport, *, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+    """Run the pump until `open_nats` cancels the scope it is handed (shielded from others)."""
+    with trio.CancelScope(shield=True) as scope:
+        task_status.started(scope)
+        await _aio(transport._loop, transport._pump)()  # noqa: SLF001
+
+
+def _urls(servers: object) -> list[str]:
+    if isinstance(servers, str):
+        servers = [servers]
+    if isinstance(servers, Sequence):
+        given = cast("Sequence[object]", servers)
+        urls = [url for url in given if isinstance(url, str) and url]
+        if urls and len(urls) == len(given):
+            return urls
+    raise ValueError(f"servers must be a URL or a non-empty sequence of URLs, got {servers!r}")
+
+
+@asynccontextmanager
+async def open_nats(
+    servers: str | Sequence[str],
+    *,
+    name: str | None = None,
+    connect_timeout: float = 5.0,
+    reconnect_wait: float = 0.25,
+    max_reconnect_attempts: int | None = None,
+    ping_interval: float = 2.0,
+    max_outstanding_pings: int = 2,
+    close_timeout: float = 5.0,
+) -> AsyncGenerator[NatsTransport]:
+    """Connect to NATS for the duration of an ``async with`` block.
+
+    Leaving the block flushes what was published (for up to `close_timeout`
+    seconds), closes the connection and stops the tasks it ran, even when the
+    block is left by cancellation. An exception leaving the block comes out
+    unchanged (not in an ``ExceptionGroup``).
+
+    Args:
+        servers: a ``nats://host:port`` URL, or several (a cluster's seeds).
+        name: the connection's name, shown by the server's monitoring.
+        connect_timeout: seconds the first connect may take, all attempts
+            included; also the limit of each reconnection attempt.
+        reconnect_wait: seconds between two reconnection attempts to one server.
+        max_reconnect_attempts: attempts per server before giving up (then the
+            state is CLOSED for good); None: never give up.
+        ping_interval: seconds between two pings to the server; after
+            `max_outstanding_pings` unanswered ones the connection is
+            considered dropped, so a hung server is noticed after about
+            ``ping_interval * (max_outstanding_pings + 1)`` seconds.
+        max_outstanding_pings: see `ping_interval`.
+        close_timeout: seconds leaving the block may spend flushing.
+
+    Raises:
+        RemoteUnavailable: no server could be reached within `connect_timeout`.
+        ValueError: a bad option value.
+
+    Example:
+        ```python
+        async with open_nats("nats://127.0.0.1:4222", name="billing-1") as nats:
+            subscription, messages = await nats.subscribe("hybrid.c1.agent.echo")
+            ...
+            answer = await nats.request("hybrid.c1.agent.echo", b"hi")
+        ```
+    """
+    urls = _urls(servers)
+    connect_timeout = _validate.seconds("connect_timeout", connect_timeout, positive=True)
+    close_timeout = _validate.seconds("close_timeout", close_timeout)
+    attempts = _validate.count("max_reconnect_attempts", max_reconnect_attempts, minimum=1, optional=True)
+    # nats-py annotates its seconds as int but uses them as floats (asyncio.sleep, wait_for).
+    options: dict[str, Any] = {
+        "name": name,
+        "connect_timeout": connect_timeout,
+        "reconnect_time_wait": _validate.seconds("reconnect_wait", reconnect_wait),
+        "max_reconnect_attempts": -1 if attempts is None else attempts,
+        "ping_interval": _validate.seconds("ping_interval", ping_interval, positive=True),
+        "max_outstanding_pings": _validate.count("max_outstanding_pings", max_outstanding_pings, minimum=1),
+        "pending_size": 0,
+        "allow_reconnect": True,
+    }
+    escaped: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        loop, loop_scope = await nursery.start(_own_loop)
+        transport = NatsTransport(loop, Client())
+        pump_scope = await nursery.start(_run_pump, transport)
+        # Whatever leaves the block (the caller's exception, a cancellation, a failed
+        # connect) is raised again after the nursery, so that it comes out bare, not in
+        # the ExceptionGroup a nursery makes.
+        try:
+            await transport._connect(urls, connect_timeout, options)  # noqa: SLF001
+            try:
+                await transport._start()  # noqa: SLF001
+                yield transport
+            finally:
+                with trio.CancelScope(shield=True):
+                    await transport._close(close_timeout)  # noqa: SLF001
+        except BaseException as error:  # raised again below, out of the nursery
+            escaped = error
+        finally:
+            pump_scope.cancel()  # the loop goes last: the pump is one of its tasks
+            loop_scope.cancel()
+    if escaped is not None:
+        raise escaped

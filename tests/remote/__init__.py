@@ -1,0 +1,1 @@
+"""Tests of hybrid.remote: remote agents on NATS, against a real nats-server."""
