@@ -298,22 +298,7 @@ class NatsTransport:
         return copied
 
     def publish(self, subject: str, data: bytes, headers: Headers | None = None, *, reply: str = "") -> None:
-        """Send a message; sync, never blocks, at-most-once.
-
-        The message is queued for the connection; if the link drops before it
-        goes out, it is dropped (and counted in `TransportStatistics.publishes_dropped`).
-
-        Args:
-            subject: where to send it (no wildcards).
-            data: the payload.
-            headers: optional headers.
-            reply: where the receiver should answer (``""``: nowhere).
-
-        Raises:
-            RemoteUnavailable: the connection is down; nothing is sent, ever.
-            MessageTooLarge: the message exceeds `max_payload`.
-            ValueError: a bad subject, reply subject or header name.
-        """
+        """Send a message; sync, never blocks, at-most-once: see `Transport.publish`."""
         copied = self._outgoing(subject, data, headers)
         if reply:
             check_subject(reply)
@@ -322,27 +307,7 @@ class NatsTransport:
     async def request(
         self, subject: str, data: bytes, headers: Headers | None = None, *, timeout: float | None = None
     ) -> Message:
-        """Send a message and wait for the first answer.
-
-        Args:
-            subject: where to send it (no wildcards).
-            data: the payload.
-            headers: optional headers.
-            timeout: seconds to wait for the answer (None: the caller's
-                deadline only).
-
-        Returns:
-            The answer.
-
-        Raises:
-            hybrid.AgentStopped: nobody subscribes to `subject` (NATS answered
-                "no responders").
-            trio.TooSlowError: `timeout` passed; the request may still have run.
-            RemoteUnavailable: the connection is down (nothing sent), or dropped
-                while waiting (the request may have run).
-            MessageTooLarge: the message exceeds `max_payload`.
-            ValueError: a bad subject or header name.
-        """
+        """Send a message and wait for the first answer: see `Transport.request`."""
         seconds = None if timeout is None else _validate.seconds("timeout", timeout, infinite=True)
         copied = self._outgoing(subject, data, headers)
         await trio.lowlevel.checkpoint_if_cancelled()  # a request made in a cancelled scope is never sent
@@ -367,12 +332,7 @@ class NatsTransport:
         return f"{self._inbox}.i.{next(self._tokens)}"  # four tokens: never matched by the reply inbox
 
     async def flush(self, timeout: float = 10.0) -> None:
-        """Wait until every message published so far has reached the server.
-
-        Raises:
-            RemoteUnavailable: the connection is down, or the server did not
-                confirm within `timeout` seconds.
-        """
+        """Wait until every message published so far has reached the server: see `Transport.flush`."""
         seconds = _validate.seconds("timeout", timeout, positive=True)
         if self._closing or not self._nc.is_connected:
             raise self._unavailable()
