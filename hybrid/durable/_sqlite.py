@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from typing import final
 
 from ._errors import StoreError
@@ -51,6 +52,26 @@ class SqliteBackend(Backend):
         """The connection's one cursor, reused by every batch; None while `_connection` is."""
 
     def open(self) -> None:
+        # Another process opening the same file at the same moment can hold the lock that
+        # switching to WAL or creating the schema needs, and SQLite does not always wait
+        # for it with the busy timeout (a database being converted to WAL answers BUSY at
+        # once): try again, with short pauses, until the busy timeout has passed.
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        pause = 0.005
+        while True:
+            try:
+                self._open_once()
+            except StoreError as error:
+                cause = error.__cause__
+                locked = isinstance(cause, sqlite3.OperationalError) and "locked" in str(cause)
+                if not locked or time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)  # the journal's writer thread: not the trio loop
+                pause = min(pause * 2, 0.1)
+            else:
+                return
+
+    def _open_once(self) -> None:
         self.close()  # opening again starts from a new connection
         try:
             # isolation_level=None: the module issues no BEGIN of its own; `begin` does.
