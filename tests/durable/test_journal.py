@@ -13,7 +13,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from hybrid.durable._errors import Fenced, StoreError
 from hybrid.durable._journal import Journal, Pending, open_journal
 from hybrid.durable._records import Checkpoint, Claim, Ending, Event, Status, StepKind
 from hybrid.durable._sql import SCHEMA_VERSION, Cursor
+from tests.durable.gates import WriterGate
 from tests.durable.postgres import PostgresServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,33 +54,6 @@ async def outcome_of(fn: Callable[..., Awaitable[object]], *args: Any) -> object
         return await fn(*args)
     except Exception as error:
         return error
-
-
-class WriterGate:
-    """Holds the journal's writer thread inside a batch until opened, so requests pile up behind it."""
-
-    def __init__(self) -> None:
-        self._entered = threading.Event()
-        self._release = threading.Event()
-
-    def _hold(self, cursor: Cursor) -> None:
-        self._entered.set()
-        self._release.wait()
-
-    async def close(self, journal: Journal, nursery: trio.Nursery) -> None:
-        """Occupy the writer; return once it is inside the holding batch."""
-        nursery.start_soon(self._occupy, journal)
-        await trio.to_thread.run_sync(self._entered.wait)
-
-    async def _occupy(self, journal: Journal) -> None:
-        try:
-            await journal._call(self._hold)
-        finally:  # a failing test cancels this task: the writer must not stay held
-            self._release.set()
-
-    def open(self) -> None:
-        """Let the writer go on."""
-        self._release.set()
 
 
 async def wait_queued(journal: Journal, count: int) -> None:

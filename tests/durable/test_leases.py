@@ -12,7 +12,6 @@ import itertools
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,38 +23,13 @@ from hybrid.durable import DurableLeases, StoreError, open_store
 from hybrid.durable._journal import Journal
 from hybrid.durable._sql import SCHEMA_VERSION, Cursor
 from hybrid.durable._store import Store
+from tests.durable.gates import WriterGate
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def journal_of(store: Store) -> Journal:
     return store._journal
-
-
-class WriterGate:
-    """Holds the store's writer thread inside a batch until opened, so requests queue up behind it."""
-
-    def __init__(self) -> None:
-        self._entered = threading.Event()
-        self._release = threading.Event()
-
-    def _hold(self, cursor: Cursor) -> None:
-        self._entered.set()
-        self._release.wait()
-
-    async def close(self, store: Store, nursery: trio.Nursery) -> None:
-        """Occupy the writer; return once it is inside the holding batch."""
-        nursery.start_soon(self._occupy, store)
-        await trio.to_thread.run_sync(self._entered.wait)
-
-    async def _occupy(self, store: Store) -> None:
-        try:
-            await journal_of(store)._call(self._hold)
-        finally:  # a failing test cancels this task: the writer must not stay held
-            self._release.set()
-
-    def open(self) -> None:
-        self._release.set()
 
 
 # -- one store ------------------------------------------------------------------------------
@@ -197,7 +171,7 @@ async def test_a_cancelled_acquire_leaves_no_grant_behind(journal_url: str) -> N
         leases = store.leases()
         gate = WriterGate()
         async with trio.open_nursery() as nursery:
-            await gate.close(store, nursery)
+            await gate.close(journal_of(store), nursery)
             with trio.move_on_after(0.05) as scope:
                 await leases.acquire("job", "a", ttl=30)
             assert scope.cancelled_caught
@@ -216,7 +190,7 @@ async def test_a_grant_abandoned_as_the_store_closes_ends_at_its_ttl(journal_url
         leases = store.leases()
         gate = WriterGate()
         async with trio.open_nursery() as nursery:
-            await gate.close(store, nursery)
+            await gate.close(journal_of(store), nursery)
             with trio.move_on_after(0.05):
                 await leases.acquire("job", "a", ttl=0.5)
             nursery.cancel_scope.cancel()  # the gate's task: the writer goes on, the store closes
@@ -235,7 +209,7 @@ async def test_a_cancelled_acquire_that_renews_keeps_the_lease(journal_url: str)
         assert lease is not None
         gate = WriterGate()
         async with trio.open_nursery() as nursery:
-            await gate.close(store, nursery)
+            await gate.close(journal_of(store), nursery)
             with trio.move_on_after(0.05):
                 await leases.acquire("job", "a", ttl=30)
             gate.open()
@@ -251,7 +225,7 @@ async def test_a_cancelled_release_still_releases(journal_url: str) -> None:
         assert lease is not None
         gate = WriterGate()
         async with trio.open_nursery() as nursery:
-            await gate.close(store, nursery)
+            await gate.close(journal_of(store), nursery)
             with trio.move_on_after(0.05) as scope:
                 await leases.release(lease)
             assert scope.cancelled_caught
