@@ -21,12 +21,13 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Generator
 from pathlib import Path
 from typing import final
+
+from tests.ports import free_port
 
 BINARIES = ("initdb", "pg_ctl", "postgres")
 """The server programs the helper needs, all in one directory."""
@@ -70,14 +71,6 @@ def missing_reason() -> str | None:
         except KeyError:
             return f"running as root, and there is no {SERVER_USER!r} user to run the Postgres server as"
     return None
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the server binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @final

@@ -27,7 +27,8 @@ from hybrid.durable._journal import Journal, Pending, open_journal
 from hybrid.durable._records import Checkpoint, Claim, Ending, Event, Status, StepKind
 from hybrid.durable._sql import SCHEMA_VERSION, Cursor
 from tests.durable.gates import WriterGate
-from tests.durable.postgres import PostgresServer, free_port
+from tests.durable.postgres import PostgresServer
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

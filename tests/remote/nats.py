@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Final, final
 
+from tests.ports import free_port
+
 MINIMUM_VERSION: Final = (2, 11)
 """The oldest server the tests accept."""
 
@@ -56,14 +58,6 @@ def missing_reason() -> str | None:
         wanted = ".".join(map(str, MINIMUM_VERSION))
         return f"{binary} is nats-server {'.'.join(map(str, version))}; the tests need {wanted} or newer"
     return None
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the server binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @final

@@ -38,7 +38,8 @@ from hybrid.remote._names import (
 )
 from hybrid.remote._nats import NatsTransport, open_nats
 from hybrid.remote._transport import ConnectionState, Message, Transport
-from tests.remote.nats import NatsServer, discard, free_port, new_server
+from tests.ports import free_port
+from tests.remote.nats import NatsServer, discard, new_server
 
 FAST: dict[str, Any] = {"reconnect_wait": 0.05, "connect_timeout": 2.0, "close_timeout": 2.0}
 """Options that keep the tests quick: reconnect attempts every 50 ms."""
