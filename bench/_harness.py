@@ -16,11 +16,17 @@ Fairness rules, applied the same way to every side of every comparison:
 
 from __future__ import annotations
 
+import argparse
 import gc
 import math
 import statistics
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import trio
+
+import hybrid
 
 Sample = dict[str, Any]
 """The metrics of one timed run of one side, e.g. ``{"seconds": 0.21, "handled": 200000}``."""
@@ -110,3 +116,25 @@ def grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return lines
+
+
+def rounds_parser(prog: str, description: str, size_help: str) -> argparse.ArgumentParser:
+    """The command line a workload module run alone takes: --size, --repeat, --warmup (add its own after)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--size", type=float, default=1.0, help=size_help)
+    parser.add_argument("--repeat", type=int, default=5, help="measured rounds (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="discarded rounds (default 1)")
+    return parser
+
+
+def parse_rounds(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse and check a `rounds_parser` command line; say on stderr what runs and how."""
+    args = parser.parse_args(argv)
+    if not args.size > 0 or args.repeat < 1 or args.warmup < 0:
+        parser.error("--size must be > 0, --repeat >= 1, --warmup >= 0")
+    print(
+        f"hybrid {hybrid.__version__} / trio {trio.__version__} / Python {sys.version.split()[0]}: "
+        f"size {args.size}, {args.repeat} rounds after {args.warmup} warm-up",
+        file=sys.stderr,
+    )
+    return args

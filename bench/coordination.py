@@ -48,7 +48,6 @@ Options:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -66,7 +65,7 @@ import trio
 import trio.testing
 
 import hybrid
-from bench._harness import Sample, alternate, check, grid, number, scaled
+from bench._harness import Sample, alternate, check, grid, number, parse_rounds, rounds_parser, scaled
 from bench.workloads import W1_EVENTS, Counter, Tick, _metric, _target, hybrid_tell, make_ticks
 from hybrid import Agent, Pool, Routing
 
@@ -655,19 +654,11 @@ def table_lines(entry: dict[str, Any]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.coordination", description="W11: coordination primitives")
-    parser.add_argument("--size", type=float, default=1.0, help="scale the request, event and call counts")
-    parser.add_argument("--repeat", type=int, default=5, help="measured rounds (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="discarded rounds (default 1)")
-    parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON")
-    args = parser.parse_args(argv)
-    if not args.size > 0 or args.repeat < 1 or args.warmup < 0:
-        parser.error("--size must be > 0, --repeat >= 1, --warmup >= 0")
-    print(
-        f"hybrid {hybrid.__version__} / trio {trio.__version__} / Python {sys.version.split()[0]}: "
-        f"size {args.size}, {args.repeat} rounds after {args.warmup} warm-up",
-        file=sys.stderr,
+    parser = rounds_parser(
+        "python -m bench.coordination", "W11: coordination primitives", "scale the request, event and call counts"
     )
+    parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON")
+    args = parse_rounds(parser, argv)
     t0 = perf_counter()
     print("  W11 ...", end="", flush=True, file=sys.stderr)
     entry = measure(args.size, args.repeat, args.warmup, progress=True)

@@ -54,7 +54,6 @@ Options:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import importlib.util
@@ -80,7 +79,7 @@ import trio
 import hybrid
 import hybrid.durable
 from bench import agent_peers
-from bench._harness import Sample, alternate, check, grid, number, scaled
+from bench._harness import Sample, alternate, check, grid, number, parse_rounds, rounds_parser, scaled
 from bench.workloads import ThreeStates, _metric, _target
 from hybrid import Agent, Next
 
@@ -641,24 +640,16 @@ def table_lines(entry: dict[str, Any]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.durable", description="W9: what durable transitions cost")
-    parser.add_argument("--size", type=float, default=1.0, help="scale the transitions and runs (default 1.0)")
-    parser.add_argument("--repeat", type=int, default=5, help="measured rounds (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="discarded rounds (default 1)")
+    parser = rounds_parser(
+        "python -m bench.durable", "W9: what durable transitions cost", "scale the transitions and runs (default 1.0)"
+    )
     parser.add_argument(
         "--dir", type=Path, default=None, help=f"where the SQLite files go (default ${DIR_ENV} or temp)"
     )
     parser.add_argument("--postgres", default=os.environ.get(POSTGRES_ENV), help=f"a Postgres URL (${POSTGRES_ENV})")
     parser.add_argument("--no-postgres", action="store_true", help="skip Postgres")
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON")
-    args = parser.parse_args(argv)
-    if not args.size > 0 or args.repeat < 1 or args.warmup < 0:
-        parser.error("--size must be > 0, --repeat >= 1, --warmup >= 0")
-    print(
-        f"hybrid {hybrid.__version__} / trio {trio.__version__} / Python {sys.version.split()[0]}: "
-        f"size {args.size}, {args.repeat} rounds after {args.warmup} warm-up",
-        file=sys.stderr,
-    )
+    args = parse_rounds(parser, argv)
     t0 = perf_counter()
     print("  W9 ...", end="", flush=True, file=sys.stderr)
     entry = measure(
