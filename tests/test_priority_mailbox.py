@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Callable
 
 import attrs
 import outcome
@@ -12,6 +13,7 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typing_extensions import Self
 
 import hybrid
 from hybrid import Agent
@@ -170,6 +172,19 @@ def test_message_priority_must_be_a_staticmethod() -> None:
                 return 0
 
 
+class SlowRestarts(hybrid.Supervisor):
+    """Restarts its one child from `factory` a second after it ends: messages sent meanwhile wait for it."""
+
+    restart_backoff = hybrid.Backoff(initial=1.0)
+
+    def __init__(self, factory: Callable[[], Agent]) -> None:
+        self.factory = factory
+
+    def begin(self) -> hybrid.Next[Self]:
+        self.ctx.spawn(self.factory)
+        return hybrid.Next.events()
+
+
 async def test_a_restarted_child_keeps_its_priority_mailbox(autojump_clock: trio.testing.MockClock) -> None:
     """Messages sent while the child waits for its restart are handed to the new instance by priority."""
     made: list[Prioritised] = []
@@ -181,15 +196,8 @@ async def test_a_restarted_child_keeps_its_priority_mailbox(autojump_clock: trio
     class Boom(Exception):
         pass
 
-    class Parent(hybrid.Supervisor):
-        restart_backoff = hybrid.Backoff(initial=1.0)
-
-        def begin(self) -> hybrid.Next[Parent]:
-            self.ctx.spawn(factory)
-            return hybrid.Next.events()
-
     async with trio.open_nursery() as nursery:
-        parent = hybrid.spawn(nursery, Parent())
+        parent = hybrid.spawn(nursery, SlowRestarts(factory))
         await trio.testing.wait_all_tasks_blocked()
         address = made[0].ctx.address
         made[0].ctx.do_next(hybrid.Next.fail(Boom()))
@@ -425,15 +433,8 @@ async def test_a_message_the_priority_function_refuses_at_a_restart_is_dropped_a
         made.append(Fickle())
         return made[-1]
 
-    class Parent(hybrid.Supervisor):
-        restart_backoff = hybrid.Backoff(initial=1.0)
-
-        def begin(self) -> hybrid.Next[Parent]:
-            self.ctx.spawn(factory)
-            return hybrid.Next.events()
-
     async with trio.open_nursery() as nursery:
-        parent = hybrid.spawn(nursery, Parent())
+        parent = hybrid.spawn(nursery, SlowRestarts(factory))
         await trio.testing.wait_all_tasks_blocked()
         address = made[0].ctx.address
         made[0].ctx.do_next(hybrid.Next.fail(RuntimeError("crash")))
