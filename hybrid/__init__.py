@@ -23,7 +23,9 @@ checks it; imports under ``TYPE_CHECKING`` are annotations only):
   `AgentStatistics`), ``_context.py`` (`Context`), ``_timers.py`` (`Timer`),
   ``_streams.py`` (`Stream`, `StreamEnded`), ``_monitors.py`` (`Monitor`, `Ended`),
   ``_snapshot.py`` (`snapshot`, `Snapshot`, `AgentInfo`: the tree of live agents),
-  and ``_quorum.py`` (`quorum`: it sends hybrid requests without a task each)
+  ``_quorum.py`` (`quorum`: it sends hybrid requests without a task each), and
+  ``_foreign.py`` (the seam to agents of other processes: an `Address` whose
+  messages go through a link; what ``hybrid.remote`` builds on)
 - ``_agent.py``: `Agent`, `AgentRunner`, `spawn`, `start`, `open_agent`, `interrupted`
 - built on public names only, as a third party would: ``_supervisor.py``
   (`Supervisor`, `SupervisorContext`, `Restart`, `Strategy`,

@@ -93,8 +93,11 @@ class Address(Generic[A_co]):
 
     __slots__ = ("_mailbox", "_rt")
 
-    _mailbox: Mailbox  # the queue: the same object across restarts
-    _rt: Runtime  # the run the address reaches now; replaced when a successor takes over
+    _mailbox: Mailbox  # the queue: the same object across restarts (a ForeignMailbox for a remote agent)
+    # The run the address reaches now; replaced when a successor takes over. For a remote
+    # agent, a hybrid._foreign.ForeignRun: it has every field and method read here, by
+    # monitors and by routers, and is never replaced.
+    _rt: Runtime
 
     def __init__(self) -> None:
         raise TypeError("Address has no public constructor: hybrid.spawn and AgentRunner make addresses")

@@ -261,6 +261,8 @@ def start_runtime(
     else:
         if name is not None and name != address.name:
             raise ValueError(f"{address!r} keeps its name {address.name!r}; it cannot be renamed {name!r}")
+        if type(address._mailbox) is not Mailbox:  # noqa: SLF001 - a ForeignMailbox (hybrid._foreign)
+            raise ValueError(f"{address!r} reaches an agent of another process: only a local address can be reused")
         old: Runtime = address._rt  # noqa: SLF001 - the run the address reached until now
         if old.phase != ENDED:
             raise LifecycleError(f"{address!r} still reaches a running agent; it can be reused once that ended")

@@ -325,9 +325,12 @@ class _ManyLevels(PriorityQueue):
         return any(message in bucket for bucket in self.buckets.values())
 
 
-@final
 class Mailbox:
     """The queue of one address; see the module docstring for the protocol.
+
+    Subclassed only by `hybrid._foreign.ForeignMailbox` (an address whose agent
+    lives in another process): its overrides are the whole seam, so local paths
+    run the code they ran before.
 
     Every field is read and written on the home trio thread only (the thread
     hop in `_thread.py` brings other threads' calls there).
@@ -341,6 +344,7 @@ class Mailbox:
         "draining",
         "dropped",
         "events",
+        "farewells",
         "fast",
         "home",
         "limit",
@@ -413,6 +417,9 @@ class Mailbox:
         inline requests in their callers' tasks, and wakes up from hibernation."""
         self.asleep = False
         """The reader hibernates (no task): `put` and `wake` wake it up through `run`."""
+        self.farewells: list[Callable[[], None]] | None = None
+        """Called once when the address is given up for good (`given_up`): not at the end
+        of a run whose address is kept for a successor (made by the first one)."""
         self.home = current_home()
         self.thread_id = self.home.thread_id
         """The home thread's ident, copied here for `Address.send`'s fast path."""
@@ -581,6 +588,14 @@ class Mailbox:
         while waiters:
             reschedule(waiters.popleft())
 
+    def given_up(self) -> None:
+        """The address is given up for good (its last run ended, no successor comes): call the farewells."""
+        farewells = self.farewells
+        if farewells:
+            self.farewells = None
+            for farewell in farewells:
+                farewell()
+
     def discard(self) -> None:
         """Close and empty the mailbox: queued requests fail with `AgentStopped`."""
         self.close()
@@ -657,7 +672,7 @@ class Mailbox:
             return 0
         return len(queue) - (INTERRUPT_MARK in queue) - self.abandoned
 
-    def abandon(self) -> None:
+    def abandon(self, call: RequestCall[Any]) -> None:
         """A queued request's caller gave up; sweep such requests out once they are half the queue."""
         self.abandoned += 1
         queue = self.queue
@@ -777,7 +792,7 @@ class RequestCall(Generic[R]):
         self._task = None
         if self._state == _QUEUED:
             self._state = _ABANDONED
-            self._mailbox.abandon()
+            self._mailbox.abandon(self)
         return Abort.SUCCEEDED
 
     def _take(self) -> bool:
@@ -858,7 +873,7 @@ class RequestCall(Generic[R]):
         self._gather = None
         if self._state == _QUEUED:
             self._state = _ABANDONED
-            self._mailbox.abandon()
+            self._mailbox.abandon(self)
 
     async def _route(self, router: Mailbox, target: object) -> None:
         """A ``route=True`` handler of `router`'s reader chose `target` (an Address): queue the call there.
@@ -868,7 +883,7 @@ class RequestCall(Generic[R]):
         mailbox. Every refusal completes the call with the error, so the caller learns.
         """
         mailbox = getattr(target, "_mailbox", None)
-        if type(mailbox) is not Mailbox:
+        if not isinstance(mailbox, Mailbox):
             self._complete(
                 outcome.Error(
                     TypeError(

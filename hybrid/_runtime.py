@@ -342,6 +342,8 @@ class Runtime:
             self.monitors = None
             for notify in monitors:
                 notify(self)
+        if not self.keep_address:
+            mailbox.given_up()
         if self.probe.active is not None:
             self.probe.agent_stopped(self.address, reason)
 
@@ -355,6 +357,7 @@ class Runtime:
             names = current_names()
             names.of(self.mailbox.agent_type.__qualname__).dropped += self.mailbox.dropped
             names.release(self.mailbox.name)
+            self.mailbox.given_up()
             return
         if self.phase != STARTING or self.task is not None:
             raise LifecycleError(f"{self.name} has started; interrupt it instead")

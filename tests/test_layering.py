@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"_breaker", "_waitmap", "_rendezvous", "_lease"},  # coordination on trio alone
     {"_mailbox"},
     {"_runtime"},
-    {"_address", "_context", "_timers", "_streams", "_monitors", "_snapshot", "_quorum"},  # handles, quorum
+    {"_address", "_context", "_timers", "_streams", "_monitors", "_snapshot", "_quorum", "_foreign"},  # handles, quorum
     {"_agent"},
     {"_supervisor", "_pipeline", "_pool", "_topic"},  # built as a third party would build them
     {"__init__"},
