@@ -41,9 +41,10 @@ checks it; imports under ``TYPE_CHECKING`` are annotations only):
   its extra, ``metrics.py`` (`hybrid.metrics`: Prometheus families and latency
   histograms), ``tracing.py`` (`hybrid.tracing`: OpenTelemetry spans),
   ``service/`` and ``__main__.py`` (`hybrid.service`: service mode,
-  ``python -m hybrid run``), ``durable/`` (`hybrid.durable`: durable agents,
-  SQLite and Postgres) and ``remote/`` (`hybrid.remote`: the NATS transport
-  that remote agents are built on)
+  ``python -m hybrid run``), ``codec/`` (`hybrid.codec`: the msgspec codec of
+  messages, values and exceptions that durable and remote agents share),
+  ``durable/`` (`hybrid.durable`: durable agents, SQLite and Postgres) and
+  ``remote/`` (`hybrid.remote`: the NATS transport that remote agents are built on)
 """
 
 from ._address import Address as Address

@@ -1,4 +1,4 @@
-"""The outer modules (diagrams, slowsteps, metrics, tracing, service, durable) use public names only.
+"""The outer modules (diagrams, slowsteps, metrics, tracing, service, codec, durable, remote) use public names only.
 
 The core never imports them.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import hybrid
 from tests.test_layering import PACKAGE
 
-OUTER = ["diagrams", "slowsteps", "metrics", "tracing", "service", "durable", "remote"]
+OUTER = ["diagrams", "slowsteps", "metrics", "tracing", "service", "codec", "durable", "remote"]
 ALLOWED_PRIVATE = {"_validate"}  # the argument checks every entry point shares
 
 

@@ -8,7 +8,8 @@ Package map (imports point up this list):
 - ``_errors.py``: the error tree (`DurableError` and below)
 - ``_records.py``: what the store keeps (`Checkpoint`, `Ending`, `Event`, `Status`,
   `StepKind`), shared by every module below
-- ``_codec.py``: `Codec`, checkpoints to bytes and back with msgspec (never pickle);
+- ``_codec.py``: `Codec`, checkpoints to bytes and back with msgspec (never pickle), on
+  the type rules of `hybrid.codec`;
   `durable`, the class decorator naming a class and its version
 - ``_sql.py``, ``_sqlite.py``, ``_postgres.py``: the schema and the statements of the
   two databases; ``_journal.py``: `Journal`, the writer thread that group-commits

@@ -61,9 +61,8 @@ import attrs
 
 try:
     import msgspec
-    import msgspec.inspect as mi
 except ImportError as _error:  # pragma: no cover - tested in a subprocess (tests/durable/test_store.py)
-    # The codec is the one user of msgspec: say which extra brings it.
+    # Say which extra brings msgspec (before hybrid.codec, which would name its own).
     raise ImportError(
         "hybrid.durable needs msgspec: pip install 'trio-hybrid[durable]' "
         "(or 'trio-hybrid[durable-postgres]' for Postgres too)",
@@ -71,6 +70,19 @@ except ImportError as _error:  # pragma: no cover - tested in a subprocess (test
     ) from _error
 
 from hybrid import Agent, InvalidTransition, Modifiers, Next, RetryPolicy
+from hybrid.codec import CodecError
+from hybrid.codec._types import (
+    ENCODE_ERRORS,
+    Check,
+    culprit,
+    field_type,
+    find_exception,
+    inspect_type,
+    output_type,
+    resolve,
+    split_message,
+    type_text,
+)
 
 from ._errors import CheckpointError
 from ._records import Checkpoint, StepKind
@@ -88,26 +100,9 @@ _ASYNC: Final = StepKind.ASYNC
 _SYNC: Final = StepKind.SYNC
 _EVENTS: Final = StepKind.EVENTS
 
-# msgspec raises these when a value cannot be encoded (an unsupported type, an
-# int beyond 64 bits, a cycle): all of them become a CheckpointError.
-_ENCODE_ERRORS: Final = (msgspec.MsgspecError, TypeError, ValueError, OverflowError, RecursionError)
-
-# What comes back as itself from a slot annotated Any: exact types, so that a
-# subclass (an IntEnum, a str subclass) is refused rather than silently changed.
-_PLAIN_SCALARS: Final[frozenset[type]] = frozenset({type(None), bool, int, float, str, bytes})
-_PLAIN_TEXT: Final = (
-    "only None, bool, int, float, str, bytes, and lists and str-keyed dicts of them come back "
-    "as themselves from a slot annotated Any or object or not annotated"
-)
-
-# "<message> - at `$<path>`": where msgspec found a mismatch.
-_AT: Final = re.compile(r"^(?P<message>.*) - at `\$(?P<path>.*)`$", re.DOTALL)
+# Where a step payload's mismatch is (msgspec's path): an item, then a field name.
 _INDEX: Final = re.compile(r"^\[(?P<index>\d+)\](?P<rest>.*)$", re.DOTALL)
 _NAME: Final = re.compile(r"^\.(?P<name>[A-Za-z_]\w*)(?P<rest>.*)$", re.DOTALL)
-
-# A problem a check found: (where inside the value, what is wrong).
-Problem = tuple[str, str]
-Check = Callable[[Any], Problem | None]
 
 
 # -- the decorator -------------------------------------------------------------------
@@ -285,15 +280,15 @@ class _StatePlan:
         self.minimum = minimum
         self.maximum: int | None = None if var_name is not None else len(params)
         self.pos_types: tuple[Any, ...] = tuple(
-            _resolve(hints.get(p, Any), globalns, None, f"{where} argument {p!r}") for p in params
+            resolve(hints.get(p, Any), globalns, None, f"{where} argument {p!r}") for p in params
         )
         self.var_type: Any = (
-            Any if var_name is None else _resolve(hints.get(var_name, Any), globalns, None, f"{where} *{var_name}")
+            Any if var_name is None else resolve(hints.get(var_name, Any), globalns, None, f"{where} *{var_name}")
         )
         self.pos_checks: tuple[Check | None, ...] = tuple(
-            _inspect_type(t, f"{where} argument {p!r}") for p, t in zip(params, self.pos_types, strict=True)
+            inspect_type(t, f"{where} argument {p!r}") for p, t in zip(params, self.pos_types, strict=True)
         )
-        self.var_check = None if var_name is None else _inspect_type(self.var_type, f"{where} *{var_name}")
+        self.var_check = None if var_name is None else inspect_type(self.var_type, f"{where} *{var_name}")
         self.checked = self.var_check is not None or any(c is not None for c in self.pos_checks)  # Any slots
 
     def argument(self, position: int) -> str:
@@ -382,10 +377,10 @@ class _ClassPlan:
         self.make = _maker(cls, fields)  # a new instance from the decoded fields struct
         self.late_names: tuple[str, ...] = tuple(f.name for f in fields if not f.init)
         self.late_getter = _tuple_getter(self.late_names)
-        hints = [_field_type(cls, f) for f in fields]
+        hints = [field_type(cls, f.name, f.type) for f in fields]
         checks: list[tuple[int, str, Check]] = []
         for index, (f, hint) in enumerate(zip(fields, hints, strict=True)):
-            check = _inspect_type(hint, f"{self.qualname} field {f.name!r}")
+            check = inspect_type(hint, f"{self.qualname} field {f.name!r}")
             if check is not None:
                 checks.append((index, f.name, check))
         self.field_checks = tuple(checks)
@@ -396,8 +391,8 @@ class _ClassPlan:
         )
         self.begin_decoder = _step_decoder(self.fields_type, [], modifiers=False)
         self.states: dict[str, _StatePlan] = {}
-        self.output_type = _output_type(cls)
-        self.output_check = _inspect_type(self.output_type, f"{self.qualname} output")
+        self.output_type = output_type(cls)
+        self.output_check = inspect_type(self.output_type, f"{self.qualname} output")
         self.output_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(self.output_type)
 
     def method(self, name: str) -> types.FunctionType | None:
@@ -447,340 +442,6 @@ def _maker(cls: type[Agent[Any]], fields: tuple[attrs.Attribute[Any], ...]) -> C
 def _step_decoder(fields_type: type[msgspec.Struct], arguments: list[Any], *, modifiers: bool) -> Any:
     parts = (Literal[1], fields_type, (_Mods | None) if modifiers else None, *arguments)
     return msgspec.msgpack.Decoder(types.GenericAlias(tuple, parts))
-
-
-def _field_type(cls: type, field: attrs.Attribute[Any]) -> Any:
-    """The resolved annotation of an attrs field, evaluated where the field was declared."""
-    where = f"{cls.__qualname__} field {field.name!r}"
-    for klass in cls.__mro__:
-        annotations = inspect.get_annotations(klass)  # its own, unevaluated
-        if field.name in annotations:
-            module = sys.modules.get(klass.__module__)
-            return _resolve(annotations[field.name], getattr(module, "__dict__", {}), dict(vars(klass)), where)
-    if field.type is None:
-        return Any  # attrs.field() without an annotation
-    module = sys.modules.get(cls.__module__)
-    return _resolve(field.type, getattr(module, "__dict__", {}), dict(vars(cls)), where)
-
-
-def _resolve(annotation: Any, globalns: dict[str, Any], localns: dict[str, Any] | None, where: str) -> Any:
-    """Evaluate one annotation (a string under ``from __future__ import annotations``)."""
-    holder = types.SimpleNamespace(__annotations__={"value": annotation})
-    try:
-        return typing.get_type_hints(holder, globalns, localns, include_extras=True)["value"]
-    except Exception as err:
-        raise CheckpointError(
-            f"{where}: cannot resolve its annotation {annotation!r}: {err} "
-            "(durable types must be importable: define them at module level)"
-        ) from err
-
-
-def _output_type(cls: type) -> Any:
-    """The ``T`` of ``Agent[T]`` for `cls`, through generic bases; Any when not found."""
-    found = _search_output(cls, {})
-    if found is _MISSING or isinstance(found, TypeVar):
-        return Any
-    module = sys.modules.get(cls.__module__)
-    return _resolve(found, getattr(module, "__dict__", {}), None, f"{cls.__qualname__} output (Agent[...])")
-
-
-_MISSING: Final = object()
-
-
-def _search_output(klass: type, subst: dict[Any, Any]) -> Any:
-    bases: tuple[Any, ...] = klass.__dict__.get("__orig_bases__", klass.__bases__)
-    for base in bases:
-        origin = typing.get_origin(base) or base
-        args = tuple(_substitute(arg, subst) for arg in typing.get_args(base))
-        if origin is Agent:
-            return args[0] if args else _MISSING
-        if isinstance(origin, type) and issubclass(origin, Agent):
-            generic: type = origin  # pyright: ignore[reportUnknownVariableType]
-            params: tuple[Any, ...] = getattr(generic, "__parameters__", ())
-            found = _search_output(generic, dict(zip(params, args, strict=False)))
-            if found is not _MISSING:
-                return found
-    return _MISSING
-
-
-def _substitute(arg: Any, subst: dict[Any, Any]) -> Any:
-    if isinstance(arg, TypeVar):
-        return subst.get(arg, arg)
-    params: tuple[Any, ...] = getattr(arg, "__parameters__", ())
-    if params:
-        try:
-            return arg[tuple(subst.get(p, p) for p in params)]
-        except TypeError:  # pragma: no cover - a generic alias that refuses substitution
-            return arg
-    return arg
-
-
-# -- what a type allows: checked at register, Any slots checked at each transition --------
-
-
-def _inspect_type(annotation: Any, where: str) -> Check | None:
-    """Refuse an annotation msgspec cannot bring back; return the check its Any slots need.
-
-    Raises:
-        CheckpointError: naming `where` and the type.
-    """
-    try:
-        msgspec.msgpack.Decoder(annotation)
-        info = mi.type_info(annotation)
-    except Exception as err:
-        raise CheckpointError(f"{where}: type {_type_text(annotation)} is not supported by the codec: {err}") from err
-    nodes = _nodes(info)
-    for node in nodes.values():
-        problem = _unsupported(node)
-        if problem is not None:
-            raise CheckpointError(f"{where}: type {_type_text(annotation)}: {problem}")
-    reach = _reaching_any(nodes)
-    return _compile(info, reach, {})
-
-
-def _type_text(annotation: Any) -> str:
-    return annotation.__qualname__ if isinstance(annotation, type) else repr(annotation)
-
-
-def _children(node: mi.Type) -> list[mi.Type]:
-    if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
-        return [node.item_type]
-    if isinstance(node, mi.TupleType):
-        return list(node.item_types)
-    if isinstance(node, mi.DictType):
-        return [node.key_type, node.value_type]
-    if isinstance(node, mi.UnionType):
-        return list(node.types)
-    if isinstance(node, mi.StructType | mi.DataclassType | mi.TypedDictType | mi.NamedTupleType):
-        return [f.type for f in node.fields]
-    if isinstance(node, mi.Metadata):
-        return [node.type]
-    return []
-
-
-def _nodes(root: mi.Type) -> dict[int, mi.Type]:
-    """Every node of a type tree by id (recursive types make it a graph: each node once)."""
-    seen: dict[int, mi.Type] = {}
-    todo = [root]
-    while todo:
-        node = todo.pop()
-        if id(node) not in seen:
-            seen[id(node)] = node
-            todo.extend(_children(node))
-    return seen
-
-
-def _is_any(node: mi.Type) -> bool:
-    return isinstance(node, mi.AnyType) or (isinstance(node, mi.CustomType) and node.cls is object)
-
-
-def _unsupported(node: mi.Type) -> str | None:
-    if isinstance(node, mi.CustomType) and node.cls is not object:
-        return f"msgspec cannot encode and decode {node.cls.__qualname__}: use a type it supports"
-    if isinstance(node, mi.DataclassType) and attrs.has(node.cls):
-        private = [f.name for f in node.fields if f.name.startswith("_")]
-        if private:
-            # msgspec leaves out an attrs class's private fields when it encodes one.
-            return (
-                f"the attrs class {node.cls.__qualname__} has private fields ({', '.join(private)}), "
-                "which msgspec does not encode: make them public, or use a dataclass or msgspec.Struct"
-            )
-    return None
-
-
-def _reaching_any(nodes: dict[int, mi.Type]) -> set[int]:
-    """The ids of the nodes from which an Any slot is reachable (a fixed point: cycles are fine)."""
-    reach = {key for key, node in nodes.items() if _is_any(node)}
-    changed = True
-    while changed:
-        changed = False
-        for key, node in nodes.items():
-            if key not in reach and any(id(child) in reach for child in _children(node)):
-                reach.add(key)
-                changed = True
-    return reach
-
-
-def _compile(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check | None:
-    """The check of the Any slots under `node`, or None if it has none (most types)."""
-    if id(node) not in reach:
-        return None
-    known = memo.get(id(node))
-    if known is not None:
-        return known
-    cell: list[Check] = []
-
-    def forward(value: Any) -> Problem | None:  # a recursive type reaches itself through this
-        return cell[0](value)
-
-    memo[id(node)] = forward
-    built = _build(node, reach, memo)
-    cell.append(built)
-    memo[id(node)] = built
-    return built
-
-
-def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
-    if _is_any(node):
-        return _plain
-    if isinstance(node, mi.Metadata):
-        inner = _compile(node.type, reach, memo)
-        assert inner is not None
-        return inner
-    if isinstance(node, mi.UnionType):
-        if any(_is_any(t) for t in node.types):
-            return _plain
-        branches = [(_accepts(t), c) for t in node.types if (c := _compile(t, reach, memo)) is not None]
-
-        def union(value: Any) -> Problem | None:
-            for accepts, check in branches:
-                if accepts(value):
-                    return check(value)
-            return None  # a branch without Any slots: the decode check covers it
-
-        return union
-    if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
-        item = _compile(node.item_type, reach, memo)
-        assert item is not None
-
-        def items(value: Any) -> Problem | None:
-            for index, element in enumerate(value):
-                found = item(element)
-                if found is not None:
-                    return (f"[{index}]{found[0]}", found[1])
-            return None
-
-        return items
-    if isinstance(node, mi.TupleType):
-        checks = [(i, c) for i, t in enumerate(node.item_types) if (c := _compile(t, reach, memo)) is not None]
-
-        def fixed(value: Any) -> Problem | None:
-            for index, check in checks:
-                found = check(value[index])
-                if found is not None:
-                    return (f"[{index}]{found[0]}", found[1])
-            return None
-
-        return fixed
-    if isinstance(node, mi.DictType):
-        key_check = _compile(node.key_type, reach, memo)
-        value_check = _compile(node.value_type, reach, memo)
-
-        def mapping(value: Any) -> Problem | None:
-            for k, v in value.items():
-                found = None if key_check is None else _plain_key(k)
-                if found is None and value_check is not None:
-                    found = value_check(v)
-                if found is not None:
-                    return (f"[{k!r}]{found[0]}", found[1])
-            return None
-
-        return mapping
-    assert isinstance(node, mi.StructType | mi.DataclassType | mi.TypedDictType | mi.NamedTupleType)
-    named = [(f.name, c) for f in node.fields if (c := _compile(f.type, reach, memo)) is not None]
-    if isinstance(node, mi.TypedDictType):
-
-        def typed_dict(value: Any) -> Problem | None:
-            for name, check in named:
-                if name in value:
-                    found = check(value[name])
-                    if found is not None:
-                        return (f"[{name!r}]{found[0]}", found[1])
-            return None
-
-        return typed_dict
-
-    def attributes(value: Any) -> Problem | None:
-        for name, check in named:
-            found = check(getattr(value, name))
-            if found is not None:
-                return (f".{name}{found[0]}", found[1])
-        return None
-
-    return attributes
-
-
-def _accepts(node: mi.Type) -> Callable[[Any], bool]:
-    """Which values a union branch with Any slots takes (msgspec allows one of each kind)."""
-    if isinstance(node, mi.Metadata):
-        return _accepts(node.type)
-    if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType | mi.TupleType):
-        return lambda value: isinstance(value, list | tuple | set | frozenset)
-    if isinstance(node, mi.DictType | mi.TypedDictType):
-        return lambda value: isinstance(value, dict)
-    if isinstance(node, mi.StructType | mi.DataclassType | mi.NamedTupleType):
-        cls = node.cls
-        return lambda value: isinstance(value, cls)
-    return lambda _value: False  # pragma: no cover - other nodes have no Any slots
-
-
-def _plain(value: Any) -> Problem | None:
-    """Refuse what a slot annotated Any would not bring back as itself."""
-    kind: type = type(value)  # pyright: ignore[reportUnknownVariableType]
-    if kind in _PLAIN_SCALARS:
-        return None
-    if kind is list:
-        for index, element in enumerate(value):
-            found = _plain(element)
-            if found is not None:
-                return (f"[{index}]{found[0]}", found[1])
-        return None
-    if kind is dict:
-        for k, v in value.items():
-            found = _plain_key(k) or _plain(v)
-            if found is not None:
-                return (f"[{k!r}]{found[0]}", found[1])
-        return None
-    return ("", f"a {kind.__qualname__} would come back as another type: {_PLAIN_TEXT}; annotate it with its type")
-
-
-def _plain_key(key: Any) -> Problem | None:
-    if type(key) is str:
-        return None
-    return ("", f"a dict key {key!r} that is not a str would come back changed: {_PLAIN_TEXT}; annotate it")
-
-
-# -- finding the culprit (the slow path of a failed encode) --------------------------------
-
-
-def _culprit(encoder: msgspec.msgpack.Encoder, value: Any, depth: int = 0) -> tuple[str, str] | None:
-    """(path, message) of the innermost part of `value` that does not encode, or None."""
-    try:
-        encoder.encode(value)
-    except _ENCODE_ERRORS as err:
-        if depth < 32:  # deeper: a cycle, or deep enough to be named from here
-            for path, part in _parts(value):
-                found = _culprit(encoder, part, depth + 1)
-                if found is not None:
-                    return (path + found[0], found[1])
-        return ("", f"cannot encode {type(value).__qualname__} ({err})")
-    return None
-
-
-def _parts(value: object) -> list[tuple[str, Any]]:
-    if isinstance(value, list | tuple | set | frozenset):
-        return [(f"[{i}]", v) for i, v in enumerate(typing.cast("list[Any]", value))]
-    if isinstance(value, dict):
-        mapping: dict[Any, Any] = value  # pyright: ignore[reportUnknownVariableType]
-        items = mapping.items()
-        return [(f" key {k!r}", k) for k, _ in items] + [(f"[{k!r}]", v) for k, v in items]
-    if attrs.has(type(value)):
-        return [(f".{f.name}", getattr(value, f.name)) for f in attrs.fields(typing.cast("Any", type(value)))]
-    if isinstance(value, msgspec.Struct):
-        return [(f".{name}", getattr(value, name)) for name in value.__struct_fields__]
-    fields: dict[str, Any] | None = getattr(value, "__dataclass_fields__", None)
-    if fields is not None:
-        return [(f".{name}", getattr(value, name)) for name in fields]
-    return []
-
-
-def _split_message(err: Exception) -> tuple[str, str]:
-    """(msgspec's message, the path after ``$``) of a validation error."""
-    text = str(err)
-    match = _AT.match(text)
-    if match is None:
-        return text, ""
-    return match["message"], match["path"]
 
 
 # -- the codec -------------------------------------------------------------------------------
@@ -841,7 +502,10 @@ class Codec:
                 f"{taken.cls.__module__}.{taken.qualname} and {cls.__module__}.{cls.__qualname__}; "
                 "give one another name with @durable(name=...)"
             )
-        plan = _ClassPlan(typing.cast("type[Agent[Any]]", cls), name, meta)
+        try:
+            plan = _ClassPlan(typing.cast("type[Agent[Any]]", cls), name, meta)
+        except CodecError as err:  # the shared type checks' refusal (hybrid.codec), as a checkpoint's
+            raise CheckpointError(str(err)) from err
         self._by_type[cls] = plan
         self._by_name[name] = plan
         return plan
@@ -928,7 +592,7 @@ class Codec:
         fields = plan.fields_type(*values)  # a struct: encodes as a map, faster to make than a dict
         try:
             payload = self._encoder.encode((_FORMAT, fields, mods, *args))
-        except _ENCODE_ERRORS as err:
+        except ENCODE_ERRORS as err:
             raise self._encode_failure(key, plan, state, values, args) from err
         decoder = plan.begin_decoder if state is None else (state.decoders.get(len(args)) or state.decoder(len(args)))
         try:
@@ -990,12 +654,12 @@ class Codec:
     ) -> CheckpointError:
         """Name the value that did not encode (the slow path: each piece on its own)."""
         for name, value in zip(plan.names, values, strict=True):
-            found = _culprit(self._encoder, value)
+            found = culprit(self._encoder, value)
             if found is not None:
                 return CheckpointError(f"key {key!r}: {plan.qualname} field {name!r}{found[0]}: {found[1]}")
         if state is not None:
             for position, arg in enumerate(args):
-                found = _culprit(self._encoder, arg)
+                found = culprit(self._encoder, arg)
                 if found is not None:
                     return CheckpointError(
                         f"key {key!r}: {plan.qualname}.{state.name} {state.argument(position)}{found[0]}: {found[1]}"
@@ -1006,7 +670,7 @@ class Codec:
         self, key: str, plan: _ClassPlan, state: _StatePlan | None, err: Exception, *, saving: bool
     ) -> str:
         """A message naming where a step payload does not fit the class."""
-        message, path = _split_message(err)
+        message, path = split_message(err)
         where = f"{plan.qualname}" if state is None else f"{plan.qualname}.{state.name}"
         match = _INDEX.match(path)
         corrupted = isinstance(err, msgspec.DecodeError) and not isinstance(err, msgspec.ValidationError)
@@ -1195,7 +859,7 @@ class Codec:
         items[1] = fields
         try:
             return self._encoder.encode(items)
-        except _ENCODE_ERRORS as err:
+        except ENCODE_ERRORS as err:
             raise CheckpointError(
                 f"key {key!r}: {plan.qualname}: upgrade from version {checkpoint.version} returned "
                 f"fields that cannot be encoded ({err})"
@@ -1261,16 +925,16 @@ class Codec:
         plan = self._plan(agent_cls)
         try:
             data = self._encoder.encode(value)
-        except _ENCODE_ERRORS as err:
-            found = _culprit(self._encoder, value) or ("", str(err))
+        except ENCODE_ERRORS as err:
+            found = culprit(self._encoder, value) or ("", str(err))
             raise CheckpointError(f"key {key!r}: {plan.qualname} output{found[0]}: {found[1]}") from err
         try:
             plan.output_decoder.decode(data)
         except Exception as err:
-            message, path = _split_message(err)
+            message, path = split_message(err)
             raise CheckpointError(
                 f"key {key!r}: {plan.qualname} output{path}: {message} "
-                f"(the output must be a {_type_text(plan.output_type)}, as in Agent[...])"
+                f"(the output must be a {type_text(plan.output_type)}, as in Agent[...])"
             ) from err
         if plan.output_check is not None:
             problem = plan.output_check(value)
@@ -1288,10 +952,10 @@ class Codec:
         try:
             return plan.output_decoder.decode(data)
         except Exception as err:
-            message, path = _split_message(err)
+            message, path = split_message(err)
             raise CheckpointError(
                 f"key {key!r}: {plan.qualname} output{path}: the saved output does not decode into "
-                f"{_type_text(plan.output_type)}: {message}"
+                f"{type_text(plan.output_type)}: {message}"
             ) from err
 
 
@@ -1299,7 +963,7 @@ def _state_plan(key: str, plan: _ClassPlan, name: str) -> _StatePlan | None:
     """`plan.state(name)`, its refusal (an annotation it cannot take) naming the key."""
     try:
         return plan.state(name)
-    except CheckpointError as err:
+    except CodecError as err:  # CheckpointError too
         raise CheckpointError(f"key {key!r}: {err}") from err
 
 
@@ -1317,7 +981,7 @@ def _describe(fn: Any) -> str:
 
 def _exception_name(key: str, plan: _ClassPlan, state: str, kind: type[BaseException]) -> str:
     name = f"{kind.__module__}:{kind.__qualname__}"
-    if _find_exception(name) is not kind:
+    if find_exception(name) is not kind:
         raise CheckpointError(
             f"key {key!r}: {plan.qualname}.{state} .retry(): retry_on type {kind.__qualname__} cannot be "
             "checkpointed: it must be found by its module and name (define it at module level)"
@@ -1325,21 +989,8 @@ def _exception_name(key: str, plan: _ClassPlan, state: str, kind: type[BaseExcep
     return name
 
 
-def _find_exception(name: str) -> type[BaseException] | None:
-    """The exception type ``module:qualname`` among modules already imported (never imports one)."""
-    module_name, _, qualname = name.partition(":")
-    found: Any = sys.modules.get(module_name)
-    for part in qualname.split("."):
-        if found is None or not part:
-            return None
-        found = getattr(found, part, None)
-    if isinstance(found, type) and issubclass(found, BaseException):
-        return found
-    return None
-
-
 def _exception_type(where: str, name: str) -> type[BaseException]:
-    found = _find_exception(name)
+    found = find_exception(name)
     if found is None:
         raise CheckpointError(
             f"{where}: retry_on type {name!r} is not an exception type of an imported module "

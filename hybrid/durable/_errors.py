@@ -3,7 +3,8 @@
 ```
 HybridError
 └── DurableError
-    ├── CheckpointError (ValueError)   a value cannot be saved, or a checkpoint cannot be read back
+    ├── CheckpointError (hybrid.codec.CodecError, a ValueError)
+    │                                  a value cannot be saved, or a checkpoint cannot be read back
     ├── KeyInUse (RuntimeError)        a second live run of a key in this store
     ├── Fenced (RuntimeError)          a newer incarnation of the key took over: this one stops
     └── StoreError (OSError)           the database failed (full disk, locked, connection lost)
@@ -13,14 +14,18 @@ HybridError
 from __future__ import annotations
 
 from hybrid import HybridError
+from hybrid.codec import CodecError
 
 
 class DurableError(HybridError):
     """The root of the errors `hybrid.durable` raises."""
 
 
-class CheckpointError(DurableError, ValueError):
+class CheckpointError(DurableError, CodecError):
     """A value cannot be checkpointed, or a checkpoint cannot be decoded.
+
+    A `hybrid.codec.CodecError` (so a `ValueError`): checkpoints and messages
+    share their codec's type rules, and ``except CodecError`` catches both.
 
     Raised at the transition that produced the value (naming the key, the class
     and the field or argument), or at resume (naming the key, the class and what

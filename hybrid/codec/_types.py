@@ -1,0 +1,476 @@
+"""Types and values: what an annotation lets the codec bring back, and why a value does not fit.
+
+Shared by the message codec (`hybrid.codec`) and the checkpoint codec
+(`hybrid.durable`): both decode a value only into the type its annotation
+names, with msgspec, never into a type the data chooses. Each raises its own
+error from these refusals (`CodecError` here; durable turns them into a
+`CheckpointError` with the same text).
+
+What is here:
+
+- `inspect_type`: refuse an annotation msgspec cannot bring back as itself, and
+  compile the check of its ``Any`` slots (``Any``, ``object``, an unannotated
+  slot, also nested as in ``list[Any]``): only JSON-like builtins come back as
+  themselves from those (None, bool, int, float, str, bytes, and lists and
+  str-keyed dicts of them), so anything else is refused at encode time, "annotate it".
+- `culprit` and `split_message`: where in a value (``.items[2].qty``) an encode
+  or a decode failed, for messages that name the field path.
+- `resolve`, `field_type`: annotations evaluated where they were written
+  (strings under ``from __future__ import annotations``).
+- `type_argument` (`output_type`, `answer_type`): the ``T`` of ``Agent[T]`` and
+  the ``R`` of ``Request[R]``, through generic subclasses.
+- `find_exception`: an exception type by ``module:qualname`` among the modules
+  already imported (it never imports one).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+import attrs
+import msgspec
+import msgspec.inspect as mi
+
+from hybrid import Agent, Request
+
+from ._errors import CodecError
+
+__all__ = [
+    "ENCODE_ERRORS",
+    "Check",
+    "Problem",
+    "answer_type",
+    "culprit",
+    "field_type",
+    "find_exception",
+    "inspect_type",
+    "output_type",
+    "plain",
+    "resolve",
+    "split_message",
+    "type_argument",
+    "type_text",
+]
+
+# msgspec raises these when a value cannot be encoded (an unsupported type, an
+# int beyond 64 bits, a cycle): each codec turns them into its own error.
+ENCODE_ERRORS: Final = (msgspec.MsgspecError, TypeError, ValueError, OverflowError, RecursionError)
+
+# What comes back as itself from a slot annotated Any: exact types, so that a
+# subclass (an IntEnum, a str subclass) is refused rather than silently changed.
+_PLAIN_SCALARS: Final[frozenset[type]] = frozenset({type(None), bool, int, float, str, bytes})
+_PLAIN_TEXT: Final = (
+    "only None, bool, int, float, str, bytes, and lists and str-keyed dicts of them come back "
+    "as themselves from a slot annotated Any or object or not annotated"
+)
+
+# "<message> - at `$<path>`": where msgspec found a mismatch.
+_AT: Final = re.compile(r"^(?P<message>.*) - at `\$(?P<path>.*)`$", re.DOTALL)
+
+# A problem a check found: (where inside the value, what is wrong).
+Problem = tuple[str, str]
+Check = Callable[[Any], Problem | None]
+
+
+# -- annotations, evaluated where they were written ------------------------------------------
+
+
+def field_type(cls: type, name: str, declared: Any) -> Any:
+    """The resolved annotation of field `name` of an attrs class or dataclass.
+
+    Evaluated where the field was declared (the class in the MRO that annotates
+    it, in its own module), so a subclass in another module resolves its
+    parent's fields as the parent wrote them. `declared` (the field's ``type``)
+    serves when no class annotates it: None is ``attrs.field()`` without an
+    annotation, which is Any.
+    """
+    where = f"{cls.__qualname__} field {name!r}"
+    for klass in cls.__mro__:
+        annotations = inspect.get_annotations(klass)  # its own, unevaluated
+        if name in annotations:
+            module = sys.modules.get(klass.__module__)
+            return resolve(annotations[name], getattr(module, "__dict__", {}), dict(vars(klass)), where)
+    if declared is None:
+        return Any
+    module = sys.modules.get(cls.__module__)
+    return resolve(declared, getattr(module, "__dict__", {}), dict(vars(cls)), where)
+
+
+def resolve(annotation: Any, globalns: dict[str, Any], localns: dict[str, Any] | None, where: str) -> Any:
+    """Evaluate one annotation (a string under ``from __future__ import annotations``).
+
+    Raises:
+        CodecError: naming `where`: a name the annotation uses is not found.
+    """
+    holder = types.SimpleNamespace(__annotations__={"value": annotation})
+    try:
+        return typing.get_type_hints(holder, globalns, localns, include_extras=True)["value"]
+    except Exception as err:
+        raise CodecError(
+            f"{where}: cannot resolve its annotation {annotation!r}: {err} "
+            "(the types a codec decodes must be importable: define them at module level)"
+        ) from err
+
+
+# -- the parameter of a generic base: Agent[T], Request[R] -----------------------------------
+
+
+def output_type(cls: type) -> Any:
+    """The ``T`` of ``Agent[T]`` for the agent class `cls`; Any when not given."""
+    return type_argument(cls, Agent, f"{cls.__qualname__} output (Agent[...])")
+
+
+def answer_type(cls: type) -> Any:
+    """The ``R`` of ``Request[R]`` for the request class `cls`; Any when not given."""
+    return type_argument(cls, Request, f"{cls.__qualname__} answer (Request[...])")
+
+
+def type_argument(cls: type, root: type, where: str) -> Any:
+    """The argument `cls` gives the one type parameter of the generic class `root`.
+
+    Found through generic subclasses: with ``class Keyed(Request[dict[str, V]])``
+    and ``class Lookup(Keyed[int])``, the answer of ``Lookup`` is
+    ``dict[str, int]``. Any when `cls` never parameterizes `root` (or leaves a
+    type variable in its place). The argument is resolved in the module of
+    `cls` when it is a string (a forward reference).
+
+    Raises:
+        CodecError: naming `where`: the argument names a type that is not found.
+    """
+    found = _search(cls, root, {})
+    if found is _MISSING or isinstance(found, TypeVar):
+        return Any
+    module = sys.modules.get(cls.__module__)
+    return resolve(found, getattr(module, "__dict__", {}), None, where)
+
+
+_MISSING: Final = object()
+
+
+def _search(klass: type, root: type, subst: dict[Any, Any]) -> Any:
+    """The argument of `root` among the bases of `klass`, type variables substituted by `subst`."""
+    bases: tuple[Any, ...] = klass.__dict__.get("__orig_bases__", klass.__bases__)
+    for base in bases:
+        origin = typing.get_origin(base) or base
+        args = tuple(_substitute(arg, subst) for arg in typing.get_args(base))
+        if origin is root:
+            return args[0] if args else _MISSING
+        if isinstance(origin, type) and issubclass(origin, root):
+            generic: type = origin
+            params: tuple[Any, ...] = getattr(generic, "__parameters__", ())
+            found = _search(generic, root, dict(zip(params, args, strict=False)))
+            if found is not _MISSING:
+                return found
+    return _MISSING
+
+
+def _substitute(arg: Any, subst: dict[Any, Any]) -> Any:
+    if isinstance(arg, TypeVar):
+        return subst.get(arg, arg)
+    params: tuple[Any, ...] = getattr(arg, "__parameters__", ())
+    if params:
+        try:
+            return arg[tuple(subst.get(p, p) for p in params)]
+        except TypeError:  # pragma: no cover - a generic alias that refuses substitution
+            return arg
+    return arg
+
+
+# -- what a type allows: checked once, its Any slots checked at each encode -----------------
+
+
+def inspect_type(annotation: Any, where: str) -> Check | None:
+    """Refuse an annotation msgspec cannot bring back; return the check its Any slots need.
+
+    The check is None for most types (no Any slot anywhere inside); else it
+    takes a value that decodes under `annotation` and returns the first
+    (path, problem) of a value in an Any slot that would not come back as
+    itself, or None.
+
+    Raises:
+        CodecError: naming `where` and the type.
+    """
+    try:
+        msgspec.msgpack.Decoder(annotation)
+        info = mi.type_info(annotation)
+    except Exception as err:
+        raise CodecError(f"{where}: type {type_text(annotation)} is not supported by the codec: {err}") from err
+    nodes = _nodes(info)
+    for node in nodes.values():
+        problem = _unsupported(node)
+        if problem is not None:
+            raise CodecError(f"{where}: type {type_text(annotation)}: {problem}")
+    reach = _reaching_any(nodes)
+    return _compile(info, reach, {})
+
+
+def type_text(annotation: Any) -> str:
+    """How messages name a type: a class by its qualname, anything else by its repr."""
+    return annotation.__qualname__ if isinstance(annotation, type) else repr(annotation)
+
+
+def _children(node: mi.Type) -> list[mi.Type]:
+    if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
+        return [node.item_type]
+    if isinstance(node, mi.TupleType):
+        return list(node.item_types)
+    if isinstance(node, mi.DictType):
+        return [node.key_type, node.value_type]
+    if isinstance(node, mi.UnionType):
+        return list(node.types)
+    if isinstance(node, mi.StructType | mi.DataclassType | mi.TypedDictType | mi.NamedTupleType):
+        return [f.type for f in node.fields]
+    if isinstance(node, mi.Metadata):
+        return [node.type]
+    return []
+
+
+def _nodes(root: mi.Type) -> dict[int, mi.Type]:
+    """Every node of a type tree by id (recursive types make it a graph: each node once)."""
+    seen: dict[int, mi.Type] = {}
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if id(node) not in seen:
+            seen[id(node)] = node
+            todo.extend(_children(node))
+    return seen
+
+
+def _is_any(node: mi.Type) -> bool:
+    return isinstance(node, mi.AnyType) or (isinstance(node, mi.CustomType) and node.cls is object)
+
+
+def _unsupported(node: mi.Type) -> str | None:
+    if isinstance(node, mi.CustomType) and node.cls is not object:
+        return f"msgspec cannot encode and decode {node.cls.__qualname__}: use a type it supports"
+    if isinstance(node, mi.DataclassType) and attrs.has(node.cls):
+        private = [f.name for f in node.fields if f.name.startswith("_")]
+        if private:
+            # msgspec leaves out an attrs class's private fields when it encodes one.
+            return (
+                f"the attrs class {node.cls.__qualname__} has private fields ({', '.join(private)}), "
+                "which msgspec does not encode: make them public, or use a dataclass or msgspec.Struct"
+            )
+    return None
+
+
+def _reaching_any(nodes: dict[int, mi.Type]) -> set[int]:
+    """The ids of the nodes from which an Any slot is reachable (a fixed point: cycles are fine)."""
+    reach = {key for key, node in nodes.items() if _is_any(node)}
+    changed = True
+    while changed:
+        changed = False
+        for key, node in nodes.items():
+            if key not in reach and any(id(child) in reach for child in _children(node)):
+                reach.add(key)
+                changed = True
+    return reach
+
+
+def _compile(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check | None:
+    """The check of the Any slots under `node`, or None if it has none (most types)."""
+    if id(node) not in reach:
+        return None
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    cell: list[Check] = []
+
+    def forward(value: Any) -> Problem | None:  # a recursive type reaches itself through this
+        return cell[0](value)
+
+    memo[id(node)] = forward
+    built = _build(node, reach, memo)
+    cell.append(built)
+    memo[id(node)] = built
+    return built
+
+
+def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
+    if _is_any(node):
+        return plain
+    if isinstance(node, mi.Metadata):
+        inner = _compile(node.type, reach, memo)
+        assert inner is not None
+        return inner
+    if isinstance(node, mi.UnionType):
+        if any(_is_any(t) for t in node.types):
+            return plain
+        branches = [(_accepts(t), c) for t in node.types if (c := _compile(t, reach, memo)) is not None]
+
+        def union(value: Any) -> Problem | None:
+            for accepts, check in branches:
+                if accepts(value):
+                    return check(value)
+            return None  # a branch without Any slots: the decode check covers it
+
+        return union
+    if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
+        item = _compile(node.item_type, reach, memo)
+        assert item is not None
+
+        def items(value: Any) -> Problem | None:
+            for index, element in enumerate(value):
+                found = item(element)
+                if found is not None:
+                    return (f"[{index}]{found[0]}", found[1])
+            return None
+
+        return items
+    if isinstance(node, mi.TupleType):
+        checks = [(i, c) for i, t in enumerate(node.item_types) if (c := _compile(t, reach, memo)) is not None]
+
+        def fixed(value: Any) -> Problem | None:
+            for index, check in checks:
+                found = check(value[index])
+                if found is not None:
+                    return (f"[{index}]{found[0]}", found[1])
+            return None
+
+        return fixed
+    if isinstance(node, mi.DictType):
+        key_check = _compile(node.key_type, reach, memo)
+        value_check = _compile(node.value_type, reach, memo)
+
+        def mapping(value: Any) -> Problem | None:
+            for k, v in value.items():
+                found = None if key_check is None else _plain_key(k)
+                if found is None and value_check is not None:
+                    found = value_check(v)
+                if found is not None:
+                    return (f"[{k!r}]{found[0]}", found[1])
+            return None
+
+        return mapping
+    assert isinstance(node, mi.StructType | mi.DataclassType | mi.TypedDictType | mi.NamedTupleType)
+    named = [(f.name, c) for f in node.fields if (c := _compile(f.type, reach, memo)) is not None]
+    if isinstance(node, mi.TypedDictType):
+
+        def typed_dict(value: Any) -> Problem | None:
+            for name, check in named:
+                if name in value:
+                    found = check(value[name])
+                    if found is not None:
+                        return (f"[{name!r}]{found[0]}", found[1])
+            return None
+
+        return typed_dict
+
+    def attributes(value: Any) -> Problem | None:
+        for name, check in named:
+            found = check(getattr(value, name))
+            if found is not None:
+                return (f".{name}{found[0]}", found[1])
+        return None
+
+    return attributes
+
+
+def _accepts(node: mi.Type) -> Callable[[Any], bool]:
+    """Which values a union branch with Any slots takes (msgspec allows one of each kind)."""
+    if isinstance(node, mi.Metadata):
+        return _accepts(node.type)
+    if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType | mi.TupleType):
+        return lambda value: isinstance(value, list | tuple | set | frozenset)
+    if isinstance(node, mi.DictType | mi.TypedDictType):
+        return lambda value: isinstance(value, dict)
+    if isinstance(node, mi.StructType | mi.DataclassType | mi.NamedTupleType):
+        cls = node.cls
+        return lambda value: isinstance(value, cls)
+    return lambda _value: False  # pragma: no cover - other nodes have no Any slots
+
+
+def plain(value: Any) -> Problem | None:
+    """Refuse what a slot annotated Any would not bring back as itself."""
+    kind: type = type(value)  # pyright: ignore[reportUnknownVariableType]
+    if kind in _PLAIN_SCALARS:
+        return None
+    if kind is list:
+        for index, element in enumerate(value):
+            found = plain(element)
+            if found is not None:
+                return (f"[{index}]{found[0]}", found[1])
+        return None
+    if kind is dict:
+        for k, v in value.items():
+            found = _plain_key(k) or plain(v)
+            if found is not None:
+                return (f"[{k!r}]{found[0]}", found[1])
+        return None
+    return ("", f"a {kind.__qualname__} would come back as another type: {_PLAIN_TEXT}; annotate it with its type")
+
+
+def _plain_key(key: Any) -> Problem | None:
+    if type(key) is str:
+        return None
+    return ("", f"a dict key {key!r} that is not a str would come back changed: {_PLAIN_TEXT}; annotate it")
+
+
+# -- finding the culprit (the slow path of a failed encode) --------------------------------
+
+
+def culprit(encoder: msgspec.msgpack.Encoder, value: Any, depth: int = 0) -> tuple[str, str] | None:
+    """(path, message) of the innermost part of `value` that does not encode, or None."""
+    try:
+        encoder.encode(value)
+    except ENCODE_ERRORS as err:
+        if depth < 32:  # deeper: a cycle, or deep enough to be named from here
+            for path, part in _parts(value):
+                found = culprit(encoder, part, depth + 1)
+                if found is not None:
+                    return (path + found[0], found[1])
+        return ("", f"cannot encode {type(value).__qualname__} ({err})")
+    return None
+
+
+def _parts(value: object) -> list[tuple[str, Any]]:
+    if isinstance(value, list | tuple | set | frozenset):
+        return [(f"[{i}]", v) for i, v in enumerate(typing.cast("list[Any]", value))]
+    if isinstance(value, dict):
+        mapping: dict[Any, Any] = value  # pyright: ignore[reportUnknownVariableType]
+        items = mapping.items()
+        return [(f" key {k!r}", k) for k, _ in items] + [(f"[{k!r}]", v) for k, v in items]
+    if attrs.has(type(value)):
+        return [(f".{f.name}", getattr(value, f.name)) for f in attrs.fields(typing.cast("Any", type(value)))]
+    if isinstance(value, msgspec.Struct):
+        return [(f".{name}", getattr(value, name)) for name in value.__struct_fields__]
+    fields: dict[str, Any] | None = getattr(value, "__dataclass_fields__", None)
+    if fields is not None:
+        return [(f".{name}", getattr(value, name)) for name in fields]
+    return []
+
+
+def split_message(err: Exception) -> tuple[str, str]:
+    """(msgspec's message, the path after ``$``) of a validation error."""
+    text = str(err)
+    match = _AT.match(text)
+    if match is None:
+        return text, ""
+    return match["message"], match["path"]
+
+
+# -- exception types by name -----------------------------------------------------------------
+
+
+def find_exception(name: str) -> type[BaseException] | None:
+    """The exception type ``module:qualname`` among modules already imported, else None.
+
+    Never imports a module: a name from stored or received data can only pick
+    a type the process has already loaded, and only an exception type.
+    """
+    module_name, _, qualname = name.partition(":")
+    found: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        if found is None or not part:
+            return None
+        found = getattr(found, part, None)
+    if isinstance(found, type) and issubclass(found, BaseException):
+        return found
+    return None
