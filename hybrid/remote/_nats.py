@@ -57,6 +57,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar, cast, final
 
+import outcome
 import trio
 from typing_extensions import ParamSpec
 
@@ -75,7 +76,7 @@ from hybrid import AgentStopped, _validate
 
 from ._errors import MessageTooLarge, RemoteUnavailable
 from ._names import check_name, check_pattern, check_subject
-from ._transport import ConnectionState, Headers, Message, TransportStatistics
+from ._transport import ConnectionState, Headers, Message, ReplyCallback, TransportStatistics
 
 __all__ = ["NatsTransport", "open_nats"]
 
@@ -124,19 +125,16 @@ def _header_size(name: object, value: object) -> int:
 class _Waiter:
     """One request waiting for its reply: registered under its token until answered or given up."""
 
-    __slots__ = ("error", "event", "message", "subject", "token")
+    __slots__ = ("on_reply", "subject", "token")
 
-    def __init__(self, subject: str, token: str) -> None:
+    def __init__(self, subject: str, token: str, on_reply: ReplyCallback) -> None:
         self.subject = subject
         """Where the request went (for error messages)."""
         self.token = token
         """Its key in `NatsTransport._waiters`, and the last token of its reply subject."""
-        self.event = trio.Event()
-        """Set once `message` or `error` is: by the reply callback, a failed publish or a disconnect."""
-        self.message: Msg | None = None
-        """The reply."""
-        self.error: Exception | None = None
-        """Why there is no reply: `AgentStopped` (no responders) or `RemoteUnavailable`."""
+        self.on_reply = on_reply
+        """Called once with the reply, or with why there is none (`AgentStopped`: no
+        responders; `RemoteUnavailable`), unless the request is given up first."""
 
 
 _Outgoing = tuple[str, str, bytes, dict[str, str] | None, _Waiter | None]
@@ -304,28 +302,43 @@ class NatsTransport:
             check_subject(reply)
         self._outbox.put_nowait((subject, reply, data, copied, None))
 
+    def send_request(self, subject: str, data: bytes, headers: Headers | None, on_reply: ReplyCallback) -> str:
+        """Send a request; its reply goes to `on_reply`: see `Transport.send_request`."""
+        copied = self._outgoing(subject, data, headers)
+        token = str(next(self._tokens))
+        self._waiters[token] = waiter = _Waiter(subject, token, on_reply)
+        reply = f"{self._inbox}.{token}"
+        self._outbox.put_nowait((subject, reply, data, copied, waiter))
+        return reply
+
+    def forget(self, reply: str) -> None:
+        """Give up the request answered on `reply`: its reply, if one comes, is dropped."""
+        self._waiters.pop(reply[len(self._inbox) + 1 :], None)
+
     async def request(
         self, subject: str, data: bytes, headers: Headers | None = None, *, timeout: float | None = None
     ) -> Message:
         """Send a message and wait for the first answer: see `Transport.request`."""
         seconds = None if timeout is None else _validate.seconds("timeout", timeout, infinite=True)
-        copied = self._outgoing(subject, data, headers)
+        self._outgoing(subject, data, headers)  # raised before the checkpoint, as send_request would
         await trio.lowlevel.checkpoint_if_cancelled()  # a request made in a cancelled scope is never sent
-        token = str(next(self._tokens))
-        waiter = self._waiters[token] = _Waiter(subject, token)
+        answered = trio.Event()
+        results: list[outcome.Outcome[Message]] = []
+
+        def on_reply(result: outcome.Outcome[Message]) -> None:
+            results.append(result)
+            answered.set()
+
+        reply = self.send_request(subject, data, headers, on_reply)
         try:
-            self._outbox.put_nowait((subject, f"{self._inbox}.{token}", data, copied, waiter))
             if seconds is None:
-                await waiter.event.wait()
+                await answered.wait()
             else:
                 with trio.fail_after(seconds):
-                    await waiter.event.wait()
+                    await answered.wait()
         finally:
-            self._waiters.pop(token, None)  # still there if given up (cancelled, timed out): a late reply is dropped
-        if waiter.error is not None:
-            raise waiter.error
-        assert waiter.message is not None
-        return waiter.message
+            self.forget(reply)  # still there if given up (cancelled, timed out): a late reply is dropped
+        return results[0].unwrap()
 
     def new_inbox(self) -> str:
         """A fresh subject, unique to this connection, to subscribe to for answers."""
@@ -378,10 +391,8 @@ class NatsTransport:
         if waiter is None:
             self._dropped += 1
             logger.debug("a message to %r was dropped: %r", subject, error)
-        else:
-            self._waiters.pop(waiter.token, None)
-            waiter.error = RemoteUnavailable(f"could not send the request to {subject!r}: {error}")
-            waiter.event.set()
+        elif self._waiters.pop(waiter.token, None) is not None:  # not given up meanwhile
+            waiter.on_reply(outcome.Error(RemoteUnavailable(f"could not send the request to {subject!r}: {error}")))
 
     # ------------------------------------------------------------------ receiving
 
@@ -391,10 +402,9 @@ class NatsTransport:
             return  # a late reply: its request was given up
         headers = msg.headers
         if not msg.data and headers is not None and headers.get("Status") == "503":
-            waiter.error = AgentStopped(f"no responders: nothing subscribes to {waiter.subject!r}")
+            waiter.on_reply(outcome.Error(AgentStopped(f"no responders: nothing subscribes to {waiter.subject!r}")))
         else:
-            waiter.message = msg
-        waiter.event.set()
+            waiter.on_reply(outcome.Value(msg))
 
     async def subscribe(
         self, subject: str, *, queue: str = "", max_buffer: int = 1000
@@ -551,8 +561,7 @@ class NatsTransport:
         """Fail every request waiting for a reply, and every flush under way."""
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
-            waiter.error = RemoteUnavailable(reason)
-            waiter.event.set()
+            waiter.on_reply(outcome.Error(RemoteUnavailable(reason)))
         for scope in self._flushes:
             scope.cancel()
 

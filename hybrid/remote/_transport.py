@@ -29,9 +29,10 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import attrs
+import outcome
 import trio
 
-__all__ = ["ConnectionState", "Headers", "Message", "Subscription", "Transport", "TransportStatistics"]
+__all__ = ["ConnectionState", "Headers", "Message", "ReplyCallback", "Subscription", "Transport", "TransportStatistics"]
 
 Headers = Mapping[str, str]
 """Message headers: names (HTTP token characters) to values."""
@@ -75,6 +76,10 @@ class Message(Protocol):
     def headers(self) -> Headers | None:
         """The headers, or None when the message has none."""
         ...
+
+
+ReplyCallback = Callable[["outcome.Outcome[Message]"], None]
+"""Where `Transport.send_request` hands a request's reply, or why there is none."""
 
 
 class Subscription(Protocol):
@@ -169,6 +174,28 @@ class Transport(Protocol):
             MessageTooLarge: the message exceeds `max_payload`.
             ValueError: a bad subject, reply subject or header name.
         """
+        ...
+
+    def send_request(self, subject: str, data: bytes, headers: Headers | None, on_reply: ReplyCallback) -> str:
+        """Send a request without waiting: its reply goes to `on_reply`; sync, never blocks.
+
+        `on_reply` is called once, on the trio thread, with ``outcome.Value(reply)``
+        or ``outcome.Error(e)``: `hybrid.AgentStopped` (no responders) or
+        `RemoteUnavailable` (the link dropped: the request may have run). It is
+        not called once the request is given up with `forget`.
+
+        Returns:
+            The subject the reply comes to: unique to the request, it names it for `forget`.
+
+        Raises:
+            RemoteUnavailable: the connection is down; nothing is sent, ever.
+            MessageTooLarge: the message exceeds `max_payload`.
+            ValueError: a bad subject or header name.
+        """
+        ...
+
+    def forget(self, reply: str) -> None:
+        """Give up the request answered on `reply` (from `send_request`): its reply, if one comes, is dropped."""
         ...
 
     async def request(

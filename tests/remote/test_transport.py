@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+import outcome
 import pytest
 import trio
 
@@ -235,6 +236,61 @@ async def test_many_concurrent_requests_each_get_their_own_answer(transport: Nat
                     askers.start_soon(ask, number)
         nursery.cancel_scope.cancel()
     assert answers == {number: f"echo:{number}".encode() for number in range(200)}
+
+
+async def test_send_request_hands_the_reply_or_its_absence_to_the_callback(transport: NatsTransport) -> None:
+    """send_request() is sync: the callback gets the reply, or `AgentStopped` for no responders; forget() drops it."""
+    results: list[outcome.Outcome[Message]] = []
+    answered = trio.Event()
+
+    def on_reply(result: outcome.Outcome[Message]) -> None:
+        results.append(result)
+        if len(results) == 2:
+            answered.set()
+
+    _, requests = await transport.subscribe("svc.held")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo, transport, "svc.echo")
+        await transport.flush()
+        reply = transport.send_request("svc.echo", b"x", None, on_reply)
+        assert reply.startswith("_INBOX.")
+        transport.send_request("svc.nobody", b"y", None, on_reply)
+        held = transport.send_request("svc.held", b"z", None, on_reply)
+        with trio.fail_after(5):
+            await answered.wait()
+            transport.forget(held)
+            transport.publish((await requests.receive()).reply, b"too late")
+            await transport.flush()
+        nursery.cancel_scope.cancel()
+    values = [result for result in results if isinstance(result, outcome.Value)]
+    errors = [result for result in results if isinstance(result, outcome.Error)]
+    assert [value.unwrap().data for value in values] == [b"echo:x"]
+    with pytest.raises(hybrid.AgentStopped, match="svc.nobody"):
+        errors[0].unwrap()
+    assert len(results) == 2  # the forgotten request's late reply was dropped
+    assert transport.statistics().requests_waiting == 0
+
+
+async def test_send_request_raises_in_the_sender_and_fails_waiters_on_a_drop(nats_server: NatsServer) -> None:
+    """Bad input raises from send_request itself; a dropped connection fails the waiting callback."""
+    results: list[outcome.Outcome[Message]] = []
+    async with connect(nats_server) as transport:
+        with pytest.raises(ValueError):
+            transport.send_request("bad subject", b"", None, results.append)
+        with pytest.raises(MessageTooLarge):
+            transport.send_request("svc.x", bytes(transport.max_payload + 1), None, results.append)
+        await transport.subscribe("svc.silent")
+        await transport.flush()
+        transport.send_request("svc.silent", b"", None, results.append)
+        await transport.flush()
+        nats_server.stop()
+        with trio.fail_after(5):
+            await transport.wait_disconnected()
+        with pytest.raises(RemoteUnavailable):
+            transport.send_request("svc.silent", b"", None, results.append)
+    assert len(results) == 1
+    with pytest.raises(RemoteUnavailable, match="may have run"):
+        results[0].unwrap()
 
 
 async def test_published_messages_arrive_in_order_on_the_channel(transport: NatsTransport) -> None:
