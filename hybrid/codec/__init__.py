@@ -36,7 +36,7 @@ Example:
 
 try:
     import msgspec as _msgspec
-except ImportError as _error:  # pragma: no cover - tested in a subprocess (tests/codec/test_errors.py)
+except ImportError as _error:  # pragma: no cover - tested in a subprocess (tests/codec/test_messages.py)
     raise ImportError(
         "hybrid.codec needs msgspec: pip install 'trio-hybrid[remote]' (or 'trio-hybrid[durable]')",
         name=_error.name,

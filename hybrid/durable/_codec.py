@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import operator
 import re
 import sys
 import types
@@ -71,6 +70,7 @@ except ImportError as _error:  # pragma: no cover - tested in a subprocess (test
 
 from hybrid import Agent, InvalidTransition, Modifiers, Next, RetryPolicy
 from hybrid.codec import CodecError
+from hybrid.codec._records import tuple_getter
 from hybrid.codec._types import (
     ENCODE_ERRORS,
     Check,
@@ -231,16 +231,6 @@ class _Mods(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
 # -- what is known of a class and of its states -------------------------------------------
 
 
-def _tuple_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
-    """An attrgetter that always returns a tuple (attrgetter of one name does not)."""
-    if not names:
-        return lambda _obj: ()
-    if len(names) == 1:
-        only = operator.attrgetter(names[0])
-        return lambda obj: (only(obj),)
-    return operator.attrgetter(*names)
-
-
 class _StatePlan:
     """One state method of a class: its argument types, checks and decoders.
 
@@ -373,10 +363,10 @@ class _ClassPlan:
         self.upgrade = meta.upgrade
         fields: tuple[attrs.Attribute[Any], ...] = attrs.fields(typing.cast("Any", cls))
         self.names: tuple[str, ...] = tuple(f.name for f in fields)
-        self.getter = _tuple_getter(self.names)  # the agent's field values, in order
+        self.getter = tuple_getter(self.names)  # the agent's field values, in order
         self.make = _maker(cls, fields)  # a new instance from the decoded fields struct
         self.late_names: tuple[str, ...] = tuple(f.name for f in fields if not f.init)
-        self.late_getter = _tuple_getter(self.late_names)
+        self.late_getter = tuple_getter(self.late_names)
         hints = [field_type(cls, f.name, f.type) for f in fields]
         checks: list[tuple[int, str, Check]] = []
         for index, (f, hint) in enumerate(zip(fields, hints, strict=True)):
@@ -419,7 +409,7 @@ class _ClassPlan:
 
 def _maker(cls: type[Agent[Any]], fields: tuple[attrs.Attribute[Any], ...]) -> Callable[[Any], Agent[Any]]:
     """``struct -> cls(init fields)``: positional when it can be (the fastest call)."""
-    positional = _tuple_getter(tuple(f.name for f in fields if f.init and not f.kw_only))
+    positional = tuple_getter(tuple(f.name for f in fields if f.init and not f.kw_only))
     keywords = tuple((f.alias or f.name, f.name) for f in fields if f.init and f.kw_only)
     attrs_init = cls.__dict__.get("__attrs_init__")
     if attrs_init is not None:  # @attrs.define(init=False): __init__ is the user's own
