@@ -231,7 +231,11 @@ class MessageCodec:
     does not fit is refused, never decoded into a dict or a default.
 
     Supported message classes: attrs classes (the norm; ``@attrs.frozen``),
-    dataclasses, `msgspec.Struct` classes, and str, int, float, bytes and bool.
+    dataclasses, `msgspec.Struct` classes, and str, int, float, bytes and bool
+    (bool and int are two classes: a True is not an int message). An attrs
+    class or dataclass is strict: every field must be present, none may be
+    extra. A Struct is decoded by its own options (``forbid_unknown_fields``,
+    defaults, ``rename``, ``array_like``), as its author chose them.
     Field annotations may be anything msgspec decodes (builtins, containers,
     unions, ``Optional``, ``Literal``, enums, datetimes, UUIDs, nested attrs
     classes, dataclasses and structs...). Where an annotation cannot bring a
