@@ -29,6 +29,22 @@ from ._stop import StopReason
 if TYPE_CHECKING:
     from ._runtime import Runtime
 
+__all__ = [
+    "ForeignMailbox",
+    "ForeignRun",
+    "Link",
+    "RequestCall",
+    "answer_into",
+    "complete",
+    "fail_soon",
+    "foreign_address",
+    "handled_types",
+    "is_foreign",
+    "on_given_up",
+    "request_of",
+    "withdraw",
+]
+
 
 class Link(Protocol):
     """The way to an agent that lives elsewhere: what a `ForeignMailbox` hands messages to.
@@ -51,6 +67,9 @@ class Link(Protocol):
 
     def interrupt(self) -> None:
         """Ask the agent to end gracefully (sent in order after the events sent before)."""
+
+    def watched(self) -> None:
+        """Someone waits for the agent's end (`join`, a monitor): make sure it is learned (`ForeignRun.finish`)."""
 
 
 @final
@@ -147,6 +166,7 @@ class ForeignRun:
         if self.phase != ENDED:
             if self.ended is None:
                 self.ended = trio.Event()
+                self.mailbox.link.watched()
             await self.ended.wait()
         else:
             await checkpoint()
@@ -163,6 +183,7 @@ class ForeignRun:
             return
         if self.monitors is None:
             self.monitors = []
+            self.mailbox.link.watched()
         self.monitors.append(notify)
 
     def remove_monitor(self, notify: Callable[[Any], None]) -> None:
@@ -171,7 +192,11 @@ class ForeignRun:
             monitors.remove(notify)
 
     def finish(self, reason: StopReason, output: Any = None, error: BaseException | None = None) -> None:
-        """The agent ended (learned by the link): close the address, tell joiners and monitors, once."""
+        """The agent ended (learned by the link): close the address, tell joiners and monitors, once.
+
+        The calls still waiting on the link are the link's to complete (their
+        answers may still come: a served agent answers what it had queued).
+        """
         if self.phase == ENDED:
             return
         self.phase = ENDED
@@ -269,3 +294,16 @@ def on_given_up(address: Address[Any], farewell: Farewell) -> Callable[[], None]
             farewells.remove(given_up)
 
     return cancel
+
+
+def withdraw(call: RequestCall[Any]) -> None:
+    """Give up `call` (sent with `answer_into`): if still queued it is skipped, and its answer is not handed over."""
+    call._withdraw()  # noqa: SLF001
+
+
+def handled_types(agent_type: type) -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """The event types and the request types the handlers of `agent_type` (an Agent subclass) take."""
+    kind: Any = agent_type  # its tables are set by Agent.__init_subclass__
+    events: Table = kind._hybrid_events  # noqa: SLF001
+    requests: Table = kind._hybrid_requests  # noqa: SLF001
+    return tuple(events), tuple(requests)

@@ -361,6 +361,7 @@ class Runtime:
             return
         if self.phase != STARTING or self.task is not None:
             raise LifecycleError(f"{self.name} has started; interrupt it instead")
+        self.keep_address = False  # given up: no successor will take the address over
         self.mailbox.discard()
         self.choose_ending(STOPPED_REASON)
         self.finish(STOPPED_REASON)

@@ -929,11 +929,6 @@ async def test_on_given_up_is_called_when_a_runner_is_discarded_without_running(
     assert farewells == [(StopReason.STOPPED, None, None)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Runtime.discard before the run keeps keep_address: finish() reopens the mailbox, so the "
-    "address stays alive and is never given up",
-)
 async def test_on_given_up_is_called_when_a_runner_keeping_its_address_is_discarded_without_running() -> None:
     """`AgentRunner(keep_address=True).discard()` before the run gives the address up (as its docstring says)."""
     farewells, farewell = recorder()

@@ -15,6 +15,7 @@ from tests.test_layering import PACKAGE
 
 OUTER = ["diagrams", "slowsteps", "metrics", "tracing", "service", "codec", "durable", "remote"]
 ALLOWED_PRIVATE = {"_validate"}  # the argument checks every entry point shares
+SEAMS = {"remote": {"_foreign"}}  # the core's seam to agents of other processes, for hybrid.remote only
 
 
 def outer_files() -> list[Path]:
@@ -49,9 +50,10 @@ def test_outer_modules_use_public_names_only() -> None:
     wrong: list[str] = []
     assert len(outer_files()) >= 3
     for path in outer_files():
+        allowed = ALLOWED_PRIVATE | SEAMS.get(path.relative_to(PACKAGE).parts[0], set())
         for module, names in hybrid_imports(path):
             if module == "hybrid":
-                private = [name for name in names if name.startswith("_") and name not in ALLOWED_PRIVATE]
+                private = [name for name in names if name.startswith("_") and name not in allowed]
                 wrong += [f"{path.name} imports hybrid.{name}" for name in private]
                 wrong += [
                     f"{path.name} imports hybrid.{n} (not exported)"
@@ -60,9 +62,20 @@ def test_outer_modules_use_public_names_only() -> None:
                 ]
             else:
                 first = module.split(".")[1]
-                if first.startswith("_") and first not in ALLOWED_PRIVATE:
+                if first.startswith("_") and first not in allowed:
                     wrong.append(f"{path.relative_to(PACKAGE)} imports {module}")
     assert wrong == []
+
+
+def test_only_the_remote_package_uses_the_foreign_seam() -> None:
+    """hybrid._foreign is imported by hybrid.remote, and by no other outer module."""
+    users = {
+        path.relative_to(PACKAGE).parts[0]
+        for path in outer_files()
+        for module, names in hybrid_imports(path)
+        if module == "hybrid._foreign" or (module == "hybrid" and "_foreign" in names)
+    }
+    assert users == {"remote"}
 
 
 def test_importing_hybrid_imports_no_outer_module_nor_their_libraries() -> None:
