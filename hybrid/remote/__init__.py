@@ -3,8 +3,8 @@
 Install the extra: ``pip install 'trio-hybrid[remote]'`` (nats-py and trio-asyncio);
 run a ``nats-server`` (2.11 or newer, with ``-js`` for work queues).
 
-This is its first stage, the transport; nodes, remote addresses, membership, spawn,
-work queues and sharded entities come on top of it.
+A node (`connect`) publishes local agents by name and looks up remote ones: a remote
+address is an ordinary `hybrid.Address`.
 
 Package map (imports point up this list):
 
@@ -15,18 +15,37 @@ Package map (imports point up this list):
   against, with `Message`, `Subscription`, `ConnectionState`, `TransportStatistics`
 - ``_nats.py``: `open_nats`, the transport on nats-py driven from trio through
   trio-asyncio (imports the extra's libraries)
+- ``_jetstream.py``: JetStream and its KV store over the `Transport` (streams,
+  consumers, pulls, keys with TTLs, watches)
+- ``_wire.py``: the envelopes in a message's payload (msgpack, never pickle)
+- ``_membership.py``: node leases in KV, the live nodes every node watches
+- ``_node.py``: `connect`, `Node`: publishing, lookups, serving, remote spawn
 
-`hybrid.remote` uses hybrid's public names only, and hybrid's core never imports it.
+`hybrid.remote` uses hybrid's public names, `hybrid.codec`, and one private module of
+the core, ``hybrid._foreign``: the seam that makes an `Address` whose agent lives in
+another process. hybrid's core never imports `hybrid.remote`.
 """
 
 from ._errors import MessageTooLarge as MessageTooLarge
+from ._errors import NameInUse as NameInUse
+from ._errors import NodeLost as NodeLost
 from ._errors import RemoteError as RemoteError
+from ._errors import RemoteFailure as RemoteFailure
 from ._errors import RemoteUnavailable as RemoteUnavailable
+from ._node import Node as Node
+from ._node import NodeStatistics as NodeStatistics
+from ._node import connect as connect
 
 __all__ = [
     "MessageTooLarge",
+    "NameInUse",
+    "Node",
+    "NodeLost",
+    "NodeStatistics",
     "RemoteError",
+    "RemoteFailure",
     "RemoteUnavailable",
+    "connect",
 ]
 
 _name = ""

@@ -5,10 +5,15 @@ HybridError
 ├── AgentStopped                     (hybrid's own) no agent answers a request to that name:
 │                                    NATS reported no responders for the subject
 └── RemoteError
+    ├── RemoteFailure                a remote handler raised an exception of a type not
+    │                                registered with the codec: its type name and message
+    ├── NameInUse (ValueError)       a name is published already in the cluster
     ├── RemoteUnavailable (ConnectionError, an OSError)
-    │                                the link to the NATS server is down: not connected yet,
-    │                                reconnecting, or closed; also a request whose connection
-    │                                dropped while it waited for its reply
+    │   │                            the link to the NATS server is down: not connected yet,
+    │   │                            reconnecting, or closed; also a request whose connection
+    │   │                            dropped while it waited for its reply
+    │   └── NodeLost                 the node serving an agent left the cluster (its lease
+    │                                expired: it died, or was cut off), or no such node answers
     └── MessageTooLarge (ValueError) a message is bigger than the server accepts (max_payload),
                                      refused in the sender before anything is sent
 ```
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 from hybrid import HybridError
 
-__all__ = ["MessageTooLarge", "RemoteError", "RemoteUnavailable"]
+__all__ = ["MessageTooLarge", "NameInUse", "NodeLost", "RemoteError", "RemoteFailure", "RemoteUnavailable"]
 
 
 class RemoteError(HybridError):
@@ -67,3 +72,52 @@ class MessageTooLarge(RemoteError, ValueError):
 
     def __reduce__(self) -> tuple[type[MessageTooLarge], tuple[str, int, int]]:
         return type(self), (self.subject, self.size, self.limit)
+
+
+class RemoteFailure(RemoteError):
+    """A remote agent raised an exception whose type is not registered with the codec.
+
+    Exceptions never cross the wire as objects (nothing received is unpickled):
+    a registered type (`hybrid.codec.register_error`; hybrid's own errors and
+    the common builtins are registered) is rebuilt as itself, any other arrives
+    as this, with its type's name and its message.
+
+    Attributes:
+        type_name: the remote exception's ``module.qualname``.
+        message: its ``str()``.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        """The remote exception's ``module.qualname``."""
+        self.message = message
+        """Its ``str()``."""
+
+    def __reduce__(self) -> tuple[type[RemoteFailure], tuple[str, str]]:
+        return type(self), (self.type_name, self.message)
+
+
+class NameInUse(RemoteError, ValueError):
+    """A name is published already (by this node, or by another node of the cluster)."""
+
+
+class NodeLost(RemoteUnavailable):
+    """The node serving an agent left the cluster, or no node of that name answers.
+
+    A node is lost when its lease expires (it died, or was cut off from NATS for
+    longer than its lease) or when it leaves cleanly. The requests waiting for one
+    of its agents fail with this (they may have run); `join()` raises it and
+    monitors see ``Ended`` with it as the reason's error.
+
+    Attributes:
+        node: the lost node's name.
+    """
+
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+        """The lost node's name."""
+
+    def __reduce__(self) -> tuple[type[NodeLost], tuple[str, str]]:
+        return type(self), (self.node, str(self))
