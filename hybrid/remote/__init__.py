@@ -19,6 +19,8 @@ Package map (imports point up this list):
   consumers, pulls, keys with TTLs, watches)
 - ``_wire.py``: the envelopes in a message's payload (msgpack, never pickle)
 - ``_membership.py``: node leases in KV, the live nodes every node watches
+- ``_served.py``: what a node keeps of each local agent it serves
+- ``_entities.py``: `Entities`, sharded entities placed by rendezvous hashing
 - ``_node.py``: `connect`, `Node`: publishing, lookups, serving, remote spawn
 
 `hybrid.remote` uses hybrid's public names, `hybrid.codec`, and one private module of
@@ -26,6 +28,7 @@ the core, ``hybrid._foreign``: the seam that makes an `Address` whose agent live
 another process. hybrid's core never imports `hybrid.remote`.
 """
 
+from ._entities import Entities as Entities
 from ._errors import MessageTooLarge as MessageTooLarge
 from ._errors import NameInUse as NameInUse
 from ._errors import NodeLost as NodeLost
@@ -37,6 +40,7 @@ from ._node import NodeStatistics as NodeStatistics
 from ._node import connect as connect
 
 __all__ = [
+    "Entities",
     "MessageTooLarge",
     "NameInUse",
     "Node",

@@ -62,6 +62,7 @@ class Membership:
         *,
         on_lost: Callable[[str], None],
         on_rejoined: Callable[[], None],
+        on_changed: Callable[[], None] = lambda: None,
     ) -> None:
         self._js = js
         self.cluster: Final = cluster
@@ -72,6 +73,7 @@ class Membership:
         self._value = f"{socket.gethostname()} pid {os.getpid()}".encode()
         self._on_lost = on_lost
         self._on_rejoined = on_rejoined
+        self._on_changed = on_changed
         self._kv: KeyValue | None = None
         self._revision = 0
         """The revision of this node's key after its last write (0: not joined)."""
@@ -175,3 +177,4 @@ class Membership:
     def _changed(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+        self._on_changed()

@@ -23,6 +23,7 @@ The layout of one cluster (every name checked):
 |                                      | stream ``HYBRID_<cluster>_Q_<queue>``            |
 | name registry (KV)                   | bucket ``hybrid_<cluster>_names``, key           |
 |                                      | ``agent.<name>``                                 |
+| nodes hosting entities of a kind     | key ``shard.<kind>.<node>`` in the names bucket  |
 | node membership leases (KV)          | bucket ``hybrid_<cluster>_nodes``, key           |
 |                                      | ``node.<node>``                                  |
 
@@ -52,6 +53,7 @@ __all__ = [
     "node_control_subject",
     "node_key",
     "nodes_bucket",
+    "shard_key",
     "shard_subject",
 ]
 
@@ -229,6 +231,11 @@ def nodes_bucket(cluster: str) -> str:
 def name_key(name: str) -> str:
     """The registry key of the agent published as `name`: ``agent.<name>``."""
     return f"agent.{check_name(name, 'agent name')}"
+
+
+def shard_key(kind: str, node: str) -> str:
+    """The registry key saying that `node` hosts entities of `kind`: ``shard.<kind>.<node>``."""
+    return f"shard.{check_name(kind, 'entity kind')}.{check_name(node, 'node name')}"
 
 
 def node_key(node: str) -> str:

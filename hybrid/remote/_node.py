@@ -51,6 +51,7 @@ from hybrid._foreign import RequestCall
 from hybrid.codec import CodecError, MessageCodec
 
 from . import _wire as wire
+from ._entities import Entities, check_kind
 from ._errors import NameInUse, NodeLost, RemoteError, RemoteFailure, RemoteUnavailable
 from ._jetstream import JetStream, KeyExists, KeyValue, WrongRevision, jetstream
 from ._membership import Membership, check_lease
@@ -64,7 +65,8 @@ from ._names import (
     node_control_subject,
 )
 from ._nats import open_nats
-from ._transport import ConnectionState, Message, Subscription, Transport
+from ._served import Served
+from ._transport import ConnectionState, Message, Transport
 
 __all__ = ["Node", "NodeStatistics", "connect"]
 
@@ -112,30 +114,12 @@ class NodeStatistics:
 
 
 @final
-class _Served:
-    """One published name: its local address and what to undo when it ends or is unpublished."""
-
-    __slots__ = ("address", "calls", "cancel_farewell", "name", "revision", "subscription")
-
-    def __init__(self, name: str, address: hybrid.Address[Any]) -> None:
-        self.name = name
-        self.address = address
-        self.revision = 0
-        """Its registry entry's revision (0: not registered); announced with its end."""
-        self.subscription: Subscription | None = None
-        """Its subject's subscription, once made."""
-        self.cancel_farewell: Callable[[], None] = lambda: None
-        self.calls: dict[str, RequestCall[Any]] = {}
-        """The requests it serves now, by reply subject (a cancel names one)."""
-
-
-@final
 class _ReplyTo:
     """Where a served request's answer goes: a `Gathering` of one call, called in the answering agent's task."""
 
     __slots__ = ("node", "reply", "served")
 
-    def __init__(self, node: Node, served: _Served, reply: str) -> None:
+    def __init__(self, node: Node, served: Served, reply: str) -> None:
         self.node = node
         self.served = served
         self.reply = reply
@@ -316,12 +300,20 @@ class Node:
             self.codec.register_error(error)
         self._js: Final[JetStream] = jetstream(transport)
         self._membership: Final = Membership(
-            self._js, cluster, name, lease, on_lost=self._node_lost, on_rejoined=self._rejoined
+            self._js,
+            cluster,
+            name,
+            lease,
+            on_lost=self._node_lost,
+            on_rejoined=self._rejoined,
+            on_changed=self._rebalance,
         )
+        self._kinds: dict[str, Entities[Any]] = {}
+        """The entity kinds this node reaches (and perhaps hosts), by name."""
         self._names: KeyValue | None = None
         """The name registry, once opened."""
         self._nursery = nursery
-        self._served: dict[str, _Served] = {}
+        self._served: dict[str, Served] = {}
         """Published names, until they end or are unpublished."""
         self._remote: dict[str, _RemoteName] = {}
         """Looked-up names, until their agent is known to have ended."""
@@ -361,6 +353,14 @@ class Node:
         if link is None:
             link = remote.links[agent_type] = _Link(self, remote, agent_type)
         return link.address
+
+    def _learn(self, agent_type: type) -> None:
+        """Register the message classes `agent_type` handles: what this node may receive for it."""
+        events, requests = foreign.handled_types(agent_type)
+        for kind in (*events, *requests):
+            if kind not in self._known:
+                self.codec.register(kind)
+                self._known.add(kind)
 
     def _encode(self, message: object) -> tuple[str, int, bytes]:
         kind = type(message)
@@ -467,8 +467,14 @@ class Node:
         if hosted is not None:
             hosted.discard(remote.name)
 
+    def _rebalance(self) -> None:
+        for entities in self._kinds.values():
+            entities._rebalance()  # noqa: SLF001
+
     def _node_lost(self, node: str) -> None:
         """`node` left the cluster (its lease expired, or it left cleanly): what it served has ended."""
+        for entities in self._kinds.values():
+            entities._node_lost(node)  # noqa: SLF001
         for name in self._hosted.pop(node, set()):
             remote = self._remote.get(name)
             if remote is not None and remote.host == node:
@@ -497,11 +503,8 @@ class Node:
             raise NameInUse(f"{name!r} is published already by this node ({self._served[name].address!r})")
         if not address.is_alive:
             raise AgentStopped(f"publish({name!r}, {address!r}): the agent has ended")
-        events, requests = foreign.handled_types(address.agent_type)
-        for kind in (*events, *requests):
-            self.codec.register(kind)
-            self._known.add(kind)
-        served = self._served[name] = _Served(name, address)
+        self._learn(address.agent_type)
+        served = self._served[name] = Served(name, address)
         try:
             served.revision = await self._register(name)
             served.subscription = await self.transport.subscribe_handler(
@@ -541,7 +544,7 @@ class Node:
             raise KeyError(f"this node does not publish {name!r}")
         await self._unpublish(served)
 
-    async def _unpublish(self, served: _Served) -> None:
+    async def _unpublish(self, served: Served) -> None:
         if self._served.get(served.name) is served:
             del self._served[served.name]
         served.cancel_farewell()
@@ -557,7 +560,7 @@ class Node:
                 with trio.move_on_after(2), contextlib.suppress(RemoteError):
                     await self._registry().delete(name_key(served.name), revision=revision)
 
-    def _serve(self, served: _Served, msg: Message) -> None:
+    def _serve(self, served: Served, msg: Message) -> None:
         """A message on the subject of a published agent (sync, on the trio thread)."""
         self._received += 1
         try:
@@ -565,6 +568,10 @@ class Node:
         except msgspec.MsgspecError as error:
             self._drop(served, msg, CodecError(f"a message to {served.name!r} is not a hybrid envelope: {error}"))
             return
+        self._deliver(served, msg, envelope)
+
+    def _deliver(self, served: Served, msg: Message, envelope: wire.Envelope) -> None:
+        """Hand a decoded envelope to the served agent: the message, an interrupt, a caller's give-up."""
         kind = envelope.kind
         if kind is wire.Kind.CANCEL:
             given_up = served.calls.pop(envelope.name, None)
@@ -599,13 +606,19 @@ class Node:
         if not foreign.answer_into(call, _ReplyTo(self, served, reply)):
             self._nursery.start_soon(self._answer_in_task, served, call, reply, name=f"hybrid.remote answer to {reply}")
 
-    def _drop(self, served: _Served, msg: Message, error: BaseException) -> None:
+    def _drop_raw(self, where: str, msg: Message, error: BaseException) -> None:
+        self._dropped += 1
+        logger.warning("%s: dropped a message to %r: %s", self.name, where, error)
+        if msg.reply:
+            self._answer(msg.reply, None, outcome.Error(CodecError(f"not a hybrid envelope: {error}")))
+
+    def _drop(self, served: Served, msg: Message, error: BaseException) -> None:
         self._dropped += 1
         logger.warning("%s: dropped a message to %r: %s", self.name, served.name, error)
         if msg.reply:
             self._answer(msg.reply, None, outcome.Error(error))
 
-    async def _answer_in_task(self, served: _Served, call: RequestCall[Any], reply: str) -> None:
+    async def _answer_in_task(self, served: Served, call: RequestCall[Any], reply: str) -> None:
         """The answer of a request that could not be handed over without a task (a full bounded mailbox)."""
 
         async def wait() -> Any:
@@ -629,7 +642,7 @@ class Node:
         except HybridError as error:  # the link is down, or the answer is over max_payload
             logger.warning("%s: could not answer on %r: %s", self.name, reply, error)
 
-    def _ended(self, served: _Served, reason: StopReason, output: Any, error: BaseException | None) -> None:
+    def _ended(self, served: Served, reason: StopReason, output: Any, error: BaseException | None) -> None:
         """A published agent was given up: announce its end and free its name."""
         if self._served.get(served.name) is not served:
             return
@@ -655,7 +668,7 @@ class Node:
         for served in list(self._served.values()):
             self._nursery.start_soon(self._register_again, served)
 
-    async def _register_again(self, served: _Served) -> None:
+    async def _register_again(self, served: Served) -> None:
         try:
             served.revision = await self._register(served.name)
         except NameInUse as error:
@@ -664,6 +677,50 @@ class Node:
             await self._unpublish(served)
         except RemoteError as error:  # pragma: no cover - the link dropped again: the next rejoin retries
             logger.warning("%s: could not register %r again: %r", self.name, served.name, error)
+
+    # -- sharded entities ------------------------------------------------------------------
+
+    async def entities(self, kind: str, agent_type: type[A]) -> Entities[A]:
+        """The entities of `kind` (agents of class `agent_type`), to reach by key from this node.
+
+        Returns once this node knows which nodes host the kind. The same kind
+        gives the same object.
+
+        Raises:
+            ValueError: a bad kind name, or `kind` is known here with another class.
+        """
+        check_kind(kind)
+        self._check_open()
+        entities = self._kinds.get(kind)
+        if entities is None:
+            entities = self._kinds[kind] = Entities(self, kind, agent_type)
+            await self._nursery.start(entities._watch)  # noqa: SLF001
+        elif entities.agent_type is not agent_type:
+            raise ValueError(f"entities of kind {kind!r} are {entities.agent_type.__qualname__}, not {agent_type!r}")
+        return entities
+
+    async def host_entities(self, kind: str, factory: Callable[[str], A]) -> Entities[A]:
+        """Host entities of `kind` on this node: `factory(key)` makes the entity of a key it owns.
+
+        `factory` is the agent class (called with the key) or a function of the
+        key annotated to return one. Keys are spread over the hosting nodes by
+        rendezvous hashing; an entity is made on its owner's first message for it.
+
+        Raises:
+            ValueError: a bad kind name, or this node hosts `kind` already.
+
+        Example:
+            ```python
+            carts = await node.host_entities("cart", Cart)
+            await carts.ref("user-17").request(Total())
+            ```
+        """
+        agent_type, _ = _factory_types(factory)
+        entities = await self.entities(kind, cast("type[A]", agent_type))
+        if entities._factory is not None:  # noqa: SLF001
+            raise ValueError(f"this node hosts entities of kind {kind!r} already")
+        await entities._host(factory)  # noqa: SLF001
+        return entities
 
     # -- remote spawn --------------------------------------------------------------------
 
@@ -820,6 +877,9 @@ class Node:
         self._closed = True
         for served in list(self._served.values()):
             await self._unpublish(served)
+        with trio.CancelScope(shield=True):
+            for entities in self._kinds.values():
+                await entities._leave()  # noqa: SLF001
         with trio.CancelScope(shield=True):
             await self._membership.leave()
 

@@ -10,6 +10,7 @@ what it is. Decoding an envelope makes only these structs, ints, strings and byt
 | an agent's subject: request       | ``[1, type name, version, body]`` (NATS reply set) |
 | an agent's subject: interrupt     | ``[2]``                                           |
 | an agent's subject: cancel        | ``[3, reply subject of the given-up request]``    |
+| a node's shard subject            | the same, with the entity's key as a fifth item    |
 | a reply                           | ``[0, answer]`` or ``[1, error]``                 |
 | an agent's end (``ended.<name>``) | ``[stop kind, output or nil, error or nil, rev]`` |
 
@@ -48,6 +49,8 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True):
     """The message's registered type name; for CANCEL, the reply subject of the request given up."""
     version: int = 1
     body: bytes = b""
+    key: str = ""
+    """For a sharded entity (on a node's shard subject): the entity's key."""
 
 
 class Reply(msgspec.Struct, array_like=True, frozen=True):
@@ -75,6 +78,11 @@ ENDED: Final = msgspec.msgpack.Decoder(Ended)
 INTERRUPT_PAYLOAD: Final = ENCODER.encode(Envelope(Kind.INTERRUPT))
 
 
-def cancel_payload(reply: str) -> bytes:
+def cancel_payload(reply: str, key: str = "") -> bytes:
     """The envelope that withdraws the request answered on `reply`, if still queued."""
-    return ENCODER.encode(Envelope(Kind.CANCEL, reply))
+    return ENCODER.encode(Envelope(Kind.CANCEL, reply, key=key))
+
+
+def interrupt_payload(key: str) -> bytes:
+    """The envelope that interrupts the entity of `key`."""
+    return ENCODER.encode(Envelope(Kind.INTERRUPT, key=key))
