@@ -575,6 +575,8 @@ class Puller:
         """Credit granted and not yet asked for (in no outstanding request)."""
         self._ready: deque[Delivery] = deque()
         """Delivered messages not yet taken by `receive`."""
+        self._released: list[Delivery] = []
+        """Messages handed back by `release`: nak'd when the pull block ends."""
         self._arrived = trio.Event()
         """Set when `_ready` gets a message, or the puller ends; replaced by `receive`."""
         self._wake = trio.Event()
@@ -621,6 +623,17 @@ class Puller:
         if not self._ready:
             raise trio.WouldBlock
         return self._ready.popleft()
+
+    def release(self, delivery: Delivery) -> None:
+        """Hand `delivery` back, unfinished: it is nak'd (delivered again at once) when the pull block ends.
+
+        Not at once: a nak sent while this puller's pull requests wait at the
+        server would be answered by delivering the message to them again, and,
+        in the block's last moments, be lost with the subscription (then the
+        message comes back only after the ack wait). Sent after the subscription
+        ended, the nak makes it go to another puller.
+        """
+        self._released.append(delivery)
 
     def _end_pull(self, token: str) -> None:
         pull = self._pulls.pop(token, None)
@@ -986,10 +999,11 @@ class JetStream:
         """Pull from the durable consumer `consumer` of `stream` for the duration of a block.
 
         Nothing is delivered until credit is granted (`Puller.grant`). Leaving the
-        block unsubscribes; messages delivered and not taken are released
-        (`Delivery.nak`, so the server delivers them again at once, elsewhere),
-        as are those that arrive late. Pull requests still outstanding at the
-        server expire there after `expires` seconds.
+        block unsubscribes (the server then drops this puller's waiting pull
+        requests); then the messages handed back with `Puller.release`, and those
+        delivered and not taken, are nak'd, so that the server delivers them again
+        at once, to another puller. A message the server sent just before the
+        subscription ended is lost with it, and comes back after the ack wait.
 
         Args:
             stream: the stream.
@@ -1031,13 +1045,16 @@ class JetStream:
             with trio.CancelScope(shield=True):
                 await subscription.aclose()
             puller._ended = puller._ended or "the pull consumer's block ended"  # noqa: SLF001
-            released = 0
-            with contextlib.suppress(RemoteUnavailable, trio.WouldBlock):
-                while True:
-                    puller.receive_nowait().nak()
-                    released += 1
+            # After the subscription ended (so the server dropped this puller's requests):
+            # the messages handed back, and those delivered and never taken.
+            released = puller._released + list(puller._ready)  # noqa: SLF001
+            puller._released.clear()  # noqa: SLF001
+            puller._ready.clear()  # noqa: SLF001
+            with contextlib.suppress(RemoteUnavailable):
+                for delivery in released:
+                    delivery.nak()
             if released:
-                logger.debug("released %d undelivered messages of %r", released, puller._subject)  # noqa: SLF001
+                logger.debug("released %d messages of %r", len(released), puller._subject)  # noqa: SLF001
         if escaped is not None:
             raise escaped
 
