@@ -21,6 +21,7 @@ Package map (imports point up this list):
 - ``_membership.py``: node leases in KV, the live nodes every node watches
 - ``_served.py``: what a node keeps of each local agent it serves
 - ``_entities.py``: `Entities`, sharded entities placed by rendezvous hashing
+- ``_jobs.py``: `WorkQueue`, durable work queues on JetStream
 - ``_node.py``: `connect`, `Node`: publishing, lookups, serving, remote spawn
 
 `hybrid.remote` uses hybrid's public names, `hybrid.codec`, and one private module of
@@ -35,6 +36,9 @@ from ._errors import NodeLost as NodeLost
 from ._errors import RemoteError as RemoteError
 from ._errors import RemoteFailure as RemoteFailure
 from ._errors import RemoteUnavailable as RemoteUnavailable
+from ._jobs import QueueFull as QueueFull
+from ._jobs import WorkQueue as WorkQueue
+from ._jobs import WorkQueueStatistics as WorkQueueStatistics
 from ._node import Node as Node
 from ._node import NodeStatistics as NodeStatistics
 from ._node import connect as connect
@@ -46,9 +50,12 @@ __all__ = [
     "Node",
     "NodeLost",
     "NodeStatistics",
+    "QueueFull",
     "RemoteError",
     "RemoteFailure",
     "RemoteUnavailable",
+    "WorkQueue",
+    "WorkQueueStatistics",
     "connect",
 ]
 

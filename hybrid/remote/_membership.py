@@ -125,6 +125,8 @@ class Membership:
         period = self.lease / 3
         while True:
             await trio.sleep(period)
+            if not self._revision:
+                return  # left the cluster (`leave`) while this slept
             try:
                 self._revision = await self._kv.update(self._key, self._value, revision=self._revision, ttl=self.lease)
             except WrongRevision:

@@ -54,6 +54,7 @@ from . import _wire as wire
 from ._entities import Entities, check_kind
 from ._errors import NameInUse, NodeLost, RemoteError, RemoteFailure, RemoteUnavailable
 from ._jetstream import JetStream, KeyExists, KeyValue, WrongRevision, jetstream
+from ._jobs import WorkQueue, open_work_queue
 from ._membership import Membership, check_lease
 from ._names import (
     agent_subject,
@@ -73,6 +74,7 @@ __all__ = ["Node", "NodeStatistics", "connect"]
 logger = logging.getLogger("hybrid.remote")
 
 A = TypeVar("A", bound="hybrid.Agent[Any]")
+J = TypeVar("J", bound="hybrid.Request[Any]")
 
 _ENDED_PATTERN: Final = "hybrid.{cluster}.ended.*"
 
@@ -721,6 +723,59 @@ class Node:
             raise ValueError(f"this node hosts entities of kind {kind!r} already")
         await entities._host(factory)  # noqa: SLF001
         return entities
+
+    # -- work queues ---------------------------------------------------------------------
+
+    async def work_queue(
+        self,
+        name: str,
+        job_type: type[J],
+        *,
+        ack_wait: float = 30.0,
+        max_deliver: int = 5,
+        max_unacked: int = 1000,
+        duplicate_window: float = 120.0,
+        max_jobs: int | None = None,
+        retry: hybrid.Backoff | None = None,
+    ) -> WorkQueue[J]:
+        """Open the cluster's durable work queue `name` (JetStream), creating it if needed.
+
+        Every node opening the same name shares the queue: `WorkQueue.put` stores
+        a job, `WorkQueue.serve` works on jobs with a local agent. See
+        `WorkQueue` for the guarantees (at least once, redelivery after
+        `ack_wait` when a worker dies, deduplication by id).
+
+        Args:
+            name: the queue's name (the name rule applies).
+            job_type: the jobs' class, a `hybrid.Request` subclass.
+            ack_wait: seconds after which a job whose worker went silent is handed out again.
+            max_deliver: deliveries of a job before it is dead-lettered.
+            max_unacked: jobs taken and not finished, across all workers, at most.
+            duplicate_window: seconds during which a job id is remembered.
+            max_jobs: jobs stored at most (None: no bound); `put` then raises `QueueFull`.
+            retry: the delays between a failed job's tries (default: 1 s doubling to 60 s).
+
+        Example:
+            ```python
+            queue = await node.work_queue("thumbs", Thumbnail, ack_wait=30)
+            await queue.put(Thumbnail("a.png"), id="a.png")
+            ```
+        """
+        self._check_open()
+        options: dict[str, Any] = {} if retry is None else {"retry": retry}
+        return await open_work_queue(
+            self.transport,
+            self.codec,
+            name=name,
+            job_type=job_type,
+            cluster=self.cluster,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            max_unacked=max_unacked,
+            duplicate_window=duplicate_window,
+            max_jobs=max_jobs,
+            **options,
+        )
 
     # -- remote spawn --------------------------------------------------------------------
 
