@@ -549,10 +549,11 @@ class Puller:
     """A pull consumer read from trio: made by `JetStream.pull` only.
 
     Its user *grants* credit (`grant`): how many more messages it can take. The
-    puller keeps pull requests outstanding at the server for that credit (one
-    request per wake-up, up to `max_batch` messages, expiring after `expires`
-    seconds and then renewed), so the server delivers as soon as messages come,
-    and never more than was granted: an idle worker grants more and pulls more
+    puller keeps pull requests outstanding at the server for that credit (up to
+    `max_batch` messages each, expiring after `expires` seconds and then renewed;
+    while requests are outstanding, new credit is asked for once it reaches half
+    a batch), so the server delivers as soon as messages come, and never more
+    than was granted: an idle worker grants more and pulls more
     (work stealing, with no coordinator). Messages arrive through one inbox
     subscription whose sync handler queues them, with no task switch per message.
 
@@ -566,6 +567,8 @@ class Puller:
         self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._expires = expires
         self._max_batch = max_batch
+        self._refill = max(1, max_batch // 2)
+        """Credit that is asked for at once even while other requests are outstanding."""
         self._inbox = transport.new_inbox()
         """Pull requests are answered on ``<inbox>.<token>``."""
         self._tokens = 0
@@ -686,7 +689,10 @@ class Puller:
             now = trio.current_time()
             for token in [token for token, pull in self._pulls.items() if pull.deadline <= now]:
                 self._end_pull(token)
-            if self._unrequested > 0 and now >= self._resume_at and transport.state is ConnectionState.CONNECTED:
+            # Small grants are gathered (up to half a batch) while requests are outstanding:
+            # one pull request per finished job would cost the server more than the job.
+            wanted = self._unrequested >= self._refill or (self._unrequested > 0 and not self._pulls)
+            if wanted and now >= self._resume_at and transport.state is ConnectionState.CONNECTED:
                 batch = min(self._unrequested, self._max_batch)
                 self._tokens += 1
                 token = str(self._tokens)
