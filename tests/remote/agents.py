@@ -19,6 +19,13 @@ class Add:
 
 
 @attrs.frozen
+class Note:
+    """An event: remember `text`."""
+
+    text: str
+
+
+@attrs.frozen
 class Get(hybrid.Request[int]):
     """A request: the counter's total."""
 
@@ -69,6 +76,10 @@ class Counter(hybrid.Agent[int]):
     @hybrid.on_event
     async def add(self, event: Add) -> None:
         self.total += event.n
+
+    @hybrid.on_event
+    async def note(self, event: Note) -> None:
+        self.handled.append(event.text)
 
     @hybrid.on_request
     async def get(self, request: Get) -> int:

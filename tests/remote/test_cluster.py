@@ -252,3 +252,23 @@ async def test_leaving_the_cluster_cleanly_is_seen_at_once(nats_server: NatsServ
                 await stays.wait_nodes(lambda nodes: "leaves" in nodes)
         with trio.fail_after(5):
             await stays.wait_nodes(lambda nodes: "leaves" not in nodes)
+
+
+async def test_a_quorum_decides_while_a_node_is_stopped_and_withdraws_the_rest(nats_server: NatsServer) -> None:
+    """Two of three agents live on a stopped node: a quorum of one decides with the third and withdraws the others."""
+    async with (
+        connect(nats_server.url, node="caller", **LONG_LEASE) as node,
+        trio.open_nursery() as nursery,
+        node_process(nats_server, "server", "c1", "c2") as process,
+    ):
+        local: hybrid.Address[Counter] = await nursery.start(hybrid.AgentRunner(Counter(total=5)).run)
+        await node.publish("c0", local)
+        remotes = [node.lookup(f"c{n}", Counter) for n in range(3)]
+        os.kill(process.pid, signal.SIGSTOP)
+        with trio.fail_after(10):
+            assert await hybrid.quorum(1, [remote.request(Get()) for remote in remotes]) == [5]
+        assert node.statistics().requests_waiting == 0
+        os.kill(process.pid, signal.SIGCONT)
+        with trio.fail_after(10):
+            assert sorted(await hybrid.quorum(3, [remote.request(Get()) for remote in remotes])) == [0, 0, 5]
+        local.interrupt()

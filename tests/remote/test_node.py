@@ -21,9 +21,9 @@ from typing_extensions import Self
 
 import hybrid
 from hybrid.codec import CodecError
-from hybrid.remote import NameInUse, Node, RemoteFailure, RemoteUnavailable, connect
+from hybrid.remote import MessageTooLarge, NameInUse, Node, RemoteFailure, RemoteUnavailable, connect
 from hybrid.remote import _wire as wire
-from tests.remote.agents import Add, Counter, Fail, Get, Stop, Unrelated, Wait, WrongAnswer
+from tests.remote.agents import Add, Counter, Fail, Get, Note, Stop, Unrelated, Wait, WrongAnswer
 from tests.remote.nats import NatsServer
 
 FAST: dict[str, Any] = {"reconnect_wait": 0.05, "connect_timeout": 2.0, "close_timeout": 2.0}
@@ -365,3 +365,52 @@ async def test_bad_node_and_cluster_names(nats_server: NatsServer) -> None:
     with pytest.raises(ValueError):
         async with connect(nats_server.url, node="a", cluster="c_1"):
             pass  # pragma: no cover
+
+
+async def test_a_message_over_max_payload_is_refused_in_the_sender(nats_server: NatsServer) -> None:
+    """An event or request bigger than the server accepts: `MessageTooLarge` in the sender, nothing sent."""
+    async with served_counter(nats_server) as (_, b, remote, counter):
+        big = "x" * (b.transport.max_payload + 1)
+        with pytest.raises(MessageTooLarge):
+            remote.send(Note(big))
+        with trio.fail_after(10), pytest.raises(MessageTooLarge):
+            await remote.request(Wait(0, big))
+        with trio.fail_after(10):
+            assert await remote.request(Get()) == 0
+        assert counter.handled == []
+
+
+async def test_ten_thousand_pipelined_sends_then_a_request_arrive_in_order(nats_server: NatsServer) -> None:
+    """Sends are not awaited: 10k of them, then a request, are all handled, in order, before the answer."""
+    async with served_counter(nats_server) as (a, _, remote, _):
+        for _ in range(10_000):
+            remote.send(Add(1))
+        with trio.fail_after(30):
+            assert await remote.request(Get()) == 10_000
+        assert a.statistics().dropped == 0
+
+
+async def test_a_router_may_route_requests_to_remote_agents(nats_server: NatsServer) -> None:
+    """A ``route=True`` handler returning a remote address: the request is answered by the remote agent."""
+
+    @attrs.define(eq=False)
+    class Router(hybrid.Agent[None]):
+        targets: list[hybrid.Address[Counter]]
+        turn: int = 0
+
+        def begin(self) -> hybrid.Next[Self]:
+            return hybrid.Next.events()
+
+        @hybrid.on_request(route=True)
+        async def route(self, request: Get) -> hybrid.Address[Counter]:
+            self.turn += 1
+            return self.targets[self.turn % len(self.targets)]
+
+    async with two_nodes(nats_server) as (a, b), trio.open_nursery() as nursery:
+        for n in range(2):
+            await a.publish(f"c{n}", await run(nursery, Counter(total=10 * (n + 1))))
+        router = await run(nursery, Router([b.lookup(f"c{n}", Counter) for n in range(2)]))
+        with trio.fail_after(10):
+            answers = [await router.request(Get()) for _ in range(4)]
+        assert sorted(answers) == [10, 10, 20, 20]
+        nursery.cancel_scope.cancel()
