@@ -31,7 +31,6 @@ another process. hybrid's core never imports `hybrid.remote`.
 
 from ._entities import Entities as Entities
 from ._errors import MessageTooLarge as MessageTooLarge
-from ._errors import NameInUse as NameInUse
 from ._errors import NodeLost as NodeLost
 from ._errors import RemoteError as RemoteError
 from ._errors import RemoteFailure as RemoteFailure
@@ -46,7 +45,6 @@ from ._node import connect as connect
 __all__ = [
     "Entities",
     "MessageTooLarge",
-    "NameInUse",
     "Node",
     "NodeLost",
     "NodeStatistics",

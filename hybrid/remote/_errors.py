@@ -7,7 +7,6 @@ HybridError
 └── RemoteError
     ├── RemoteFailure                a remote handler raised an exception of a type not
     │                                registered with the codec: its type name and message
-    ├── NameInUse (ValueError)       a name is published already in the cluster
     ├── RemoteUnavailable (ConnectionError, an OSError)
     │   │                            the link to the NATS server is down: not connected yet,
     │   │                            reconnecting, or closed; also a request whose connection
@@ -19,7 +18,9 @@ HybridError
 ```
 
 A bad name or subject (a dot, a wildcard, whitespace, empty, too long) is a plain
-``ValueError`` raised before any I/O, as for every other bad argument in hybrid.
+``ValueError`` raised before any I/O, as for every other bad argument in hybrid. A name
+published already in the cluster (or a node name taken by a live node) is hybrid's own
+`hybrid.NameInUse`, as for a taken agent name in one process.
 
 `RemoteUnavailable` is a `ConnectionError` (so an `OSError`) on purpose: code that
 already handles a dropped socket (``except OSError``) handles a dropped NATS link the
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 from hybrid import HybridError
 
-__all__ = ["MessageTooLarge", "NameInUse", "NodeLost", "RemoteError", "RemoteFailure", "RemoteUnavailable"]
+__all__ = ["MessageTooLarge", "NodeLost", "RemoteError", "RemoteFailure", "RemoteUnavailable"]
 
 
 class RemoteError(HybridError):
@@ -96,10 +97,6 @@ class RemoteFailure(RemoteError):
 
     def __reduce__(self) -> tuple[type[RemoteFailure], tuple[str, str]]:
         return type(self), (self.type_name, self.message)
-
-
-class NameInUse(RemoteError, ValueError):
-    """A name is published already (by this node, or by another node of the cluster)."""
 
 
 class NodeLost(RemoteUnavailable):

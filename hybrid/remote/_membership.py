@@ -31,7 +31,9 @@ from typing import Final, final
 
 import trio
 
-from ._errors import NameInUse, RemoteError
+from hybrid import NameInUse
+
+from ._errors import RemoteError
 from ._jetstream import JetStream, KeyExists, KeyValue, KvCaughtUp, KvOperation, WrongRevision
 from ._names import node_key, nodes_bucket
 

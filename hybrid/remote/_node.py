@@ -45,14 +45,14 @@ import outcome
 import trio
 
 import hybrid
-from hybrid import AgentStopped, HybridError, StopKind, StopReason
+from hybrid import AgentStopped, HybridError, NameInUse, StopKind, StopReason
 from hybrid import _foreign as foreign
 from hybrid._foreign import RequestCall
 from hybrid.codec import CodecError, MessageCodec
 
 from . import _wire as wire
 from ._entities import Entities, check_kind
-from ._errors import NameInUse, NodeLost, RemoteError, RemoteFailure, RemoteUnavailable
+from ._errors import NodeLost, RemoteError, RemoteFailure, RemoteUnavailable
 from ._jetstream import JetStream, KeyExists, KeyValue, WrongRevision, jetstream
 from ._jobs import WorkQueue, open_work_queue
 from ._membership import Membership, check_lease
@@ -298,7 +298,7 @@ class Node:
         """The node's name, unique among the live nodes of the cluster."""
         self.codec: Final = MessageCodec()
         """The message classes this node encodes and decodes."""
-        for error in (CodecError, RemoteError, RemoteUnavailable, NameInUse):
+        for error in (CodecError, RemoteError, RemoteUnavailable):
             self.codec.register_error(error)
         self._js: Final[JetStream] = jetstream(transport)
         self._membership: Final = Membership(

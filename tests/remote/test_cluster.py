@@ -17,8 +17,9 @@ import trio
 from typing_extensions import Self
 
 import hybrid
+from hybrid import NameInUse
 from hybrid.codec import CodecError
-from hybrid.remote import NameInUse, NodeLost, connect
+from hybrid.remote import NodeLost, connect
 from tests.remote.agents import Add, Counter, Get, Stop
 from tests.remote.nats import NatsServer
 from tests.remote.processes import node_process

@@ -20,8 +20,9 @@ import trio
 from typing_extensions import Self
 
 import hybrid
+from hybrid import NameInUse
 from hybrid.codec import CodecError
-from hybrid.remote import MessageTooLarge, NameInUse, Node, RemoteFailure, RemoteUnavailable, connect
+from hybrid.remote import MessageTooLarge, Node, RemoteFailure, RemoteUnavailable, connect
 from hybrid.remote import _wire as wire
 from tests.remote.agents import Add, Counter, Fail, Get, Note, Stop, Unrelated, Wait, WrongAnswer
 from tests.remote.nats import NatsServer
