@@ -119,3 +119,18 @@ class Unrelated(hybrid.Agent[None]):
 
     def begin(self) -> hybrid.Next[Self]:
         return hybrid.Next.events()
+
+
+@attrs.define(eq=False)
+class Watcher(hybrid.Agent[hybrid.StopReason]):
+    """Monitors `target`; its output is the reason of the `Ended` it got."""
+
+    target: hybrid.Address[Any]
+
+    def begin(self) -> hybrid.Next[Self]:
+        self.ctx.monitor(self.target)
+        return hybrid.Next.events()
+
+    @hybrid.on_event
+    async def ended(self, event: hybrid.Ended) -> None:
+        self.ctx.do_next(hybrid.Next.done(event.reason))

@@ -20,28 +20,13 @@ import hybrid
 from hybrid import NameInUse
 from hybrid.codec import CodecError
 from hybrid.remote import NodeLost, connect
-from tests.remote.agents import Add, Counter, Get, Stop
+from tests.remote.agents import Add, Counter, Get, Stop, Watcher
 from tests.remote.nats import NatsServer
 from tests.remote.processes import node_process
 
 FAST: dict[str, Any] = {"reconnect_wait": 0.05, "connect_timeout": 5.0, "close_timeout": 2.0, "lease": 1}
 LONG_LEASE: dict[str, Any] = {**FAST, "lease": 30}
 """For tests where no node may be lost by accident."""
-
-
-@attrs.define(eq=False)
-class Watcher(hybrid.Agent[hybrid.StopReason]):
-    """Monitors `target`; its output is the reason of the `Ended` it got."""
-
-    target: hybrid.Address[Any]
-
-    def begin(self) -> hybrid.Next[Self]:
-        self.ctx.monitor(self.target)
-        return hybrid.Next.events()
-
-    @hybrid.on_event
-    async def ended(self, event: hybrid.Ended) -> None:
-        self.ctx.do_next(hybrid.Next.done(event.reason))
 
 
 async def test_a_killed_node_is_detected_its_monitors_fire_and_its_requests_fail(nats_server: NatsServer) -> None:

@@ -24,7 +24,7 @@ from hybrid import NameInUse
 from hybrid.codec import CodecError
 from hybrid.remote import MessageTooLarge, Node, RemoteFailure, RemoteUnavailable, connect
 from hybrid.remote import _wire as wire
-from tests.remote.agents import Add, Counter, Fail, Get, Note, Stop, Unrelated, Wait, WrongAnswer
+from tests.remote.agents import Add, Counter, Fail, Get, Note, Stop, Unrelated, Wait, Watcher, WrongAnswer
 from tests.remote.nats import NatsServer
 
 FAST: dict[str, Any] = {"reconnect_wait": 0.05, "connect_timeout": 2.0, "close_timeout": 2.0}
@@ -173,19 +173,6 @@ async def test_quorum_over_remote_requests(nats_server: NatsServer) -> None:
 
 async def test_interrupt_join_and_monitor_across_nodes(nats_server: NatsServer) -> None:
     """A remote interrupt ends the agent after what was sent before; `join`, `is_alive` and monitors see the end."""
-
-    @attrs.define(eq=False)
-    class Watcher(hybrid.Agent[hybrid.StopReason]):
-        target: hybrid.Address[Counter]
-
-        def begin(self) -> hybrid.Next[Self]:
-            self.ctx.monitor(self.target)
-            return hybrid.Next.events()
-
-        @hybrid.on_event
-        async def ended(self, event: hybrid.Ended) -> None:
-            self.ctx.do_next(hybrid.Next.done(event.reason))
-
     counter = Counter()
     async with two_nodes(nats_server) as (a, b), trio.open_nursery() as nursery:
         local = await run(nursery, counter)
