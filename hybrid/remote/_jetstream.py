@@ -652,8 +652,6 @@ class Puller:
             left = (message.headers or {}).get("Nats-Pending-Messages")
             if pull is not None and left is not None and left.isdigit():
                 pull.remaining = int(left)  # the server's count is the truth
-            if status == "100":  # an idle heartbeat: the request lives
-                return
             if status not in ("404", "408"):  # 409 (consumer deleted, max waiting...), 503 (no consumer)
                 logger.warning(
                     "a pull from %r ended with %s %s: pulling again in 1 s",
@@ -692,7 +690,7 @@ class Puller:
             # Small grants are gathered (up to half a batch) while requests are outstanding:
             # one pull request per finished job would cost the server more than the job.
             wanted = self._unrequested >= self._refill or (self._unrequested > 0 and not self._pulls)
-            if wanted and now >= self._resume_at and transport.state is ConnectionState.CONNECTED:
+            if wanted and now >= self._resume_at:
                 batch = min(self._unrequested, self._max_batch)
                 self._tokens += 1
                 token = str(self._tokens)
@@ -700,7 +698,7 @@ class Puller:
                 try:
                     transport.publish(self._subject, body, reply=f"{self._inbox}.{token}")
                 except RemoteUnavailable:
-                    pass  # _watch_link wakes us once connected
+                    pass  # the link is down: _watch_link wakes us once it is back
                 else:
                     self.requests_sent += 1
                     self._unrequested -= batch
@@ -1215,7 +1213,7 @@ class KeyValue:
         status = _status(message)
         if status == "404":
             return None, 0
-        if status:
+        if status:  # pragma: no cover - a direct get by subject is answered with the message or 404
             raise JetStreamError(_description(message) or f"direct get failed with status {status}", int(status), 0)
         headers = message.headers or {}
         return message, int(headers.get("Nats-Sequence", "0"))

@@ -150,8 +150,8 @@ class _Serving:
     """The cancel scope of the block's nursery: cancelled on a `failure`."""
     failure: BaseException | None = None
     """Why serving stopped on its own (the worker agent ended): raised out of the block."""
-    running: dict[Delivery, float] = attrs.field(factory=dict[Delivery, float])
-    """Jobs whose handler runs, with the trio time it started: written by `WorkQueue._run`."""
+    running: set[Delivery] = attrs.field(factory=set[Delivery])
+    """Jobs whose handler runs: written by `WorkQueue._run`, read by `WorkQueue._heartbeats`."""
 
 
 @final
@@ -357,15 +357,13 @@ class WorkQueue(Generic[J]):
             raise escaped
 
     async def _heartbeats(self, serving: _Serving) -> None:
-        """Every ``ack_wait / 3``: a progress heartbeat for each job running for that long."""
+        """Every ``ack_wait / 3``: a progress heartbeat for each job running (a young one may get it early)."""
         period = self._ack_wait / 3
         while True:
             await trio.sleep(period)
-            due = trio.current_time() - period
-            for delivery, started in list(serving.running.items()):
-                if started <= due:
-                    with contextlib.suppress(RemoteUnavailable):
-                        delivery.in_progress()
+            for delivery in list(serving.running):
+                with contextlib.suppress(RemoteUnavailable):
+                    delivery.in_progress()
 
     async def _work(self, serving: _Serving, puller: Puller) -> None:
         """One slot of a serve block: take a job, run it, answer it, grant one more; until cancelled."""
@@ -406,7 +404,7 @@ class WorkQueue(Generic[J]):
             )
             self._give_up(delivery, f"does not decode: {error}")
             return
-        serving.running[delivery] = trio.current_time()
+        serving.running.add(delivery)
         finished = False
         try:
             await serving.worker.request(job)
@@ -418,16 +416,15 @@ class WorkQueue(Generic[J]):
             self._done += 1
             self._answer(delivery, b"+ACK")
         finally:
-            del serving.running[delivery]
+            serving.running.remove(delivery)
             if not finished:  # cancelled: the serve block ends
                 self._release(serving, delivery)
 
     def _failed(self, serving: _Serving, delivery: Delivery, job: J, error: Exception) -> None:
         if not serving.worker.is_alive:  # not the job's fault: serving ends
             self._release(serving, delivery)
-            if serving.failure is None:
-                serving.failure = error
-                serving.scope.cancel()
+            serving.failure = serving.failure or error  # the first one is raised
+            serving.scope.cancel()
             return
         self._failed_runs += 1
         attempt = delivery.deliveries

@@ -8,6 +8,7 @@ Time is real (the server keeps its own clock): waits are bounded with
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import subprocess
 import time
@@ -16,6 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -33,6 +35,7 @@ from hybrid.remote._jetstream import (
     StreamFull,
     WrongRevision,
     _Metadata,
+    _Watch,
     jetstream,
 )
 from hybrid.remote._nats import NatsTransport, open_nats
@@ -765,3 +768,150 @@ async def test_a_watch_ends_when_the_transport_closes(nats_server: NatsServer) -
                     raise AssertionError(f"unexpected {change!r}")
         with pytest.raises(RemoteUnavailable):
             await kv.keys()
+
+
+# ---------------------------------------------------------------------- edges and odd messages
+
+
+@attrs.frozen
+class FakeMessage:
+    """A `Message` made in the test, for feeding a handler directly."""
+
+    subject: str
+    data: bytes = b""
+    headers: dict[str, str] | None = None
+    reply: str = ""
+
+
+async def test_an_exception_leaving_a_pull_or_watch_block_comes_out_bare(js: JetStream, kv: KeyValue) -> None:
+    """Not wrapped in the ExceptionGroup of the blocks' nurseries."""
+    await queue_with_consumer(js)
+    with pytest.raises(KeyError, match="mine"):
+        async with js.pull("Q", "w"):
+            raise KeyError("mine")
+    with pytest.raises(KeyError, match="mine"):
+        async with kv.watch():
+            raise KeyError("mine")
+
+
+async def test_a_stream_whose_subjects_overlap_another_is_refused(js: JetStream) -> None:
+    """Subjects another stream stores: the server's refusal, for work queues and buckets alike."""
+    await js.work_queue_stream("A", ["q.jobs", "$KV.ov.x"])
+    with pytest.raises(JetStreamError, match="overlap"):
+        await js.work_queue_stream("B", ["q.jobs"])
+    with pytest.raises(JetStreamError, match="overlap"):
+        await js.key_value("ov")
+
+
+async def test_odd_messages_on_a_pull_inbox_are_handled(
+    js: JetStream, transport: NatsTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message that is no delivery is dropped with a warning; a delivery beyond every request is delivered anyway."""
+    await queue_with_consumer(js)
+    async with js.pull("Q", "w") as puller:
+        with caplog.at_level(logging.WARNING, "hybrid.remote"):
+            transport.publish(f"{puller._inbox}.7", b"junk")
+            await transport.flush()
+            await trio.sleep(0.1)
+        assert "got a message that is not a JetStream delivery: dropped" in caplog.text
+        # (the server refuses a client's message with a $JS.ACK reply: this one is handed to the handler)
+        puller._on_message(FakeMessage("q.jobs", b"late", None, "$JS.ACK.Q.w.1.9.9.1796229470632930026.0"))
+        straggler = await receive(puller)
+        assert (straggler.data, straggler.stream_sequence) == (b"late", 9)
+        await js.publish("q.jobs", b"x")
+        puller.grant()
+        with trio.fail_after(5):
+            while True:
+                try:
+                    delivery = puller.receive_nowait()
+                    break
+                except trio.WouldBlock:
+                    await trio.sleep(0.01)
+        assert repr(delivery) == "<Delivery 'q.jobs' #1 delivery 1>"
+        delivery.ack()
+
+
+async def test_a_pull_request_the_server_does_not_answer_in_time_is_given_up(
+    nats_server: NatsServer, js: JetStream
+) -> None:
+    """A hung server (SIGSTOP) lets a pull request's deadline pass: its credit is asked for again afterwards."""
+    await queue_with_consumer(js)
+    async with js.pull("Q", "w", expires=0.1) as puller:
+        puller.grant()
+        await trio.sleep(0.05)
+        sent = puller.requests_sent
+        nats_server.pause()
+        await trio.sleep(0.6)
+        nats_server.resume()
+        await js.publish("q.jobs", b"x")
+        (await receive(puller)).ack()
+        assert puller.requests_sent > sent
+
+
+async def test_odd_messages_on_a_watch_inbox_are_handled(js: JetStream, transport: NatsTransport, kv: KeyValue) -> None:
+    """Flow-control requests and stall notices are answered, junk ignored; a heartbeat telling of a gap: resubscribe."""
+    answers, answered = await transport.subscribe("test.answers.>")
+    async with kv.watch() as changes:
+        assert await next_change(changes) == KvCaughtUp(frozenset(), 0)
+        listed = await js._api("CONSUMER.LIST.KV_b")
+        (inbox,) = [consumer["config"]["deliver_subject"] for consumer in listed["consumers"]]
+        flow = {"Status": "100", "Description": "FlowControl Request"}
+        transport.publish(inbox, b"", flow, reply="test.answers.flow")
+        stall = {"Status": "100", "Description": "Idle Heartbeat", "Nats-Consumer-Stalled": "test.answers.stall"}
+        transport.publish(inbox, b"", {**stall, "Nats-Last-Consumer": "0"})
+        transport.publish(inbox, b"junk")  # no reply subject: not a delivery
+        with trio.fail_after(5):
+            assert sorted([(await answered.receive()).subject for _ in range(2)]) == [
+                "test.answers.flow",
+                "test.answers.stall",
+            ]
+        transport.publish(inbox, b"", {"Status": "100", "Description": "Idle Heartbeat", "Nats-Last-Consumer": "5"})
+        assert await next_change(changes) == KvCaughtUp(frozenset(), 1)  # the heartbeat says 5 were sent: a gap
+    await answers.aclose()
+
+
+async def test_a_watch_drops_messages_of_an_earlier_subscription_and_notices_gaps(kv: KeyValue) -> None:
+    """Handed to the handler directly: a replaced incarnation's message is dropped; a skipped sequence marks a gap."""
+    send, receive_ = trio.open_memory_channel[KvEntry | KvCaughtUp](10)
+    watch = _Watch(kv, "$KV.b.>", send, headers_only=False, heartbeat=1.0)
+    watch._restarts = 3
+    watch._on_message(2, FakeMessage("$KV.b.k", b"v", None, "$JS.ACK.KV_b.x.1.1.1.1796229470632930026.0"))
+    assert not watch._queue
+    watch._on_message(3, FakeMessage("$KV.b.k", b"v", None, "$JS.ACK.KV_b.x.1.1.1.1796229470632930026.0"))
+    assert list(watch._queue) == [KvEntry("k", b"v", 1), KvCaughtUp(frozenset({"k"}), 3)]
+    stale = [watch._stale]
+    watch._on_message(3, FakeMessage("$KV.b.k", b"w", None, "$JS.ACK.KV_b.x.1.5.5.1796229470632930026.0"))
+    stale.append(watch._stale)
+    assert stale == [False, True]
+    receive_.close()
+    send.close()
+
+
+async def test_a_watch_of_a_missing_bucket_waits_for_it(
+    js: JetStream, kv: KeyValue, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bucket is deleted: the watch cannot subscribe, tries again, and catches up once the bucket is back."""
+    await js.delete_key_value("b")
+    with caplog.at_level(logging.DEBUG, "hybrid.remote"):
+        async with kv.watch() as changes:
+            await trio.sleep(0.3)
+            await js.key_value("b")
+            await kv.put("k", b"v")
+            _, caught_up = await changes_until_caught_up(changes)
+            assert caught_up.keys == {"k"}
+    assert "could not subscribe" in caplog.text
+
+
+@pytest.mark.skipif(not os.environ.get("HYBRID_OLD_NATS_SERVER"), reason="set HYBRID_OLD_NATS_SERVER to a 2.9 server")
+async def test_a_server_older_than_2_11_is_refused_for_buckets(tmp_path: Path) -> None:
+    """nats-server 2.9 (API level 0) would ignore per-key TTLs: key_value refuses it."""
+    server = NatsServer(Path(os.environ["HYBRID_OLD_NATS_SERVER"]), tmp_path)
+    server.start()
+    try:
+        async with open_nats(server.url, **FAST) as transport:
+            js = jetstream(transport)
+            assert await js.api_level() == 0
+            with pytest.raises(JetStreamError, match="need nats-server 2.11 or newer"):
+                await js.key_value("b")
+    finally:
+        server.stop()

@@ -518,3 +518,77 @@ async def test_a_killed_workers_job_is_redelivered_after_ack_wait_and_done_once(
     await trio.sleep(2.0)  # a second run of "stuck" would be recorded now
     assert sorted(recorded(record)) == sorted([("survivor", "stuck")] + [("survivor", f"{i}.png") for i in range(5)])
     assert counts(queue)["duplicates"] == 1
+
+
+# ---------------------------------------------------------------------- edges
+
+
+@hybrid.codec.message(name="tests.remote.Thumb2", version=2, upgrade=lambda version, fields: fields)
+@attrs.frozen
+class ThumbV2(hybrid.Request[None]):
+    """A job class at version 2."""
+
+    path: str
+
+
+class V2Worker(hybrid.Agent[None]):
+    """Records `ThumbV2` jobs in `done`."""
+
+    def __init__(self) -> None:
+        self.done: list[str] = []
+
+    @hybrid.on_request
+    async def thumb(self, job: ThumbV2) -> None:
+        self.done.append(job.path)
+
+
+async def test_a_job_class_of_a_later_version_travels_with_its_version(transport: NatsTransport) -> None:
+    """A version-2 job: put with a Hybrid-Version header, decoded as version 2 by the worker."""
+    queue = await open_work_queue(transport, hybrid.codec.MessageCodec(), name="v2", job_type=ThumbV2)
+    await queue.put(ThumbV2("a"))
+    agent = V2Worker()
+    async with trio.open_nursery() as nursery:
+        worker = hybrid.spawn(nursery, agent)
+        async with queue.serve(worker):
+            await wait_for(lambda: queue.statistics().done == 1)
+        worker.interrupt()
+    assert agent.done == ["a"]
+
+
+async def test_an_exception_leaving_a_serve_block_comes_out_bare(transport: NatsTransport, record: Path) -> None:
+    """The body's own exception is raised as it is, not in an ExceptionGroup."""
+    queue = await thumbs(transport)
+    async with trio.open_nursery() as nursery:
+        worker = hybrid.spawn(nursery, Thumbnailer(record, "w"))
+        with pytest.raises(KeyError, match="mine"):
+            async with queue.serve(worker):
+                raise KeyError("mine")
+        worker.interrupt()
+
+
+async def test_every_job_in_hand_is_released_when_the_worker_agent_ends(transport: NatsTransport, record: Path) -> None:
+    """Two slots, the worker gone: both jobs fail to reach it and are released; AgentStopped comes out once."""
+    queue = await thumbs(transport)
+    await put_all(queue, ["a", "b"])
+    async with trio.open_nursery() as nursery:
+        worker = hybrid.spawn(nursery, Thumbnailer(record, "w"))
+        worker.interrupt()
+        await worker.join()
+        with pytest.raises(hybrid.AgentStopped):
+            async with queue.serve(worker, concurrency=2):
+                await trio.sleep_forever()
+    assert counts(queue)["released"] == 2
+
+
+async def test_a_dead_letter_too_large_to_publish_is_logged(
+    transport: NatsTransport, caplog: pytest.LogCaptureFixture, record: Path
+) -> None:
+    """A raw job just under max_payload: terminated; its dead letter (with headers added) is too large: a warning."""
+    queue = await thumbs(transport)
+    await jetstream(transport).publish(queue.subject, b"x" * (transport.max_payload - 20))
+    async with trio.open_nursery() as nursery:
+        worker = hybrid.spawn(nursery, Thumbnailer(record, "w"))
+        async with queue.serve(worker):
+            await wait_for(lambda: queue.statistics().terminated == 1)
+        worker.interrupt()
+    assert "the dead letter of a job of 'thumbs' was not published" in caplog.text
