@@ -48,10 +48,11 @@ finds the marker (`KeyValue.get` says None) and `KeyValue.create` must write ove
 (it does: see its docstring). `JetStream.key_value` checks the server's API level and
 refuses a server older than 2.11, which would silently ignore TTLs.
 
-The watcher is blind after a server restart in nats-py (its ordered consumer lives in the
-server's memory; nats-py notices after up to 20 s). `KeyValue.watch` instead recreates its
-consumer as soon as the transport reconnects (and whenever it misses a heartbeat or sees a
-gap in the sequence), replays the current value of every key, and then sends `KvCaughtUp`
+The watcher is blind after a server restart in nats-py (its ordered consumer lives in
+the server's memory; nats-py notices after up to 20 s). `KeyValue.watch` instead
+recreates its consumer once the transport has reconnected (it checks at least every
+`heartbeat` seconds, 2 by default), whenever three heartbeats are missing, and on a gap
+in the sequence; it replays the current value of every key, and then sends `KvCaughtUp`
 with the set of keys that hold a value: a key its user knew that is not in that set was
 deleted, or expired, while the watch could not see.
 

@@ -47,11 +47,12 @@ outlives `ack_wait` without its heartbeats reaching the server, or when a worker
 dies after the handler's effect and before the ack. Make handlers idempotent (the
 job's `id` is a natural key). Jobs are not ordered.
 
-Leaving a `serve` block (or its cancellation) cancels the handlers running; their
-jobs, and those received and not started, are **released** (``nak``: delivered again
-at once, to any worker). A release that cannot be sent (the link is down) leaves the
-job to come back after `ack_wait`. A worker process that dies releases nothing: its
-jobs come back after `ack_wait`.
+Leaving a `serve` block (or its cancellation) cancels the handlers running; their jobs,
+and those received and not started, are **released** (``nak``: delivered again at once,
+to any worker; sent after the block's subscription ended, so the server cannot hand them
+straight back to it). A release that cannot be sent (the link is down), and a job the
+server was sending just as the subscription ended, come back after `ack_wait`. A worker
+process that dies releases nothing: its jobs come back after `ack_wait`.
 
 While the server is down, `put` raises `RemoteUnavailable` (nothing stored, or, if it
 dropped after sending, maybe stored: put again with the same id); `serve` keeps
