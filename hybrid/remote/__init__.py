@@ -35,6 +35,8 @@ from ._errors import NodeLost as NodeLost
 from ._errors import RemoteError as RemoteError
 from ._errors import RemoteFailure as RemoteFailure
 from ._errors import RemoteUnavailable as RemoteUnavailable
+from ._jetstream import JetStreamError as JetStreamError
+from ._jetstream import StreamFull as StreamFull
 from ._jobs import QueueFull as QueueFull
 from ._jobs import WorkQueue as WorkQueue
 from ._jobs import WorkQueueStatistics as WorkQueueStatistics
@@ -44,6 +46,7 @@ from ._node import connect as connect
 
 __all__ = [
     "Entities",
+    "JetStreamError",
     "MessageTooLarge",
     "Node",
     "NodeLost",
@@ -52,6 +55,7 @@ __all__ = [
     "RemoteError",
     "RemoteFailure",
     "RemoteUnavailable",
+    "StreamFull",
     "WorkQueue",
     "WorkQueueStatistics",
     "connect",

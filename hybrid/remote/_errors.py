@@ -13,8 +13,13 @@ HybridError
     │   │                            dropped while it waited for its reply
     │   └── NodeLost                 the node serving an agent left the cluster (its lease
     │                                expired: it died, or was cut off), or no such node answers
-    └── MessageTooLarge (ValueError) a message is bigger than the server accepts (max_payload),
-                                     refused in the sender before anything is sent
+    ├── MessageTooLarge (ValueError) a message is bigger than the server accepts (max_payload),
+    │                                refused in the sender before anything is sent
+    └── JetStreamError               JetStream refused a request (``_jetstream.py``): its codes
+        ├── WrongRevision            a key-value compare-and-set found another revision
+        │   └── KeyExists            a create found the key holding a value
+        └── StreamFull               a stream refused to store a message (a limit)
+            └── QueueFull            ``WorkQueue.put`` found the queue full (``_jobs.py``)
 ```
 
 A bad name or subject (a dot, a wildcard, whitespace, empty, too long) is a plain
