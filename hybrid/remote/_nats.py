@@ -89,6 +89,9 @@ _HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 """The header names nats-py sends (RFC 7230 tokens); it refuses others, late, in the pump."""
 
 _HEADER_FRAME: Final = len(b"NATS/1.0\r\n") + len(b"\r\n")
+
+_CLOSE_LIMIT: Final = 5.0
+"""Seconds a failed connect waits for nats-py to close what it had opened."""
 """The bytes of a header block besides its lines; each line adds ``name: value\\r\\n``."""
 
 _CONNECTION_ERRORS: Final = (
@@ -504,8 +507,11 @@ class NatsTransport:
                 )
         except BaseException as error:
             self._closing = True
-            with trio.CancelScope(shield=True):
-                await _aio(self._loop, nc.close)()  # a half-open socket, a reconnection task
+            # A half-open socket, a reconnection task: closed, within a bound (cancelled in
+            # the middle of its connect, nats-py's close can wait forever); the loop ends next.
+            # (A client cancelled before it connected asserts in its close: nothing to close.)
+            with trio.move_on_after(_CLOSE_LIMIT, shield=True), contextlib.suppress(Exception):
+                await _aio(self._loop, nc.close)()
             where = ", ".join(servers)
             if isinstance(error, trio.TooSlowError):
                 last = f": {nc.last_error!r}" if nc.last_error is not None else ""
@@ -569,18 +575,17 @@ class NatsTransport:
         return f"<NatsTransport {self._inbox} {self.state.value}>"
 
 
-async def _own_loop(*, task_status: trio.TaskStatus[tuple[asyncio.AbstractEventLoop, trio.CancelScope]]) -> None:
-    """Run the trio-asyncio loop until `open_nats` cancels the scope it is handed (shielded from others)."""
-    with trio.CancelScope(shield=True) as scope:
+async def _own_loop(scope: trio.CancelScope, *, task_status: trio.TaskStatus[asyncio.AbstractEventLoop]) -> None:
+    """Run the trio-asyncio loop until `open_nats` cancels `scope` (a shielded scope it made, and owns)."""
+    with scope:
         async with trio_asyncio.open_loop() as loop:  # pyright: ignore[reportUnknownMemberType]
-            task_status.started((loop, scope))
+            task_status.started(loop)
             await trio.sleep_forever()
 
 
-async def _run_pump(transport: NatsTransport, *, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-    """Run the pump until `open_nats` cancels the scope it is handed (shielded from others)."""
-    with trio.CancelScope(shield=True) as scope:
-        task_status.started(scope)
+async def _run_pump(transport: NatsTransport, scope: trio.CancelScope) -> None:
+    """Run the pump until `open_nats` cancels `scope` (a shielded scope it made, and owns)."""
+    with scope:
         await _aio(transport._loop, transport._pump)()  # noqa: SLF001
 
 
@@ -657,14 +662,21 @@ async def open_nats(
         "allow_reconnect": True,
     }
     escaped: BaseException | None = None
+    # The loop's and the pump's scopes are made here and cancelled at the end, whatever
+    # happened. Starting the loop is shielded (it does no I/O): a start cancelled from
+    # outside would leave the loop's task, shielded from then on, in trio's temporary
+    # nursery of the start, which would wait for it for ever.
+    loop_scope = trio.CancelScope(shield=True)
+    pump_scope = trio.CancelScope(shield=True)
     async with trio.open_nursery() as nursery:
-        loop, loop_scope = await nursery.start(_own_loop)
-        transport = NatsTransport(loop, Client())
-        pump_scope = await nursery.start(_run_pump, transport)
         # Whatever leaves the block (the caller's exception, a cancellation, a failed
         # connect) is raised again after the nursery, so that it comes out bare, not in
         # the ExceptionGroup a nursery makes.
         try:
+            with trio.CancelScope(shield=True):
+                loop = await nursery.start(_own_loop, loop_scope)
+            transport = NatsTransport(loop, Client())
+            nursery.start_soon(_run_pump, transport, pump_scope)
             await transport._connect(urls, connect_timeout, options)  # noqa: SLF001
             try:
                 await transport._start()  # noqa: SLF001

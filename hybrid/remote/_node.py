@@ -52,7 +52,7 @@ from hybrid.codec import CodecError, MessageCodec
 
 from . import _wire as wire
 from ._entities import Entities, check_kind
-from ._errors import NodeLost, RemoteError, RemoteFailure, RemoteUnavailable
+from ._errors import MessageTooLarge, NodeLost, RemoteError, RemoteFailure, RemoteUnavailable
 from ._jetstream import JetStream, KeyExists, KeyValue, WrongRevision, jetstream
 from ._jobs import WorkQueue, open_work_queue
 from ._membership import Membership, check_lease
@@ -67,7 +67,7 @@ from ._names import (
 )
 from ._nats import open_nats
 from ._served import Served
-from ._transport import ConnectionState, Message, Transport
+from ._transport import Message, Transport
 
 __all__ = ["Node", "NodeStatistics", "connect"]
 
@@ -78,9 +78,31 @@ J = TypeVar("J", bound="hybrid.Request[Any]")
 
 _ENDED_PATTERN: Final = "hybrid.{cluster}.ended.*"
 
+_UNREGISTER_FOR: Final = 30.0
+"""Seconds a node watches for the registry entry of a publish that failed, to delete it."""
+
 
 def _is_agent_class(value: object) -> bool:
     return isinstance(value, type) and issubclass(value, hybrid.Agent)
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception in `group` that is not a cancellation (nested groups flattened), else a
+    cancellation if that is all there is, else the group."""
+    leaves: list[BaseException] = []
+    cancels: list[BaseException] = []
+
+    def collect(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in cast("BaseExceptionGroup[BaseException]", error).exceptions:
+                collect(inner)
+        else:
+            (cancels if isinstance(error, trio.Cancelled) else leaves).append(error)
+
+    collect(group)
+    if len(leaves) == 1:
+        return leaves[0]
+    return cancels[0] if not leaves and cancels else group
 
 
 def _error_of(result: outcome.Outcome[Any]) -> BaseException:
@@ -418,7 +440,9 @@ class Node:
     async def _check_bindings(self) -> None:
         """After a reconnect: ends announced meanwhile were missed; the registry tells which names ended."""
         for remote in list(self._remote.values()):
-            if remote.binding is _Binding.KNOWN and remote.watched:
+            if remote.binding is _Binding.UNKNOWN and remote.watched:
+                self._bind(remote)  # a read that failed while the link was down: try again
+            elif remote.binding is _Binding.KNOWN and remote.watched:
                 try:
                     entry = await self._registry().get(name_key(remote.name))
                 except RemoteError:
@@ -508,7 +532,12 @@ class Node:
         self._learn(address.agent_type)
         served = self._served[name] = Served(name, address)
         try:
-            served.revision = await self._register(name)
+            try:
+                served.revision = await self._register(name)
+            except BaseException:
+                # The create may be stored (or still on the wire): clear it, in the background.
+                self._nursery.start_soon(self._unregister, name, name=f"hybrid.remote unregister {name}")
+                raise
             served.subscription = await self.transport.subscribe_handler(
                 agent_subject(self.cluster, name), functools.partial(self._serve, served)
             )
@@ -535,6 +564,23 @@ class Node:
             except (WrongRevision, ValueError):
                 raise NameInUse(f"{name!r} was just published by another node") from None
 
+    async def _unregister(self, name: str) -> None:
+        """Delete the registry entry of a publish that failed, once it shows (it may still be on the wire).
+
+        Gives up when this node publishes `name` again, when another node's entry
+        shows, or after `_UNREGISTER_FOR` seconds without an entry.
+        """
+        registry = self._registry()
+        with trio.move_on_after(_UNREGISTER_FOR):
+            while name not in self._served:
+                with contextlib.suppress(RemoteError):
+                    entry = await registry.get(name_key(name))
+                    if entry is not None:
+                        if entry.value.decode() == self.name and name not in self._served:
+                            await registry.delete(name_key(name), revision=entry.revision)
+                        return
+                await trio.sleep(0.2)
+
     async def unpublish(self, name: str) -> None:
         """Stop serving `name` (the agent keeps running; requests to the name then fail with `AgentStopped`).
 
@@ -550,9 +596,11 @@ class Node:
         if self._served.get(served.name) is served:
             del self._served[served.name]
         served.cancel_farewell()
-        for call in served.calls.values():
+        calls, served.calls = served.calls, {}
+        for reply, call in calls.items():  # their callers must not wait for answers that cannot come
             foreign.withdraw(call)
-        served.calls.clear()
+            stopped = AgentStopped(f"{served.name!r} was unpublished before it answered (the request may have run)")
+            self._answer(reply, None, outcome.Error(stopped))
         with trio.CancelScope(shield=True):
             if served.subscription is not None:
                 subscription, served.subscription = served.subscription, None
@@ -640,8 +688,11 @@ class Node:
                     payload = wire.ENCODER.encode(wire.Reply(True, self.codec.encode_error(error)))
             else:
                 payload = wire.ENCODER.encode(wire.Reply(True, self.codec.encode_error(_error_of(result))))
-            self.transport.publish(reply, payload)
-        except HybridError as error:  # the link is down, or the answer is over max_payload
+            try:
+                self.transport.publish(reply, payload)
+            except MessageTooLarge as error:  # the caller learns that its answer could not come
+                self.transport.publish(reply, wire.ENCODER.encode(wire.Reply(True, self.codec.encode_error(error))))
+        except HybridError as error:  # the link is down: the caller learns it from its own link
             logger.warning("%s: could not answer on %r: %s", self.name, reply, error)
 
     def _ended(self, served: Served, reason: StopReason, output: Any, error: BaseException | None) -> None:
@@ -660,8 +711,15 @@ class Node:
                 ended = wire.Ended(kind, output=body, revision=revision)
         except CodecError as problem:
             ended = wire.Ended(kind, error=self.codec.encode_error(problem), revision=revision)
+        subject = ended_subject(self.cluster, served.name)
         try:
-            self.transport.publish(ended_subject(self.cluster, served.name), wire.ENCODER.encode(ended))
+            try:
+                self.transport.publish(subject, wire.ENCODER.encode(ended))
+            except MessageTooLarge as problem:  # announced without the output: joiners get the error
+                self.transport.publish(
+                    subject,
+                    wire.ENCODER.encode(wire.Ended(kind, error=self.codec.encode_error(problem), revision=revision)),
+                )
         except HybridError as problem:
             logger.warning("%s: could not announce the end of %r: %s", self.name, served.name, problem)
 
@@ -923,9 +981,10 @@ class Node:
     async def _watch_link(self) -> None:
         while True:
             await self.transport.wait_disconnected()
-            if self.transport.state is ConnectionState.CLOSED:
-                return
-            await self.transport.wait_connected()
+            try:
+                await self.transport.wait_connected()
+            except RemoteUnavailable:
+                return  # closed for good (it gave up reconnecting): every send raises from now on
             await self._check_bindings()
 
     async def _close(self) -> None:
@@ -986,16 +1045,19 @@ async def connect(
     seconds = check_lease(lease)
     escaped: BaseException | None = None
     async with open_nats(servers, name=node, **options) as transport:
-        async with trio.open_nursery() as nursery:
-            the_node = Node(transport, nursery, cluster, node, seconds)
-            try:
-                await the_node._start()  # noqa: SLF001
-                yield the_node
-            except BaseException as error:  # raised again below, out of the nursery: bare, not in a group
-                escaped = error
-            finally:
-                with trio.CancelScope(shield=True):
-                    await the_node._close()  # noqa: SLF001
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                the_node = Node(transport, nursery, cluster, node, seconds)
+                try:
+                    await the_node._start()  # noqa: SLF001
+                    yield the_node
+                except BaseException as error:  # raised again below, out of the nursery: bare, not in a group
+                    escaped = error
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await the_node._close()  # noqa: SLF001
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # the node's own task failed (its lease was taken): bare too
+            raise _sole(group) from None
         if escaped is not None:
             raise escaped

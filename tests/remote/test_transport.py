@@ -807,3 +807,11 @@ async def test_bounded_reconnect_attempts_give_up_and_close(nats_server: NatsSer
             assert [message async for message in messages] == []
         with pytest.raises(RemoteUnavailable, match="closed"):
             transport.publish("anything", b"")
+
+
+async def test_open_nats_cancelled_at_any_point_of_its_start_returns(nats_server: NatsServer) -> None:
+    """A deadline that expires while `open_nats` starts (its loop, its connect) ends it: it never hangs."""
+    for step in range(12):
+        with trio.fail_after(30), trio.move_on_after(step * 0.002):
+            async with open_nats(nats_server.url, **FAST):
+                await trio.sleep_forever()
