@@ -369,7 +369,9 @@ class NatsTransport:
 
     async def _flush(self, timeout: int) -> None:  # asyncio side
         await self._outbox.join()
-        await self._nc.flush(timeout)
+        # Shielded: a flush given up (trio cancelled it) must not cancel nats-py's PONG
+        # future, which nats-py then fails to resolve and takes for a broken connection.
+        await asyncio.shield(self._nc.flush(timeout))
 
     async def _pump(self) -> None:  # asyncio side: the one task that publishes
         outbox = self._outbox
@@ -583,6 +585,15 @@ async def _own_loop(scope: trio.CancelScope, *, task_status: trio.TaskStatus[asy
             await trio.sleep_forever()
 
 
+async def _start_loop(nursery: trio.Nursery, scope: trio.CancelScope) -> asyncio.AbstractEventLoop:
+    """Start `_own_loop` in `nursery`, shielded (see `open_nats`); cancellation comes at the next checkpoint."""
+    started: list[asyncio.AbstractEventLoop] = []
+    with trio.CancelScope(shield=True):
+        started.append(await nursery.start(_own_loop, scope))
+    await trio.lowlevel.checkpoint_if_cancelled()
+    return started[0]
+
+
 async def _run_pump(transport: NatsTransport, scope: trio.CancelScope) -> None:
     """Run the pump until `open_nats` cancels `scope` (a shielded scope it made, and owns)."""
     with scope:
@@ -673,8 +684,7 @@ async def open_nats(
         # connect) is raised again after the nursery, so that it comes out bare, not in
         # the ExceptionGroup a nursery makes.
         try:
-            with trio.CancelScope(shield=True):
-                loop = await nursery.start(_own_loop, loop_scope)
+            loop = await _start_loop(nursery, loop_scope)
             transport = NatsTransport(loop, Client())
             nursery.start_soon(_run_pump, transport, pump_scope)
             await transport._connect(urls, connect_timeout, options)  # noqa: SLF001

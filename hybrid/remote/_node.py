@@ -78,6 +78,9 @@ J = TypeVar("J", bound="hybrid.Request[Any]")
 
 _ENDED_PATTERN: Final = "hybrid.{cluster}.ended.*"
 
+_REGISTER_TRIES: Final = 8
+"""Reads of a name's registry entry before a publish gives up on a name that keeps changing."""
+
 _UNREGISTER_FOR: Final = 30.0
 """Seconds a node watches for the registry entry of a publish that failed, to delete it."""
 
@@ -552,17 +555,21 @@ class Node:
         registry = self._registry()
         key = name_key(name)
         value = self.name.encode()
-        try:
-            return await registry.create(key, value)
-        except KeyExists:
-            entry = await registry.get(key)
-            host = "" if entry is None else entry.value.decode()
-            if entry is not None and host != self.name and host in self._membership.live:
-                raise NameInUse(f"{name!r} is published by node {host!r} in cluster {self.cluster!r}") from None
+        for _ in range(_REGISTER_TRIES):  # the entry may change between two reads: look again
+            try:
+                return await registry.create(key, value)
+            except KeyExists:
+                entry = await registry.get(key)
+            if entry is None:
+                continue  # deleted meanwhile (its agent ended): create again
+            host = entry.value.decode()
+            if host != self.name and host in self._membership.live:
+                raise NameInUse(f"{name!r} is published by node {host!r} in cluster {self.cluster!r}")
             try:  # the entry of a lost node, or of this node's previous life: take it over
-                return await registry.update(key, value, revision=entry.revision if entry is not None else 0)
-            except (WrongRevision, ValueError):
-                raise NameInUse(f"{name!r} was just published by another node") from None
+                return await registry.update(key, value, revision=entry.revision)
+            except WrongRevision:
+                continue
+        raise NameInUse(f"{name!r} changed hands {_REGISTER_TRIES} times while this node tried to publish it")
 
     async def _unregister(self, name: str) -> None:
         """Delete the registry entry of a publish that failed, once it shows (it may still be on the wire).
@@ -691,7 +698,8 @@ class Node:
             try:
                 self.transport.publish(reply, payload)
             except MessageTooLarge as error:  # the caller learns that its answer could not come
-                self.transport.publish(reply, wire.ENCODER.encode(wire.Reply(True, self.codec.encode_error(error))))
+                too_large = RemoteError(f"the answer could not be sent: {error}")
+                self.transport.publish(reply, wire.ENCODER.encode(wire.Reply(True, self.codec.encode_error(too_large))))
         except HybridError as error:  # the link is down: the caller learns it from its own link
             logger.warning("%s: could not answer on %r: %s", self.name, reply, error)
 
@@ -716,10 +724,9 @@ class Node:
             try:
                 self.transport.publish(subject, wire.ENCODER.encode(ended))
             except MessageTooLarge as problem:  # announced without the output: joiners get the error
-                self.transport.publish(
-                    subject,
-                    wire.ENCODER.encode(wire.Ended(kind, error=self.codec.encode_error(problem), revision=revision)),
-                )
+                too_large = RemoteError(f"the end could not be announced: {problem}")
+                reduced = wire.Ended(kind, error=self.codec.encode_error(too_large), revision=revision)
+                self.transport.publish(subject, wire.ENCODER.encode(reduced))
         except HybridError as problem:
             logger.warning("%s: could not announce the end of %r: %s", self.name, served.name, problem)
 

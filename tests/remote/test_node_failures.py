@@ -1048,12 +1048,6 @@ async def test_a_publish_cancelled_while_registering_leaves_the_name_free(nats_s
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_nats.py NatsTransport.flush: the cancellation reaches nats-py's flush, whose PONG future is cancelled "
-    "but stays queued; the PONG then makes _process_pong set_result on it (InvalidStateError in the read loop), "
-    "and nats-py drops and reconnects the connection: everything in flight fails with RemoteUnavailable",
-)
 async def test_a_flush_given_up_does_not_drop_the_connection(nats_server: NatsServer) -> None:
     """A flush (as `publish` ends with) given up by its caller's deadline: the connection stays up."""
     async with connect(nats_server.url, node="a", **LONG_LEASE) as a:
