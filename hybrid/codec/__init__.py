@@ -9,6 +9,8 @@ make an object of a type they choose. Needs msgspec, which the ``remote`` and
 Package map (imports point up this list):
 
 - ``_errors.py``: `CodecError`, the one error
+- ``_naming.py``: a class's wire or checkpoint name, version and upgrade (`message`
+  and ``hybrid.durable.durable`` record them the same way)
 - ``_types.py``: what an annotation lets the codec bring back (``Any`` slots take
   JSON-like builtins only), where in a value an encode or decode failed, the
   ``T`` of ``Agent[T]`` and the ``R`` of ``Request[R]``

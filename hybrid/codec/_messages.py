@@ -20,13 +20,13 @@ import typing
 from collections.abc import Callable
 from typing import Any, Final, TypeVar, final, overload
 
-import attrs
 import msgspec
 
 from hybrid import Agent, Request
 
 from ._errors import CodecError
 from ._failures import DEFAULT_ERRORS, ErrorTable, decode_error, encode_error
+from ._naming import ClassMeta, class_meta, meta_of, record_meta
 from ._records import Record, is_record
 from ._types import ENCODE_ERRORS, Check, answer_type, culprit, inspect_type, output_type, split_message, type_text
 
@@ -40,15 +40,6 @@ _KINDS: Final = "an attrs class, a dataclass, a msgspec.Struct, or str, int, flo
 
 
 # -- the decorator -------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class _Meta:
-    """What `message` records on a class."""
-
-    name: str | None
-    version: int
-    upgrade: Callable[[int, dict[str, Any]], dict[str, Any]] | None
 
 
 @overload
@@ -117,23 +108,10 @@ def message(
             cents: int
         ```
     """
-    if name is not None and not isinstance(name, str):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise TypeError(f"message(name=...) takes a str, got {name!r}")
-    if name == "":
-        raise ValueError("message(name=...) cannot be empty")
-    if type(version) is not int:
-        raise TypeError(f"message(version=...) takes an int, got {version!r}")
-    if version < 1:
-        raise ValueError(f"message(version=...) must be >= 1, got {version}")
-    if upgrade is not None and not callable(upgrade):
-        raise TypeError(f"message(upgrade=...) takes a function upgrade(old_version, fields), got {upgrade!r}")
-    meta = _Meta(name, version, upgrade)
+    meta = class_meta("message", name, version, upgrade)
 
     def decorate(target: MessageClass) -> MessageClass:
-        if not isinstance(target, type):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise TypeError(f"@message decorates a message class, got {target!r}")
-        setattr(target, _META, meta)
-        return target
+        return record_meta(target, _META, meta, "@message decorates a message class")
 
     return decorate if cls is None else decorate(cls)
 
@@ -143,10 +121,8 @@ def _subclass(cls: object, base: type) -> bool:
     return isinstance(cls, type) and issubclass(cls, base)
 
 
-def _meta_of(cls: type) -> _Meta:
-    # The class's own attribute only: a subclass is another class, with its own name.
-    meta = cls.__dict__.get(_META)
-    return meta if isinstance(meta, _Meta) else _Meta(None, 1, None)
+def _meta_of(cls: type) -> ClassMeta:
+    return meta_of(cls, _META)
 
 
 # -- what a codec knows of a class ---------------------------------------------------------------
@@ -164,7 +140,7 @@ class _Plan:
 
     __slots__ = ("checks", "cls", "decoder", "name", "qualname", "record", "upgrade", "verify", "version")
 
-    def __init__(self, cls: type, name: str, meta: _Meta) -> None:
+    def __init__(self, cls: type, name: str, meta: ClassMeta) -> None:
         self.cls = cls
         self.name = name
         self.qualname = cls.__qualname__

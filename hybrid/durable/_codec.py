@@ -70,6 +70,7 @@ except ImportError as _error:  # pragma: no cover - tested in a subprocess (test
 
 from hybrid import Agent, InvalidTransition, Modifiers, Next, RetryPolicy
 from hybrid.codec import CodecError
+from hybrid.codec._naming import ClassMeta, class_meta, meta_of, record_meta
 from hybrid.codec._records import tuple_getter
 from hybrid.codec._types import (
     ENCODE_ERRORS,
@@ -106,15 +107,6 @@ _NAME: Final = re.compile(r"^\.(?P<name>[A-Za-z_]\w*)(?P<rest>.*)$", re.DOTALL)
 
 
 # -- the decorator -------------------------------------------------------------------
-
-
-@attrs.frozen
-class _Meta:
-    """What `durable` records on a class."""
-
-    name: str | None
-    version: int
-    upgrade: Callable[[int, dict[str, Any]], dict[str, Any]] | None
 
 
 @overload
@@ -179,31 +171,16 @@ def durable(
             cents: int = 0
         ```
     """
-    if name is not None and not isinstance(name, str):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise TypeError(f"durable(name=...) takes a str, got {name!r}")
-    if name == "":
-        raise ValueError("durable(name=...) cannot be empty")
-    if type(version) is not int:
-        raise TypeError(f"durable(version=...) takes an int, got {version!r}")
-    if version < 1:
-        raise ValueError(f"durable(version=...) must be >= 1, got {version}")
-    if upgrade is not None and not callable(upgrade):
-        raise TypeError(f"durable(upgrade=...) takes a function upgrade(old_version, fields), got {upgrade!r}")
-    meta = _Meta(name, version, upgrade)
+    meta = class_meta("durable", name, version, upgrade)
 
     def decorate(target: AgentClass) -> AgentClass:
-        if not isinstance(target, type):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise TypeError(f"@durable decorates an agent class, got {target!r}")
-        setattr(target, _META, meta)
-        return target
+        return record_meta(target, _META, meta, "@durable decorates an agent class")
 
     return decorate if cls is None else decorate(cls)
 
 
-def _meta_of(cls: type) -> _Meta:
-    # The class's own attribute only: a subclass is another class, with its own name.
-    meta = cls.__dict__.get(_META)
-    return meta if isinstance(meta, _Meta) else _Meta(None, 1, None)
+def _meta_of(cls: type) -> ClassMeta:
+    return meta_of(cls, _META)
 
 
 # -- modifiers on the wire ---------------------------------------------------------------
@@ -355,7 +332,7 @@ class _ClassPlan:
         "version",
     )
 
-    def __init__(self, cls: type[Agent[Any]], name: str, meta: _Meta) -> None:
+    def __init__(self, cls: type[Agent[Any]], name: str, meta: ClassMeta) -> None:
         self.cls = cls
         self.name = name
         self.qualname = cls.__qualname__
