@@ -20,7 +20,7 @@ import pytest
 import trio
 
 import hybrid
-from hybrid.remote import MessageTooLarge, RemoteError, RemoteUnavailable
+from hybrid.remote import MessageTooLarge, NodeLost, RemoteError, RemoteFailure, RemoteUnavailable
 from hybrid.remote._names import (
     agent_subject,
     check_cluster,
@@ -197,6 +197,12 @@ def test_the_errors_of_the_remote_package() -> None:
     error = pickle.loads(pickle.dumps(MessageTooLarge("a.b", 2000, 1000)))
     assert (error.subject, error.size, error.limit) == ("a.b", 2000, 1000)
     assert str(error) == "a message of 2000 bytes to 'a.b' exceeds the server's max_payload of 1000 bytes"
+    failure = pickle.loads(pickle.dumps(RemoteFailure("app.Oops", "it broke")))
+    assert (failure.type_name, failure.message, str(failure)) == ("app.Oops", "it broke", "app.Oops: it broke")
+    assert str(RemoteFailure("app.Quiet", "")) == "app.Quiet"
+    lost = pickle.loads(pickle.dumps(NodeLost("n1", "node 'n1' has left the cluster")))
+    assert (lost.node, str(lost)) == ("n1", "node 'n1' has left the cluster")
+    assert isinstance(lost, RemoteUnavailable)
 
 
 # ---------------------------------------------------------------------- messaging
