@@ -168,6 +168,9 @@ class Entities(Generic[A]):
             if not hosts or hybrid.rendezvous(key, hosts) != me:
                 served.address.interrupt()
 
+    def _calls_waiting(self) -> int:
+        return sum(len(link.pending) for link in self._calling)
+
     def _node_lost(self, node: str) -> None:
         for link in list(self._calling):
             link.fail_owner(node)

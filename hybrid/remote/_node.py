@@ -121,7 +121,11 @@ class NodeStatistics:
         nodes: the nodes of the cluster seen alive (this one included).
         published: names this node serves now.
         looked_up: remote addresses this node holds (one per name and class).
-        requests_waiting: requests sent by this node still waiting for their reply.
+        requests_waiting: requests on this node's connection still waiting for their
+            reply: the calls below, spawns, and the node's own registry and lease
+            requests.
+        calls_waiting: requests to remote agents (looked-up addresses, entity
+            references) still waiting for their answer.
         received: messages taken from the wire for its published agents.
         dropped: messages received but not handled: they did not decode, named an
             unknown type, or their agent could not take them (full, ended).
@@ -132,6 +136,7 @@ class NodeStatistics:
     published: int
     looked_up: int
     requests_waiting: int
+    calls_waiting: int
     received: int
     dropped: int
     spawned: int
@@ -939,6 +944,8 @@ class Node:
             published=len(self._served),
             looked_up=sum(len(remote.links) for remote in self._remote.values()),
             requests_waiting=self.transport.statistics().requests_waiting,
+            calls_waiting=sum(len(link.pending) for remote in self._remote.values() for link in remote.links.values())
+            + sum(entities._calls_waiting() for entities in self._kinds.values()),  # noqa: SLF001
             received=self._received,
             dropped=self._dropped,
             spawned=self._spawned,

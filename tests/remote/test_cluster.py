@@ -115,7 +115,7 @@ async def test_a_stopped_node_times_out_then_answers_when_it_continues(nats_serv
         os.kill(process.pid, signal.SIGCONT)
         with trio.fail_after(10):
             assert await remote.request(Get()) == 0
-        assert node.statistics().requests_waiting == 0
+        assert node.statistics().calls_waiting == 0
 
 
 @attrs.frozen
@@ -253,7 +253,7 @@ async def test_a_quorum_decides_while_a_node_is_stopped_and_withdraws_the_rest(n
         os.kill(process.pid, signal.SIGSTOP)
         with trio.fail_after(10):
             assert await hybrid.quorum(1, [remote.request(Get()) for remote in remotes]) == [5]
-        assert node.statistics().requests_waiting == 0
+        assert node.statistics().calls_waiting == 0
         os.kill(process.pid, signal.SIGCONT)
         with trio.fail_after(10):
             assert sorted(await hybrid.quorum(3, [remote.request(Get()) for remote in remotes])) == [0, 0, 5]

@@ -69,7 +69,7 @@ async def test_sends_then_a_request_arrive_in_order(nats_server: NatsServer) -> 
             remote.send(Add(n))
         with trio.fail_after(10):
             assert await remote.request(Get()) == 5050
-        assert b.statistics().requests_waiting == 0
+        assert b.statistics().calls_waiting == 0
 
 
 async def test_a_request_to_a_name_nobody_serves_fails_with_agent_stopped(nats_server: NatsServer) -> None:
@@ -122,7 +122,7 @@ async def test_a_deadline_withdraws_the_request_and_skips_it_if_queued(nats_serv
         with trio.fail_after(10):
             assert await remote.request(Wait(0, "third")) == "third"
         assert counter.handled == ["first", "third"]
-        assert b.statistics().requests_waiting == 0
+        assert b.statistics().calls_waiting == 0
 
 
 async def test_forward_to_delivers_the_remote_answer_to_on_response(nats_server: NatsServer) -> None:
@@ -320,7 +320,7 @@ async def test_the_server_stopped_mid_run(nats_server: NatsServer) -> None:
                     break
                 except (RemoteUnavailable, hybrid.AgentStopped):
                     await trio.sleep(0.05)
-        assert b.statistics().requests_waiting == 0
+        assert b.statistics().calls_waiting == 0
 
 
 async def test_leaving_connect_unpublishes(nats_server: NatsServer) -> None:

@@ -585,7 +585,7 @@ async def test_an_answer_that_does_not_decode_fails_the_request_with_codec_error
         await a.transport.flush()
         with trio.fail_after(10), pytest.raises(CodecError, match="impostor"):
             await b.lookup("impostor", Counter).request(Get())
-        assert b.statistics().requests_waiting == 0
+        assert b.statistics().calls_waiting == 0
         await subscription.aclose()
 
 
@@ -933,7 +933,7 @@ async def test_an_entity_request_withdrawn_by_a_deadline_is_skipped_if_queued(na
                 await ref.request(Wait(0, "second"))  # queued behind "first", then given up
             assert await ref.request(Wait(0, "third")) == "third"
         assert COUNTERS["slow"].handled == ["first", "third"]
-        assert b.statistics().requests_waiting == 0
+        assert b.statistics().calls_waiting == 0
 
 
 async def test_interrupting_an_entity_ref_ends_the_entity_and_the_next_message_makes_a_new_one(
@@ -1139,7 +1139,7 @@ async def test_many_joiners_and_a_cancelled_monitor_all_see_one_end(nats_server:
             await remote.request(Stop())
             await until(lambda: len(outputs) >= 50)
         assert outputs == [11] * 50
-        assert b.statistics().requests_waiting == 0
+        assert b.statistics().calls_waiting == 0
 
 
 async def test_requests_racing_the_serving_nodes_close_all_end(nats_server: NatsServer) -> None:
@@ -1166,7 +1166,7 @@ async def test_requests_racing_the_serving_nodes_close_all_end(nats_server: Nats
             await trio.sleep(0.05)
         with trio.fail_after(20):
             await until(lambda: len(outcomes) >= 20)
-        assert b.statistics().requests_waiting == 0
+        assert b.statistics().calls_waiting == 0
         assert not remote.is_alive  # its node left: the address ended
         local.interrupt()
 
