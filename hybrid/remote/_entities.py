@@ -196,16 +196,29 @@ class Entities(Generic[A]):
         node = self._node
         self._factory = factory
         node._learn(self.agent_type)  # noqa: SLF001
-        await node._registry().put(shard_key(self.kind, node.name), b"")  # noqa: SLF001
-        await node.transport.subscribe_handler(shard_subject(node.cluster, node.name, self.kind), self._serve)
-        await node.transport.flush()
+        subscription = None
+        try:  # reachable first, then announced: other nodes route here once they see the entry
+            subject = shard_subject(node.cluster, node.name, self.kind)
+            subscription = await node.transport.subscribe_handler(subject, self._serve)
+            await node.transport.flush()
+            await node._registry().put(shard_key(self.kind, node.name), b"")  # noqa: SLF001
+        except BaseException:  # not hosted after all: hosting may be tried again
+            self._factory = None
+            with trio.CancelScope(shield=True):
+                if subscription is not None:
+                    await subscription.aclose()
+                await self._leave_registry()
+            raise
         self._registered.add(node.name)
         self._rebalance()
 
     async def _leave(self) -> None:
         if self._factory is not None:
-            with trio.move_on_after(2), contextlib.suppress(RemoteError):
-                await self._node._registry().delete(shard_key(self.kind, self._node.name))  # noqa: SLF001
+            await self._leave_registry()
+
+    async def _leave_registry(self) -> None:
+        with trio.move_on_after(2), contextlib.suppress(RemoteError):
+            await self._node._registry().delete(shard_key(self.kind, self._node.name))  # noqa: SLF001
 
     def __repr__(self) -> str:
         return f"<Entities {self.kind!r} of {self.agent_type.__qualname__} on {sorted(self.hosts)}>"
