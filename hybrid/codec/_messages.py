@@ -121,6 +121,16 @@ def _subclass(cls: object, base: type) -> bool:
     return isinstance(cls, type) and issubclass(cls, base)
 
 
+def _type_argument(cache: dict[type, Any], cls: type, base: type, find: Callable[[type], Any], what: str) -> Any:
+    """`find(cls)` (the type argument `cls` gives `base`), cached in `cache`; `cls` must subclass `base`."""
+    found = cache.get(cls, _NOT_CACHED)
+    if found is _NOT_CACHED:
+        if not _subclass(cls, base):
+            raise CodecError(f"{cls!r} is not a hybrid.{base.__name__} subclass: it has no {what} type")
+        found = cache[cls] = find(cls)
+    return found
+
+
 def _meta_of(cls: type) -> ClassMeta:
     return meta_of(cls, _META)
 
@@ -410,12 +420,7 @@ class MessageCodec:
             CodecError: `request_cls` is not a `hybrid.Request` subclass, or its
                 ``R`` names a type that cannot be resolved.
         """
-        found = self._answers.get(request_cls, _NOT_CACHED)
-        if found is _NOT_CACHED:
-            if not _subclass(request_cls, Request):
-                raise CodecError(f"{request_cls!r} is not a hybrid.Request subclass: it has no answer type")
-            found = self._answers[request_cls] = answer_type(request_cls)
-        return found
+        return _type_argument(self._answers, request_cls, Request, answer_type, "answer")
 
     def output_type(self, agent_cls: type) -> Any:
         """The ``T`` of ``hybrid.Agent[T]`` for an agent class (cached); Any when not given.
@@ -424,12 +429,7 @@ class MessageCodec:
             CodecError: `agent_cls` is not a `hybrid.Agent` subclass, or its
                 ``T`` names a type that cannot be resolved.
         """
-        found = self._outputs.get(agent_cls, _NOT_CACHED)
-        if found is _NOT_CACHED:
-            if not _subclass(agent_cls, Agent):
-                raise CodecError(f"{agent_cls!r} is not a hybrid.Agent subclass: it has no output type")
-            found = self._outputs[agent_cls] = output_type(agent_cls)
-        return found
+        return _type_argument(self._outputs, agent_cls, Agent, output_type, "output")
 
     # -- values ----------------------------------------------------------------------------
 
