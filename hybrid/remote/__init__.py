@@ -13,6 +13,8 @@ Package map (imports point up this list):
   buckets of a cluster built from names
 - ``_transport.py``: `Transport`, the small interface everything above is written
   against, with `Message`, `Subscription`, `ConnectionState`, `TransportStatistics`
+- ``_shortcuts.py``: the two places the transport reaches past nats-py's public API
+  (direct writes, direct delivery), checked against the installed nats-py
 - ``_nats.py``: `open_nats`, the transport on nats-py driven from trio through
   trio-asyncio (imports the extra's libraries)
 - ``_jetstream.py``: JetStream and its KV store over the `Transport` (streams,

@@ -4,25 +4,36 @@ No trio-native NATS client exists, so nats-py (asyncio) runs on a trio-asyncio l
 inside the trio run. A hop between the two worlds (``aio_as_trio``) costs 40-50 µs, as
 much as a loopback round trip to the server, so the hot paths make none:
 
-- **publish** is sync: it checks the message and puts it in the *outbox*, an
-  ``asyncio.Queue``; one long-lived asyncio task, the *pump*, drains the outbox into
-  ``nc.publish``. Many publishes cost one wake-up of the pump.
+- **publish** is sync: it checks the message and hands it on. A message without
+  headers, with nothing waiting before it, goes to the *direct writer*
+  (`_shortcuts.DirectWriter`): the first of a burst is written to the socket at
+  once, the rest of the scheduling round's together a round later, by a trio task.
+  Any other message goes to the *outbox*, an ``asyncio.Queue``, which one
+  long-lived asyncio task, the *pump*, drains into ``nc.publish`` (many publishes,
+  one wake-up of the pump); so does everything after it, until the outbox is empty.
 - **request** is trio-native: one wildcard subscription on this connection's reply
   inbox (``_INBOX.<random>.*``) hands each reply to the trio waiter registered under
-  its token, from nats-py's callback, which runs on the trio thread (``Event.set``).
+  its token, from nats-py's reader, which runs on the trio thread (``Event.set``).
   Deadlines and cancellation are trio's own: the waiter is dropped in ``finally``, and
   a late reply finds no waiter and is dropped. A request made in a cancelled scope is
-  not sent; one cancelled later may have been sent (and run). No-responders arrives on the inbox as a ``Status: 503``
-  message.
-- **inbound** messages reach trio with ``send_nowait`` into a memory channel, or a
-  sync handler called in nats-py's callback.
+  not sent; one cancelled later may have been sent (and run). No-responders arrives on
+  the inbox as a ``Status: 503`` message.
+- **inbound** messages reach a sync handler from nats-py's reader task as they are
+  parsed (`_shortcuts.hand_off`: no task per subscription), or trio through
+  ``send_nowait`` into a memory channel, from nats-py's callback.
+
+Each asyncio callback costs a trio scheduling round here (see `_shortcuts`): the
+shortcuts spare each side of a request the pump's, nats-py's flusher's and the
+subscription task's wake-ups. With a nats-py whose
+internals differ (`_shortcuts.AVAILABLE` is False), every message takes the pump
+and nats-py's callbacks: the same behaviour, slower.
 
 ``aio_as_trio`` is kept for the control plane: connect, subscribe, flush, close.
 
 Ownership and shutdown: `open_nats` runs two trio tasks in a nursery of its own, each
 in a shielded cancel scope that only `open_nats` cancels: the owner of the asyncio
-loop and the pump. An outer cancellation therefore cannot stop the loop (and with it
-nats-py's flush and close) halfway; on the way out the outbox is flushed (bounded by
+loop, and the pump with the direct writer. An outer cancellation therefore cannot
+stop the loop (and with it nats-py's flush and close) halfway; on the way out the outbox is flushed (bounded by
 `close_timeout`), the connection closed, then the pump stopped, and the loop last.
 
 Connection options that differ from nats-py's defaults, and why:
@@ -48,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import logging
 import math
@@ -74,6 +86,7 @@ except ImportError as _error:  # pragma: no cover - the remote extra is installe
 
 from hybrid import AgentStopped, _validate
 
+from . import _shortcuts
 from ._errors import MessageTooLarge, RemoteUnavailable
 from ._names import check_name, check_pattern, check_subject
 from ._transport import ConnectionState, Headers, Message, ReplyCallback, TransportStatistics
@@ -224,6 +237,10 @@ class NatsTransport:
         """Publishes the pump could not send (`TransportStatistics.publishes_dropped`)."""
         self._flushes: set[trio.CancelScope] = set()
         """The scopes of the flushes under way: a disconnect cancels them."""
+        self._direct = _shortcuts.AVAILABLE
+        """Whether to use `_shortcuts`: direct writes and direct delivery to sync handlers."""
+        self._writer = _shortcuts.DirectWriter(nc) if self._direct else None
+        """Writes messages without headers from trio (run by `open_nats`), or None when not `_direct`."""
 
     # ------------------------------------------------------------------ state
 
@@ -243,11 +260,12 @@ class NatsTransport:
 
     def statistics(self) -> TransportStatistics:
         """A snapshot of the transport's state and counters."""
+        writer = self._writer
         return TransportStatistics(
             state=self.state,
             requests_waiting=len(self._waiters),
-            publishes_queued=self._outbox.qsize(),
-            publishes_dropped=self._dropped,
+            publishes_queued=self._outbox.qsize() + (0 if writer is None else writer.buffered),
+            publishes_dropped=self._dropped + (0 if writer is None else writer.dropped),
             subscriptions=len(self._subscriptions),
             reconnects=self._nc.stats["reconnects"],
         )
@@ -303,7 +321,17 @@ class NatsTransport:
         copied = self._outgoing(subject, data, headers)
         if reply:
             check_subject(reply)
-        self._outbox.put_nowait((subject, reply, data, copied, None))
+        self._send((subject, reply, data, copied, None))
+
+    def _send(self, item: _Outgoing) -> None:
+        """Hand a checked message to the direct writer when nothing waits before it (`_shortcuts`), else to the pump."""
+        subject, reply, data, headers, _ = item
+        writer = self._writer
+        if writer is not None:
+            if headers is None and not self._outbox.qsize() and writer.offer(subject, reply, bytes(data)):
+                return
+            writer.write_buffered()  # they come before this message
+        self._outbox.put_nowait(item)
 
     def send_request(self, subject: str, data: bytes, headers: Headers | None, on_reply: ReplyCallback) -> str:
         """Send a request; its reply goes to `on_reply`: see `Transport.send_request`."""
@@ -311,7 +339,7 @@ class NatsTransport:
         token = str(next(self._tokens))
         self._waiters[token] = waiter = _Waiter(subject, token, on_reply)
         reply = f"{self._inbox}.{token}"
-        self._outbox.put_nowait((subject, reply, data, copied, waiter))
+        self._send((subject, reply, data, copied, waiter))
         return reply
 
     def forget(self, reply: str) -> None:
@@ -352,6 +380,8 @@ class NatsTransport:
         seconds = _validate.seconds("timeout", timeout, positive=True)
         if self._closing or not self._nc.is_connected:
             raise self._unavailable()
+        if self._writer is not None:
+            self._writer.write_buffered()
         done = False
         # A disconnect cancels the scope (nats-py would wait for the lost PONG until the
         # timeout); nats-py's own timeout is later than trio's, which decides.
@@ -401,7 +431,7 @@ class NatsTransport:
 
     # ------------------------------------------------------------------ receiving
 
-    async def _on_reply(self, msg: Msg) -> None:  # nats-py callback of the reply inbox
+    def _on_reply(self, msg: Msg) -> None:  # the reply inbox's handler
         waiter = self._waiters.pop(msg.subject[len(self._inbox) + 1 :], None)
         if waiter is None:
             return  # a late reply: its request was given up
@@ -466,7 +496,7 @@ class NatsTransport:
             ValueError: a bad subject or queue group name.
         """
 
-        async def deliver(msg: Msg) -> None:  # nats-py callback
+        def deliver(msg: Msg) -> None:
             try:
                 handler(msg)
             except Exception:
@@ -478,9 +508,10 @@ class NatsTransport:
         self,
         subject: str,
         queue: str,
-        deliver: Callable[[Msg], Awaitable[None]],
+        deliver: Callable[[Msg], Awaitable[None]] | Callable[[Msg], None],
         send: trio.MemorySendChannel[Message] | None,
     ) -> _NatsSubscription:
+        """Subscribe with `deliver`: an async callback (the channel form, `send` its channel) or a sync one."""
         check_pattern(subject)
         if queue:
             check_name(queue, "queue group")
@@ -522,9 +553,24 @@ class NatsTransport:
                 raise RemoteUnavailable(f"could not connect to NATS at {where}: {error!r}") from error
             raise
 
-    async def _nats_subscribe(self, subject: str, queue: str, cb: Callable[[Msg], Awaitable[None]]) -> NatsSubscription:
-        # asyncio side; nats-py leaves the type of an argument we do not use (future=) unknown
-        return await self._nc.subscribe(subject, queue=queue, cb=cb)  # pyright: ignore[reportUnknownMemberType]
+    async def _nats_subscribe(
+        self, subject: str, queue: str, deliver: Callable[[Msg], Awaitable[None]] | Callable[[Msg], None]
+    ) -> NatsSubscription:
+        """Subscribe (asyncio side); a sync `deliver` is handed each message by nats-py's reader (`_shortcuts`)."""
+        # nats-py leaves the type of an argument we do not use (future=) unknown
+        subscribe = self._nc.subscribe  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        if inspect.iscoroutinefunction(deliver):
+            return await subscribe(subject, queue=queue, cb=deliver)
+        handler = cast("Callable[[Msg], None]", deliver)
+        if self._direct:
+            sub: NatsSubscription = await subscribe(subject, queue=queue)
+            _shortcuts.hand_off(sub, handler)  # before this task yields: no message can have come yet
+            return sub
+
+        async def cb(msg: Msg) -> None:
+            handler(msg)
+
+        return await subscribe(subject, queue=queue, cb=cb)
 
     async def _start(self) -> None:
         """Subscribe to the reply inbox (once connected)."""
@@ -551,6 +597,8 @@ class NatsTransport:
     async def _on_disconnected(self) -> None:
         if not self._closing:
             logger.warning("lost the connection to NATS: reconnecting")
+        if self._writer is not None:
+            self._writer.drop()  # nothing is sent after a reconnect (pending_size=0)
         self._fail_waiters("the connection to NATS dropped while waiting for the reply (the request may have run)")
         self._state_changed()
 
@@ -595,9 +643,12 @@ async def _start_loop(nursery: trio.Nursery, scope: trio.CancelScope) -> asyncio
 
 
 async def _run_pump(transport: NatsTransport, scope: trio.CancelScope) -> None:
-    """Run the pump until `open_nats` cancels `scope` (a shielded scope it made, and owns)."""
+    """Run the pump and the direct writer until `open_nats` cancels `scope` (a shielded scope it made, and owns)."""
     with scope:
-        await _aio(transport._loop, transport._pump)()  # noqa: SLF001
+        async with trio.open_nursery() as nursery:
+            if transport._writer is not None:  # noqa: SLF001
+                nursery.start_soon(transport._writer.run)  # noqa: SLF001
+            await _aio(transport._loop, transport._pump)()  # noqa: SLF001
 
 
 def _urls(servers: object) -> list[str]:

@@ -20,7 +20,7 @@ import pytest
 import trio
 
 import hybrid
-from hybrid.remote import MessageTooLarge, NodeLost, RemoteError, RemoteFailure, RemoteUnavailable
+from hybrid.remote import MessageTooLarge, NodeLost, RemoteError, RemoteFailure, RemoteUnavailable, _shortcuts
 from hybrid.remote._names import (
     agent_subject,
     check_cluster,
@@ -73,9 +73,17 @@ async def collect(messages: trio.MemoryReceiveChannel[Message], count: int) -> l
         return [(await messages.receive()).data for _ in range(count)]
 
 
-@pytest.fixture
-async def transport(nats_server: NatsServer) -> AsyncGenerator[NatsTransport]:
-    """A transport connected to the test's server, closed after the test."""
+@pytest.fixture(params=["direct", "public"])
+async def transport(
+    nats_server: NatsServer, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncGenerator[NatsTransport]:
+    """A transport connected to the test's server, closed after the test.
+
+    Twice: with the shortcuts past nats-py's public API (direct writes and
+    deliveries, as installed), and with nats-py's public API only (as with a
+    nats-py whose internals changed): the behaviour must be the same.
+    """
+    monkeypatch.setattr(_shortcuts, "AVAILABLE", request.param == "direct")
     async with connect(nats_server) as transport:
         yield transport
 
@@ -515,14 +523,22 @@ async def test_a_closed_receiving_side_drops_later_messages(transport: NatsTrans
     assert await collect(others, 1) == [b"kept"]
 
 
-async def test_flush_waits_until_the_server_has_every_message(nats_server: NatsServer) -> None:
-    """After flush(), a second connection receives all that the first one published."""
+@pytest.mark.parametrize("headers", [None, {"Kind": "number"}], ids=["written-at-once", "pumped"])
+async def test_flush_waits_until_the_server_has_every_message(
+    nats_server: NatsServer, headers: dict[str, str] | None
+) -> None:
+    """After flush(), a second connection receives all that the first one published.
+
+    Messages with headers always go through the pump; without, they are written
+    directly (the first at once, the rest together a round later).
+    """
     async with connect(nats_server) as receiver, connect(nats_server) as sender:
         _, messages = await receiver.subscribe("firehose")
         await receiver.flush()
         for number in range(2000):
-            sender.publish("firehose", number.to_bytes(2, "big"))
-        assert sender.statistics().publishes_queued > 0
+            sender.publish("firehose", number.to_bytes(2, "big"), headers)
+        if headers is not None:
+            assert sender.statistics().publishes_queued > 0
         await sender.flush()
         assert sender.statistics().publishes_queued == 0
         assert len(await collect(messages, 2000)) == 2000
@@ -744,21 +760,40 @@ async def test_a_hung_server_is_noticed_by_pings_and_service_resumes_when_it_wak
 async def test_messages_caught_by_a_dropping_link_are_dropped_and_counted_not_sent_late(
     transport: NatsTransport,
 ) -> None:
-    """A publish accepted just before the link drops is dropped (and counted); such a request fails at once."""
+    """A publish accepted just before the link drops is dropped (and counted); such a request fails at once.
+
+    (With headers: those always take the pump, which is where a message can be caught.)
+    """
     _, seen = await transport.subscribe("lost")
     await transport.flush()
     # nats-py's own force_reconnect, scheduled on its loop before the pump's next turn:
     # the link is down when the pump hands the messages below to nats-py.
     transport._loop.create_task(transport._nc.force_reconnect())
-    transport.publish("lost", b"dropped")
+    transport.publish("lost", b"dropped", {"Pumped": "yes"})
     with pytest.raises(RemoteUnavailable, match="could not send the request to 'lost'"):
-        await transport.request("lost", b"failed", timeout=5)
+        await transport.request("lost", b"failed", {"Pumped": "yes"}, timeout=5)
     assert transport.statistics().publishes_dropped == 1
     with trio.fail_after(10):
         await transport.wait_connected()
     await transport.flush()
     transport.publish("lost", b"after")
     assert await collect(seen, 1) == [b"after"]
+
+
+async def test_a_request_written_at_once_just_before_the_link_drops_fails_when_it_drops(
+    nats_server: NatsServer,
+) -> None:
+    """Written to the socket before the drop, the request may have run: its caller learns the link dropped."""
+    async with connect(nats_server) as transport:  # with the shortcuts: written at once
+        _, silent = await transport.subscribe("silent")  # receives, never answers
+        await transport.flush()
+        transport._loop.create_task(transport._nc.force_reconnect())
+        with pytest.raises(RemoteUnavailable, match="dropped while waiting for the reply"):
+            await transport.request("silent", b"maybe", timeout=5)
+        silent.close()
+        assert transport.statistics().publishes_dropped == 0
+        with trio.fail_after(10):
+            await transport.wait_connected()
 
 
 async def test_a_server_error_is_logged_as_a_warning_and_the_connection_goes_on(
