@@ -168,6 +168,9 @@ class _HandOff:
     The handler is called in nats-py's reader task, as the message is parsed; it
     must not block, and what it raises is the handler's wrapper's to catch (an
     exception here would reach nats-py's reader and drop the connection).
+
+    ``put_nowait`` is all nats-py asks of the queue of a subscription made with no
+    callback, unsubscribed with no limit and never drained, as the transport's are.
     """
 
     __slots__ = ("_handler", "_sub")
@@ -179,19 +182,6 @@ class _HandOff:
     def put_nowait(self, msg: Msg) -> None:
         self._sub._pending_size -= len(msg.data)  # noqa: SLF001 - added by nats-py just before
         self._handler(msg)
-
-    # What nats-py may ask of the queue besides: nothing ever waits in it.
-    def empty(self) -> bool:
-        return True
-
-    def qsize(self) -> int:
-        return 0
-
-    def task_done(self) -> None:
-        pass
-
-    async def join(self) -> None:
-        pass
 
 
 def hand_off(sub: Subscription, handler: Callable[[Msg], None]) -> None:
