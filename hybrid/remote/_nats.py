@@ -62,7 +62,6 @@ import contextlib
 import inspect
 import itertools
 import logging
-import math
 import re
 import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -102,10 +101,13 @@ _HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 """The header names nats-py sends (RFC 7230 tokens); it refuses others, late, in the pump."""
 
 _HEADER_FRAME: Final = len(b"NATS/1.0\r\n") + len(b"\r\n")
+"""The bytes of a header block besides its lines; each line adds ``name: value\\r\\n``."""
+
+_NO_TIMEOUT: Final = 7 * 24 * 3600
+"""The timeout given to nats-py's flush: never reached (see `NatsTransport._flush`)."""
 
 _CLOSE_LIMIT: Final = 5.0
 """Seconds a failed connect waits for nats-py to close what it had opened."""
-"""The bytes of a header block besides its lines; each line adds ``name: value\\r\\n``."""
 
 _CONNECTION_ERRORS: Final = (
     OSError,
@@ -196,8 +198,16 @@ class _NatsSubscription:
         self._end()
         # While reconnecting, nats-py forgets the subscription without sending UNSUB (the
         # server forgot it with the old connection) and does not restore it.
-        with contextlib.suppress(nats.errors.ConnectionClosedError):
-            await _aio(self._transport._loop, self._sub.unsubscribe)()  # noqa: SLF001
+        # Shielded (it only queues an UNSUB): cancelled halfway, the subscription would
+        # go on receiving with nothing to say it ended.
+        with trio.CancelScope(shield=True), contextlib.suppress(nats.errors.ConnectionClosedError):
+            await _aio(self._transport._loop, self._unsubscribe)()  # noqa: SLF001
+
+    async def _unsubscribe(self) -> None:  # asyncio side
+        writer = self._transport._writer  # noqa: SLF001
+        if writer is not None:
+            writer.write_buffered()  # what was published before goes before the UNSUB
+        await self._sub.unsubscribe()
 
     def __repr__(self) -> str:
         queue = f" queue={self.queue!r}" if self.queue else ""
@@ -237,6 +247,8 @@ class NatsTransport:
         """Publishes the pump could not send (`TransportStatistics.publishes_dropped`)."""
         self._flushes: set[trio.CancelScope] = set()
         """The scopes of the flushes under way: a disconnect cancels them."""
+        self._flush_tasks: dict[asyncio.Future[None], int] = {}
+        """nats-py's flushes under way (asyncio tasks), with the connection (count of reconnects) each began on."""
         self._direct = _shortcuts.AVAILABLE
         """Whether to use `_shortcuts`: direct writes and direct delivery to sync handlers."""
         self._writer = _shortcuts.DirectWriter(nc) if self._direct else None
@@ -331,6 +343,9 @@ class NatsTransport:
             if headers is None and not self._outbox.qsize() and writer.offer(subject, reply, bytes(data)):
                 return
             writer.write_buffered()  # they come before this message
+            if writer.closing():  # the socket died; nats-py has not noticed yet
+                writer.dropped += 1  # a request's waiter fails with the disconnect
+                return
         self._outbox.put_nowait(item)
 
     def send_request(self, subject: str, data: bytes, headers: Headers | None, on_reply: ReplyCallback) -> str:
@@ -384,11 +399,11 @@ class NatsTransport:
             self._writer.write_buffered()
         done = False
         # A disconnect cancels the scope (nats-py would wait for the lost PONG until the
-        # timeout); nats-py's own timeout is later than trio's, which decides.
+        # timeout); trio's timeout is the only one (see `_flush`).
         with trio.move_on_after(seconds) as scope, contextlib.suppress(nats.errors.ConnectionClosedError):
             self._flushes.add(scope)
             try:
-                await _aio(self._loop, self._flush)(math.ceil(seconds) + 1)
+                await _aio(self._loop, self._flush)()
                 done = True
             finally:
                 self._flushes.discard(scope)
@@ -397,11 +412,29 @@ class NatsTransport:
                 raise self._unavailable()
             raise RemoteUnavailable(f"the server did not confirm a flush within {seconds} s")
 
-    async def _flush(self, timeout: int) -> None:  # asyncio side
+    async def _flush(self) -> None:  # asyncio side
         await self._outbox.join()
-        # Shielded: a flush given up (trio cancelled it) must not cancel nats-py's PONG
-        # future, which nats-py then fails to resolve and takes for a broken connection.
-        await asyncio.shield(self._nc.flush(timeout))
+        # nats-py's flush must never cancel its PONG future while the connection lives:
+        # a PONG coming for a cancelled future ends nats-py's read loop (InvalidStateError).
+        # So it gets no timeout of its own (trio's decides), and runs shielded (a flush
+        # given up goes on waiting) until its PONG comes or the connection is replaced
+        # or closed (`_drop_flushes`), when its future is no longer nats-py's.
+        task = asyncio.ensure_future(self._nc.flush(_NO_TIMEOUT))
+        self._flush_tasks[task] = self._nc.stats["reconnects"]
+        task.add_done_callback(self._flush_done)
+        await asyncio.shield(task)
+
+    def _flush_done(self, task: asyncio.Future[None]) -> None:
+        self._flush_tasks.pop(task, None)
+        if not task.cancelled():
+            task.exception()  # read: one never read would be raised in the loop
+
+    def _drop_flushes(self, *, closed: bool) -> None:
+        """End the flushes of a connection that was replaced (or of every one, once closed): no PONG will come."""
+        current = self._nc.stats["reconnects"]
+        for task, connection in list(self._flush_tasks.items()):
+            if closed or connection < current:
+                task.cancel()
 
     async def _pump(self) -> None:  # asyncio side: the one task that publishes
         outbox = self._outbox
@@ -431,15 +464,21 @@ class NatsTransport:
 
     # ------------------------------------------------------------------ receiving
 
-    def _on_reply(self, msg: Msg) -> None:  # the reply inbox's handler
+    def _on_reply(self, msg: Msg) -> None:  # the reply inbox's handler, called in nats-py's reader
         waiter = self._waiters.pop(msg.subject[len(self._inbox) + 1 :], None)
         if waiter is None:
             return  # a late reply: its request was given up
         headers = msg.headers
         if not msg.data and headers is not None and headers.get("Status") == "503":
-            waiter.on_reply(outcome.Error(AgentStopped(f"no responders: nothing subscribes to {waiter.subject!r}")))
+            answer: outcome.Outcome[Message] = outcome.Error(
+                AgentStopped(f"no responders: nothing subscribes to {waiter.subject!r}")
+            )
         else:
-            waiter.on_reply(outcome.Value(msg))
+            answer = outcome.Value(msg)
+        try:
+            waiter.on_reply(answer)
+        except Exception:  # raised in nats-py's reader, it would end the connection's reading
+            logger.exception("the reply callback of a request to %r failed", waiter.subject)
 
     async def subscribe(
         self, subject: str, *, queue: str = "", max_buffer: int = 1000
@@ -559,6 +598,8 @@ class NatsTransport:
         """Subscribe (asyncio side); a sync `deliver` is handed each message by nats-py's reader (`_shortcuts`)."""
         # nats-py leaves the type of an argument we do not use (future=) unknown
         subscribe = self._nc.subscribe  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        if self._writer is not None:
+            self._writer.write_buffered()  # what was published before goes before the SUB
         if inspect.iscoroutinefunction(deliver):
             return await subscribe(subject, queue=queue, cb=deliver)
         handler = cast("Callable[[Msg], None]", deliver)
@@ -605,9 +646,11 @@ class NatsTransport:
     async def _on_reconnected(self) -> None:
         url = self._nc.connected_url
         logger.info("reconnected to NATS at %s", url.netloc if url is not None else "?")
+        self._drop_flushes(closed=False)
         self._state_changed()
 
     async def _on_closed(self) -> None:
+        self._drop_flushes(closed=True)
         self._fail_waiters("the connection to NATS closed while waiting for the reply")
         for subscription in list(self._subscriptions):
             subscription._end()  # noqa: SLF001 - this module's own class

@@ -146,9 +146,24 @@ class DirectWriter:
         else:
             writer.write(b"".join(buffered))
 
+    def closing(self) -> bool:
+        """Whether the connection's socket is closing (dropped; nats-py may not know yet): a message now is lost."""
+        writer: asyncio.StreamWriter | None = getattr(self._nc._transport, "_io_writer", None)  # noqa: SLF001
+        return writer is not None and writer.transport.is_closing()
+
     def drop(self) -> None:
-        """Drop what is buffered (the connection dropped: nothing is sent after a reconnect)."""
-        self.dropped += len(self._buffered)
+        """The connection dropped: drop what is buffered, here and in nats-py (nothing is sent after a reconnect).
+
+        nats-py would write its buffer (messages its flusher could not write to a
+        backed-up socket) to the next connection; nats-py sends the SUBs of the
+        live subscriptions again itself once reconnected.
+        """
+        nc = self._nc
+        pending = nc._pending  # noqa: SLF001
+        nc._pending = []  # noqa: SLF001
+        nc._pending_data_size = 0  # noqa: SLF001
+        messages = sum(1 for command in pending if command.startswith((b"PUB ", b"HPUB ")))
+        self.dropped += len(self._buffered) + messages
         self._buffered = []
 
     async def run(self) -> None:
