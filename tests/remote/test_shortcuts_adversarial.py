@@ -102,6 +102,17 @@ def keeper(into: dict[int, outcome.Outcome[Message]], index: int) -> Callable[[o
     return keep
 
 
+async def reconnected_with_the_request_failed(sender: NatsTransport, replies: list[outcome.Outcome[Message]]) -> None:
+    """Wait (20 s at most) until `sender` reconnected; the one request it had in flight failed, unavailable."""
+    with trio.fail_after(20):
+        while sender.statistics().reconnects < 1 or sender.state is not ConnectionState.CONNECTED:
+            await sender.wait_connected()
+            await trio.sleep(0.01)
+    assert len(replies) == 1
+    with pytest.raises(RemoteUnavailable):
+        replies[0].unwrap()
+
+
 def subscriptions_consistent(transport: NatsTransport) -> bool:
     """Whether nats-py's subscriptions are exactly the transport's and its reply inbox."""
     return len(transport._nc._subs) == 1 + transport.statistics().subscriptions
@@ -177,13 +188,7 @@ async def test_messages_left_in_nats_py_by_a_drop_are_not_sent_after_the_reconne
         finally:
             nats_server.resume()
         nats_server.start()
-        with trio.fail_after(20):
-            while sender.statistics().reconnects < 1 or sender.state is not ConnectionState.CONNECTED:
-                await sender.wait_connected()
-                await trio.sleep(0.01)
-        assert len(replies) == 1
-        with pytest.raises(RemoteUnavailable):
-            replies[0].unwrap()
+        await reconnected_with_the_request_failed(sender, replies)
         await sender.flush()
         sender.publish("late", b"after")
         await eventually(lambda: b"after" in seen)
@@ -499,13 +504,7 @@ async def test_a_burst_cut_by_a_server_restart_sends_nothing_after_the_reconnect
         for index in range(201, 400):  # nats-py has not noticed: accepted
             sender.publish("cut", numbered(index), {"Via": "pump"} if index % 7 == 0 else None)
         nats_server.start()
-        with trio.fail_after(20):
-            while sender.statistics().reconnects < 1 or sender.state is not ConnectionState.CONNECTED:
-                await sender.wait_connected()
-                await trio.sleep(0.01)
-        assert len(replies) == 1
-        with pytest.raises(RemoteUnavailable):
-            replies[0].unwrap()
+        await reconnected_with_the_request_failed(sender, replies)
         await sender.flush()
         sender.publish("cut", numbered(marker))
         await eventually(lambda: any(value == marker for value, _ in seen))
