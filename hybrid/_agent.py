@@ -385,6 +385,24 @@ class AgentRunner(Generic[A]):
         """
         self._rt.discard()
 
+    def cancel(self) -> None:
+        """Cancel a run started by `Context.start_agent`, as cancelling its task would.
+
+        The agent ends as cancelled (its `on_stop` runs, shielded), also if it
+        hibernates; its `on_end` is told. No effect once it has ended. (Cancel
+        the scope around `run()` to cancel a run awaited there.)
+
+        Raises:
+            LifecycleError: the runner was not started by `Context.start_agent`.
+        """
+        hosting = self._rt.hosting
+        if hosting is None:
+            raise LifecycleError(
+                f"{self._rt.name}: only a run started by ctx.start_agent is cancelled by its runner; "
+                "cancel the scope around run() instead"
+            )
+        hosting.cancel()
+
     async def run(self, *, task_status: trio.TaskStatus[Address[A]] = trio.TASK_STATUS_IGNORED) -> StopReason:
         """Run the agent in the current task until it ends; return how it ended.
 
@@ -401,7 +419,7 @@ class AgentRunner(Generic[A]):
             LifecycleError: the runner was already run, or discarded.
         """
         rt = self._rt
-        if rt.phase != STARTING or rt.task is not None:
+        if rt.phase != STARTING or rt.task is not None or rt.hosting is not None:
             raise LifecycleError("an AgentRunner runs once")
         status = None if task_status is trio.TASK_STATUS_IGNORED else task_status
         if type(rt.agent).helper_tasks:

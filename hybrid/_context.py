@@ -20,7 +20,7 @@ from ._timers import Timer
 
 if TYPE_CHECKING:
     from ._address import Address
-    from ._agent import Agent
+    from ._agent import Agent, AgentRunner
 
 Ts = TypeVarTuple("Ts")
 A_co = TypeVar("A_co", bound="Agent[Any]", covariant=True, default="Agent[Any]")
@@ -235,6 +235,59 @@ class Context(Generic[A_co]):
         cancels the agent).
         """
         self._rt.start_helper(functools.partial(fn, *args), name=name or fn)
+
+    async def start_agent(
+        self,
+        runner: AgentRunner[Any],
+        *,
+        on_end: Callable[[StopReason], Awaitable[object]],
+        hibernate_after: float | None = None,
+    ) -> None:
+        """Run `runner`'s agent beside this one, contained; return once its `begin()` has run.
+
+        The building block of supervisors that let their children hibernate
+        (`Supervisor` uses it): the agent runs in this agent's nursery, as a
+        spawned agent would, and may give its task up while idle
+        (`hibernate_after`), but its failure does not leave the nursery. The
+        run ends, and ``await on_end(reason)`` is called once it has ended and
+        its helper tasks have too. A failure of one of its helper tasks ends it
+        the same way (``reason.error`` is that failure), where a spawned agent's
+        would cancel the nursery. It is cancelled if still running when this
+        agent ends; `AgentRunner.cancel` cancels it before.
+
+        Args:
+            runner: a runner that has not run (it may reuse an address:
+                ``AgentRunner(agent, address=..., keep_address=True)``).
+            on_end: told how the run ended, once, from a task of the nursery
+                (cancelled if the nursery is); it should not raise: its
+                error would leave the nursery.
+            hibernate_after: idle seconds in actor mode after which the agent
+                hibernates; None (the default) takes its class's
+                `Agent.hibernate_after`.
+
+        Raises:
+            LifecycleError: the runner already ran, or this agent has ended
+                or declares ``helper_tasks = False``.
+            ValueError: `hibernate_after` is invalid.
+
+        Example:
+            ```python
+            class Keeper(hybrid.Agent):
+                def begin(self) -> Next[Self]:
+                    return Next.do_async(self.start_worker)
+
+                async def start_worker(self) -> Next[Self]:
+                    runner = hybrid.AgentRunner(Worker())
+                    await self.ctx.start_agent(runner, on_end=self.worker_ended, hibernate_after=1.0)
+                    return Next.events()
+
+                async def worker_ended(self, reason: hybrid.StopReason) -> None:
+                    if reason.failed:
+                        log.warning("worker failed: %r", reason.error)
+            ```
+        """
+        sleep_after = None if hibernate_after is None else _validate.seconds("hibernate_after", hibernate_after)
+        await self._rt.start_contained(runner._rt, on_end, sleep_after)  # noqa: SLF001 - the run the runner holds
 
     # -- lifecycle hooks, for Context subclasses ------------------------------
 

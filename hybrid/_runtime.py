@@ -81,6 +81,10 @@ class _Starter:
             self.status = None
             status.started(self.value)
 
+    def started(self, value: object = None) -> None:
+        """As a ``task_status`` itself (a contained run's, given to `Runtime.main`)."""
+        self.fire()
+
 
 class Hooks(Protocol):
     """What the runtime calls on the agent's context for its lifecycle hooks."""
@@ -127,6 +131,7 @@ class Runtime:
         "helpers",
         "hibernate_after",
         "host",
+        "hosting",
         "interrupt_event",
         "interrupt_handled",
         "interrupts",
@@ -180,8 +185,11 @@ class Runtime:
         """Set at the first interrupt; made by the first ``ctx.wait_interrupted()``."""
         self.scope: trio.CancelScope | None = None
         """The scope around the agent's steps: a second interrupt cancels it."""
-        self.helpers: set[trio.CancelScope] | None = None
-        """The scopes of running helper tasks (timers, streams, ``start_soon``)."""
+        self.helpers: set[trio.CancelScope | Hosting] | None = None
+        """What runs beside the agent until it ends: the scopes of its helper tasks
+        (timers, streams, ``start_soon``) and the hostings of the runs it started
+        (``ctx.start_agent``); each is removed when it ends, and cancelled if the agent
+        ends first."""
         self.keep_address = False
         """When this run ends, keep the mailbox open for a successor (restarts)."""
         self.state: Next[Any] | None = None
@@ -203,6 +211,8 @@ class Runtime:
         self.hibernate_after: float | None = None if host is None else type(agent).hibernate_after
         """Idle seconds in actor mode after which the agent gives its task up (None: never).
         Only an agent hosted in a nursery (spawned) hibernates: a run() holds its caller's task."""
+        self.hosting: Hosting | None = None
+        """For a run started by ``ctx.start_agent``: its end callback, its kill switch (else None)."""
         self.checkpointer: Checkpointer | None = None
         """Told of each transition before it is taken (a durable agent); set before the run starts."""
         self.context: contextvars.Context | None = None
@@ -261,36 +271,68 @@ class Runtime:
 
     # -- helper tasks ----------------------------------------------------------
 
-    def start_helper(self, fn: Callable[[], Awaitable[object]], name: object) -> None:
-        """Run `fn` beside the agent, in its host nursery, until it returns or the agent ends."""
+    def _check_helper(self, what: str) -> trio.Nursery:
+        """The host nursery a helper starts in; refuse one the agent may not start now."""
         if self.phase == ENDED:
-            raise LifecycleError(f"{self.name} has ended; it cannot start helper tasks")
+            raise LifecycleError(f"{self.name} has ended; it cannot start {what}")
         if not type(self.agent).helper_tasks:
             raise LifecycleError(
-                f"{self.name} cannot start helper tasks (timers, consume, start_soon): "
-                f"{type(self.agent).__qualname__} declares helper_tasks = False"
+                f"{self.name} cannot start {what}: {type(self.agent).__qualname__} declares helper_tasks = False"
             )
         if self.host is None:
-            raise LifecycleError(f"{self.name} has not started yet; helper tasks start with it")
-        scope = trio.CancelScope()
+            raise LifecycleError(f"{self.name} has not started yet; {what} start with it")
+        return self.host
+
+    def _add_helper(self, helper: trio.CancelScope | Hosting) -> None:
         helpers = self.helpers
         if helpers is None:
             helpers = self.helpers = set()
-        helpers.add(scope)
+        helpers.add(helper)
+
+    def helper_ended(self, helper: trio.CancelScope | Hosting) -> None:
+        helpers = self.helpers
+        if helpers is not None:
+            helpers.discard(helper)
+            if not helpers and self.hosting is not None and self.hosting.drained is not None:
+                self.hosting.drained.set()
+
+    def start_helper(self, fn: Callable[[], Awaitable[object]], name: object) -> None:
+        """Run `fn` beside the agent, in its host nursery, until it returns or the agent ends."""
+        host = self._check_helper("helper tasks (timers, consume, start_soon)")
+        scope = trio.CancelScope()
+        self._add_helper(scope)
 
         async def helper() -> None:
             try:
                 with scope:
                     await fn()
+            except Exception as error:
+                if self.hosting is None:
+                    raise
+                self.hosting.helper_failed(self, error)
             finally:
-                helpers.discard(scope)
+                self.helper_ended(scope)
 
-        self.host.start_soon(helper, name=name)
+        host.start_soon(helper, name=name)
 
     def cancel_helpers(self) -> None:
         if self.helpers:
-            for scope in self.helpers:
-                scope.cancel()
+            for helper in self.helpers:
+                helper.cancel()
+
+    async def start_contained(
+        self, child: Runtime, on_end: Callable[[StopReason], Awaitable[object]], hibernate_after: float | None
+    ) -> None:
+        """``ctx.start_agent``: run `child` beside this agent, contained; return once its begin() has run."""
+        host = self._check_helper("agents")
+        if child.phase != STARTING or child.task is not None or child.hosting is not None:
+            raise LifecycleError(f"{child.name}: an AgentRunner runs once")
+        hosting = Hosting(on_end, self, child)
+        child.hosting = hosting
+        child.host = host
+        child.hibernate_after = type(child.agent).hibernate_after if hibernate_after is None else hibernate_after
+        self._add_helper(hosting)
+        await host.start(child.run_contained, False, name=f"hybrid agent {child.name}")
 
     # -- monitors ----------------------------------------------------------------
 
@@ -402,6 +444,9 @@ class Runtime:
                     checkpointer = self.checkpointer
                     if resumed:
                         nxt = _RESUMING
+                        # Woken into a cancelled nursery (or a killed run): end, as a parked
+                        # task would, before handling anything.
+                        await trio.lowlevel.checkpoint_if_cancelled()
                     else:
                         first = None if checkpointer is None else await checkpointer.start(agent)
                         if first is None:
@@ -553,7 +598,12 @@ class Runtime:
     async def _cut_short(self, exc: BaseException, *, stop_hook_started: bool) -> None:
         """Cancelled from outside, or a BaseException (KeyboardInterrupt...) from the agent's code: end with it."""
         self.escaped = exc
-        cut_short = CANCELLED_REASON if isinstance(exc, trio.Cancelled) else StopReason(StopKind.FAILED, exc)
+        if not isinstance(exc, trio.Cancelled):
+            cut_short = StopReason(StopKind.FAILED, exc)
+        elif self.hosting is not None and self.hosting.failure is not None:  # cancelled for its helper's failure
+            cut_short = StopReason(StopKind.FAILED, self.hosting.failure)
+        else:
+            cut_short = CANCELLED_REASON
         self.choose_ending(cut_short)
         self.mailbox.discard()
         self.cancel_helpers()
@@ -748,6 +798,8 @@ class Runtime:
                 self.mailbox.parked = self.task
                 await wait_task_rescheduled(self._abort_park)
                 return False
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled task ends instead
         return True
 
     def hibernate(self) -> None:
@@ -780,7 +832,11 @@ class Runtime:
         # The new task starts with the contextvars the agent's task had (trio
         # copies the spawner's context: run the spawn inside the saved one).
         host = self.host
-        context.run(lambda: host.start_soon(self.main, True, None, True, name=f"hybrid agent {self.name}"))
+        name = f"hybrid agent {self.name}"
+        if self.hosting is None:
+            context.run(lambda: host.start_soon(self.main, True, None, True, name=name))
+        else:
+            context.run(lambda: host.start_soon(self.run_contained, True, name=name))
 
     async def end_hibernating(self, cancelled: trio.Cancelled) -> None:
         """The host nursery was cancelled while the agent hibernated: end it as its task would have."""
@@ -790,6 +846,38 @@ class Runtime:
             await self._cut_short(cancelled, stop_hook_started=False)
         finally:
             current_runtime.reset(token)
+            if self.hosting is not None:
+                await self.hosting.ended(self)
+
+    # -- contained runs (ctx.start_agent) ----------------------------------------
+
+    async def run_contained(self, resumed: bool, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """The task of a run started by ``ctx.start_agent`` (each task of it, if it hibernates).
+
+        Unlike a spawned agent's, its failure is not raised: the run ends and its
+        `on_end` is told, once its helper tasks have ended too. Its own cancel
+        scope is the kill switch (`Hosting.cancel`).
+        """
+        hosting = self.hosting
+        assert hosting is not None
+        starter = None if task_status is trio.TASK_STATUS_IGNORED else _Starter(task_status, self.address)
+        try:
+            with trio.CancelScope() as scope:
+                hosting.scope = scope
+                if hosting.killed:
+                    scope.cancel()
+                try:
+                    await self.main(False, starter, resumed)
+                finally:
+                    hosting.scope = None
+            if self.phase == ENDED and self.helpers:
+                hosting.drained = trio.Event()
+                await hosting.drained.wait()
+        finally:
+            if self.phase == ENDED:
+                if starter is not None:
+                    starter.fire()
+                await hosting.ended(self)
 
     def answer_inline(self, handler: Callable[..., Awaitable[Any]], request: object) -> outcome.Outcome[Any] | None:
         """Run an inline request handler now, in the caller's task; None if it must be queued instead.
@@ -929,6 +1017,64 @@ class Runtime:
     @property
     def phase_name(self) -> str:
         return PHASE_NAMES[self.phase]
+
+
+@final
+class Hosting:
+    """How a run started by ``ctx.start_agent`` lives in its parent's host nursery.
+
+    The run is contained: its failure, or the first failure of one of its
+    helper tasks, ends it and is given to `on_end`; nothing is raised into the
+    nursery. It is registered among its parent's helpers until `ended`, so
+    that the parent's end cancels it.
+    """
+
+    __slots__ = ("drained", "failure", "killed", "on_end", "parent", "run", "scope")
+
+    def __init__(self, on_end: Callable[[StopReason], Awaitable[object]], parent: Runtime, run: Runtime) -> None:
+        self.on_end: Callable[[StopReason], Awaitable[object]] | None = on_end
+        """Told how the run ended, once (then None)."""
+        self.parent = parent
+        """The run that started it."""
+        self.run = run
+        """The contained run."""
+        self.scope: trio.CancelScope | None = None
+        """The cancel scope of the run's current task (None while it has none)."""
+        self.killed = False
+        """`cancel` was called: every task of the run starts cancelled."""
+        self.failure: Exception | None = None
+        """The first failure of one of its helper tasks: the run ends with it."""
+        self.drained: trio.Event | None = None
+        """Set when its last helper task has ended (made by the ended run's task, which waits)."""
+
+    def cancel(self) -> None:
+        """Cancel the run outright, as cancelling its task would (a hibernating run is woken to end)."""
+        if self.run.phase == ENDED:
+            return
+        self.killed = True
+        if self.scope is not None:
+            self.scope.cancel()
+        elif self.run.phase == HIBERNATING:
+            self.run.wake_up()  # its new task starts cancelled and ends the run
+
+    def helper_failed(self, rt: Runtime, error: Exception) -> None:
+        """A helper task of the run raised: the run ends with the first such failure."""
+        if rt.phase == ENDED or self.failure is not None:
+            logger.error("%s: a helper task failed after %s", rt.name, rt.reason or self.failure, exc_info=error)
+            return
+        self.failure = error
+        self.cancel()
+
+    async def ended(self, rt: Runtime) -> None:
+        """The run has ended: leave the parent's helpers, tell `on_end` (once)."""
+        on_end = self.on_end
+        if on_end is None:
+            return
+        self.on_end = None
+        self.parent.helper_ended(self)
+        reason = rt.reason
+        assert reason is not None
+        await on_end(reason)
 
 
 @final

@@ -13,11 +13,13 @@ How a child lives:
 - ``ctx.spawn`` records a `_Child` (its spec, its address) and queues its
   first run. One starter task starts queued runs one at a time, in order,
   each after the previous one's `begin()` has run.
-- Each run is an `AgentRunner` in a helper task. A restartable child's
-  runner keeps its address open when it ends (``keep_address``), so messages
-  sent from then on wait for the next instance.
-- When a run ends, its task records a `_Exit` (child, incarnation, reason)
-  at once, without awaiting, and tells the supervisor. The supervisor's own
+- Each run is an `AgentRunner` started by ``ctx.start_agent``: in the
+  supervisor's nursery, contained (its failure comes back as a reason), and
+  free to hibernate while idle. A restartable child's runner keeps its
+  address open when it ends (``keep_address``), so messages sent from then
+  on wait for the next instance.
+- When a run ends, its `on_end` records a `_Exit` (child, incarnation, reason)
+  at once, before it awaits anything, and tells the supervisor. The supervisor's own
   task processes exits one at a time, in order: `on_child_ended`, then the
   restart decision. An exit whose incarnation was already replaced is stale:
   it is reported, never restarted twice.
@@ -31,11 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import heapq
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, cast, final, overload
+from typing import TYPE_CHECKING, Any, ClassVar, cast, overload
 
 import attrs
 import trio
@@ -142,11 +145,11 @@ class _Child:
     state: ChildState = ChildState.WAITING
     incarnation: int = 0
     plan: _Plan | None = None  # the restart that owns it now
-    scope: trio.CancelScope | None = None  # the current run's task: cancelled past the shutdown timeout
     done: trio.Event | None = None  # set when the current run ends (made by whoever waits)
     restarts: deque[float] | None = None  # its restart times in the window (for the backoff)
     last_reason: StopReason | None = None  # how its latest run ended
     checkpointer: Checkpointer | None = None  # given to every run: a durable child resumes from its checkpoint
+    hibernate_after: float | None = None  # given to every run; None: its class's
 
     @property
     def restartable(self) -> bool:
@@ -186,19 +189,6 @@ class _AllStopped:
 @attrs.frozen
 class _GiveUp:
     error: Exception
-
-
-@final
-class _Started:
-    """The ``task_status`` of a child's run: tells the starter that its `begin()` has run."""
-
-    __slots__ = ("event",)
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-
-    def started(self, value: object = None) -> None:
-        self.event.set()
 
 
 class _Tracker:
@@ -250,6 +240,7 @@ class _Tracker:
         mailbox_capacity: Any,
         name: str | None,
         checkpointer: Checkpointer | None,
+        hibernate_after: object,
     ) -> Address[Any]:
         if self.closed:
             raise LifecycleError(
@@ -278,6 +269,7 @@ class _Tracker:
             timeout = _validate.timeout("shutdown_timeout", self.supervisor.shutdown_timeout)
         else:
             timeout = _validate.timeout("shutdown_timeout", shutdown_timeout)
+        sleep_after = None if hibernate_after is None else _validate.seconds("hibernate_after", hibernate_after)
         restartable = _restartable(factory, restart)
         while True:
             try:
@@ -302,6 +294,7 @@ class _Tracker:
             address=runner.address,
             runner=runner,
             checkpointer=checkpointer,
+            hibernate_after=sleep_after,
         )
         self.next_order += 1
         self.children[child.order] = child
@@ -333,33 +326,19 @@ class _Tracker:
                     child.state = ChildState.RUNNING
                 elif child.state is not ChildState.STOPPING:  # stopped before it started: it ends after begin()
                     continue
-                started = _Started()
                 child.incarnation += 1
-                child.scope = trio.CancelScope()
-                self.ctx.start_soon(
-                    self.run_child, child, child.runner, child.incarnation, started, name=child.address.name
-                )
                 if self.stopping and child.group >= self.stopping_group:
-                    # Spawned into a group whose turn to stop has come: interrupted at
-                    # once, and awaited next (its group went back on the heap).
+                    # Spawned into a group whose turn to stop has come: interrupted before
+                    # its first state, and awaited next (its group went back on the heap).
                     self.interrupt(child)
-                await started.event.wait()
+                on_end = functools.partial(self.run_ended, child, child.incarnation)
+                await self.ctx.start_agent(child.runner, on_end=on_end, hibernate_after=child.hibernate_after)
         finally:
             self.starting = False
 
-    async def run_child(self, child: _Child, runner: AgentRunner[Any], incarnation: int, started: _Started) -> None:
-        scope = child.scope
-        assert scope is not None
-        reason: StopReason | None = None
-        try:
-            with scope:
-                try:
-                    reason = await runner.run(task_status=started)
-                except Exception as error:  # the child's helper tasks failed
-                    reason = StopReason(StopKind.FAILED, error)
-        finally:
-            started.started()
-            self.ended(child, incarnation, reason or StopReason(StopKind.CANCELLED))
+    async def run_ended(self, child: _Child, incarnation: int, reason: StopReason) -> None:
+        """A run of `child` ended (its `on_end`): record the exit at once, then tell the supervisor."""
+        self.ended(child, incarnation, reason)
         if not self.exits_signalled:
             self.exits_signalled = True
             with contextlib.suppress(AgentStopped):  # finishing: its on_stop reports the exits
@@ -553,8 +532,7 @@ class _Tracker:
             with trio.move_on_after(timeout):
                 await done.wait()
                 return
-            if child.scope is not None:
-                child.scope.cancel()
+            child.runner.cancel()
         await done.wait()
 
     def wait_for_group(self, child: _Child) -> None:
@@ -638,6 +616,7 @@ class SupervisorContext(Context[A_co]):
         mailbox_capacity: int | float | None = None,
         name: str | None = None,
         checkpointer: Checkpointer | None = None,
+        hibernate_after: float | None = None,
     ) -> Address[A]: ...
 
     @overload
@@ -651,6 +630,7 @@ class SupervisorContext(Context[A_co]):
         mailbox_capacity: int | float | None = None,
         name: str | None = None,
         checkpointer: Checkpointer | None = None,
+        hibernate_after: float | None = None,
     ) -> Address[A]: ...
 
     def spawn(
@@ -663,6 +643,7 @@ class SupervisorContext(Context[A_co]):
         mailbox_capacity: int | float | None = None,
         name: str | None = None,
         checkpointer: Checkpointer | None = None,
+        hibernate_after: float | None = None,
     ) -> Address[A]:
         """Start a child in `group` and return its address at once.
 
@@ -696,12 +677,15 @@ class SupervisorContext(Context[A_co]):
                 each run of it gets the same one, so a restart goes on from
                 the child's last checkpoint (``store.checkpointer(key)`` of
                 `hybrid.durable`).
+            hibernate_after: idle seconds in actor mode after which each run
+                of the child gives its task up until its next message (see
+                `Agent.hibernate_after`); None (the default) takes its class's.
 
         Raises:
             TypeError: `agent` is neither an agent nor a callable, or the
                 factory returned something that is not an agent.
             ValueError: a restart policy other than TEMPORARY for an instance,
-                a bad `shutdown_timeout`, or a name in use.
+                a bad `shutdown_timeout` or `hibernate_after`, or a name in use.
             LifecycleError: the supervisor has ended.
         """
         if not self.address.is_alive:
@@ -714,6 +698,7 @@ class SupervisorContext(Context[A_co]):
             mailbox_capacity=mailbox_capacity,
             name=name,
             checkpointer=checkpointer,
+            hibernate_after=hibernate_after,
         )
         return address
 
