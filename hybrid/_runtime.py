@@ -840,6 +840,7 @@ class Runtime:
 
     async def end_hibernating(self, cancelled: trio.Cancelled) -> None:
         """The host nursery was cancelled while the agent hibernated: end it as its task would have."""
+        self.phase = HOOK  # no longer hibernating: nothing wakes it into a second ending
         self.mailbox.set_asleep(False)
         token = current_runtime.set(self)
         try:
@@ -870,9 +871,6 @@ class Runtime:
                     await self.main(False, starter, resumed)
                 finally:
                     hosting.scope = None
-            if self.phase == ENDED and self.helpers:
-                hosting.drained = trio.Event()
-                await hosting.drained.wait()
         finally:
             if self.phase == ENDED:
                 if starter is not None:
@@ -1066,11 +1064,15 @@ class Hosting:
         self.cancel()
 
     async def ended(self, rt: Runtime) -> None:
-        """The run has ended: leave the parent's helpers, tell `on_end` (once)."""
+        """The run has ended: wait for its helper tasks to end, leave the parent's helpers, tell `on_end` (once)."""
         on_end = self.on_end
         if on_end is None:
             return
         self.on_end = None
+        if rt.helpers:  # cancelled as the run ended: they end soon, also in a cancelled nursery
+            self.drained = trio.Event()
+            with trio.CancelScope(shield=True):
+                await self.drained.wait()
         self.parent.helper_ended(self)
         reason = rt.reason
         assert reason is not None
@@ -1119,11 +1121,21 @@ class _Keeper:
                 await wait_task_rescheduled(self._abort)
         except trio.Cancelled as cancelled:
             ended: set[int] = set()
+            errors: list[BaseException] = []
             for rt in self.sleepers:
                 if rt.phase == HIBERNATING and id(rt) not in ended:  # a run appears once per hibernation
                     ended.add(id(rt))
                     self.count -= 1
-                    await rt.end_hibernating(cancelled)
+                    try:
+                        await rt.end_hibernating(cancelled)
+                    except trio.Cancelled:  # an on_end that awaited: the cancellation goes on below
+                        pass
+                    except BaseException as error:  # an on_end that raised: after the others have ended
+                        errors.append(error)
+            if len(errors) == 1:
+                raise errors[0] from errors[0].__cause__  # as raised, not as raised in the cancellation
+            if errors:
+                raise BaseExceptionGroup(f"{len(errors)} on_end callbacks raised as their runs ended", errors) from None
             raise
         finally:
             del _keepers()[self.host]

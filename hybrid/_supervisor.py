@@ -376,6 +376,13 @@ class _Tracker:
         child.runner.discard()
         self.children.pop(child.order, None)
 
+    def give_up_all(self) -> None:
+        """No child is restarted from now on: those waiting for a restart are gone, and those ending as they end."""
+        self.stopping = True
+        for child in list(self.children.values()):
+            if child.state is ChildState.RESTARTING:
+                self.give_up(child)
+
     # -- exits, in the supervisor's own task ---------------------------------------
 
     async def process_exits(self) -> None:
@@ -400,10 +407,7 @@ class _Tracker:
                 self.plan_restart(child)
 
     def fail(self, failure: RestartIntensityExceeded) -> None:
-        self.stopping = True  # no more restarts: the children stop with the supervisor
-        for child in list(self.children.values()):
-            if child.state is ChildState.RESTARTING:
-                self.give_up(child)
+        self.give_up_all()  # no more restarts: the children stop with the supervisor
         try:
             self.ctx.do_next(Next.fail(failure))
         except LifecycleError:  # it is finishing already: the failure can only be logged
@@ -532,8 +536,22 @@ class _Tracker:
             with trio.move_on_after(timeout):
                 await done.wait()
                 return
-            child.runner.cancel()
+            self.kill(child)
         await done.wait()
+
+    def kill(self, child: _Child) -> None:
+        """Cancel the child's run outright; one still queued (the starter is held up) never starts.
+
+        The queued one ends as cancelled without running (its agent's `on_stop`
+        is not called), and its exit is reported and decided as any other.
+        """
+        if child in self.to_start:
+            self.to_start.remove(child)
+            child.incarnation += 1
+            child.runner.discard()
+            self.ended(child, child.incarnation, StopReason(StopKind.CANCELLED))
+        else:
+            child.runner.cancel()
 
     def wait_for_group(self, child: _Child) -> None:
         members = self.waiting_groups.get(child.group)
@@ -555,9 +573,7 @@ class _Tracker:
             if self.round_done is not None:  # another task is stopping them: wait for it
                 await self.round_done.wait()
                 continue
-            for child in list(self.children.values()):
-                if child.state is ChildState.RESTARTING:
-                    self.give_up(child)
+            self.give_up_all()
             if not self.group_heap and not any(child.running for child in self.children.values()):
                 return
             self.round_done = trio.Event()
@@ -727,9 +743,11 @@ class SupervisorContext(Context[A_co]):
         When the supervisor is cancelled, its children are cancelled with it
         (structured concurrency): only the agent's `on_stop` runs.
         """
-        if reason.kind is not StopKind.CANCELLED:
-            tracker = self._machinery
-            tracker.closed = True
+        tracker = self._machinery
+        tracker.closed = True
+        if reason.kind is StopKind.CANCELLED:
+            tracker.give_up_all()  # cancelled with it: none is restarted, each address says so
+        else:
             await tracker.stop_all()
             await tracker.process_exits()
         await super().call_on_stop(reason)
