@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import functools
 import heapq
 import logging
 from collections import deque
@@ -133,8 +132,11 @@ class _Child:
 
     Written only on the trio thread, by the supervisor's task and its helper
     tasks; ``incarnation`` counts the runs started so far (1 for the first).
+    It is the ``on_end`` of each of its runs (one run at a time: the next
+    starts after this one ended, so ``incarnation`` is still the ending one's).
     """
 
+    tracker: _Tracker
     factory: Callable[[], Agent[Any]] | None  # None: an instance, started once
     group: int
     restart: Restart
@@ -154,6 +156,10 @@ class _Child:
     @property
     def restartable(self) -> bool:
         return _restartable(self.factory, self.restart)
+
+    async def __call__(self, reason: StopReason) -> None:
+        """Its current run ended (no partial per run: a hibernating child costs less)."""
+        await self.tracker.run_ended(self, self.incarnation, reason)
 
     @property
     def running(self) -> bool:
@@ -286,6 +292,7 @@ class _Tracker:
                     raise
                 # A default name a sibling took explicitly: take the next one.
         child = _Child(
+            tracker=self,
             factory=factory,
             group=int(group),
             restart=restart,
@@ -331,8 +338,7 @@ class _Tracker:
                     # Spawned into a group whose turn to stop has come: interrupted before
                     # its first state, and awaited next (its group went back on the heap).
                     self.interrupt(child)
-                on_end = functools.partial(self.run_ended, child, child.incarnation)
-                await self.ctx.start_agent(child.runner, on_end=on_end, hibernate_after=child.hibernate_after)
+                await self.ctx.start_agent(child.runner, on_end=child, hibernate_after=child.hibernate_after)
         finally:
             self.starting = False
 
