@@ -1,6 +1,6 @@
 """W3 memory: bytes per idle live agent (or plain trio task), in a fresh process.
 
-Usage: ``python -m bench._memory {hybrid|hibernating|trio} N {tracemalloc|rss}``; prints
+Usage: ``python -m bench._memory {hybrid|hibernating|supervised|trio} N {tracemalloc|rss}``; prints
 one JSON object. Run by `bench.workloads.memory_per_idle`, never imported by
 the benchmark process itself (tracemalloc would slow every other workload).
 
@@ -13,7 +13,10 @@ task, its frames and the two ends of its memory channel. ``hibernating``:
 the same agents with ``hibernate_after = 0``, idle without a task (what is
 counted then is the agent, its runtime record, mailbox, address, context and
 saved contextvars; their nursery's one keeper task is shared by all). They are
-spawned in batches of 1,000, each batch idle before the next.
+spawned in batches of 1,000, each batch idle before the next. ``supervised``:
+hibernating children of one supervisor (started before the baseline), which
+spawns them in batches of 1,000 on request; on top of a hibernating agent's
+cost, each one's supervision record, runner and contained run.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import trio.testing
 
 import hybrid
 
-from .workloads import Idle, Tick
+from .workloads import Adopt, Idle, Keeper, SleepingIdle, Tick
 
 
 def _rss() -> int:
@@ -42,10 +45,6 @@ def _rss() -> int:
         import resource  # noqa: PLC0415 - only where /proc is missing
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class SleepingIdle(Idle):
-    hibernate_after = 0
 
 
 async def _idle_task(receiver: trio.MemoryReceiveChannel[Tick]) -> None:
@@ -62,9 +61,17 @@ async def _measure(side: str, n: int, mode: str) -> dict[str, Any]:
         keep: list[Any] = []
         keep.append(None)  # the list's own growth is part of the per-agent cost on both sides
         keep.clear()
+        keeper = Keeper()
+        supervisor = hybrid.spawn(nursery, keeper) if side == "supervised" else None
+        if supervisor is not None:
+            await supervisor.request(Adopt(0))
         await trio.testing.wait_all_tasks_blocked()
         before = now()
-        if side != "trio":
+        if supervisor is not None:
+            for start in range(0, n, 1000):
+                await supervisor.request(Adopt(min(1000, n - start)))
+                await trio.testing.wait_all_tasks_blocked()  # this batch hibernates before the next
+        elif side != "trio":
             cls = Idle if side == "hybrid" else SleepingIdle
             for i in range(n):
                 keep.append(hybrid.spawn(nursery, cls()))
@@ -80,11 +87,15 @@ async def _measure(side: str, n: int, mode: str) -> dict[str, Any]:
         await trio.testing.wait_all_tasks_blocked()
         after = now()
         live = len(nursery.child_tasks)
-        if side == "hibernating":
+        if side == "supervised":  # its addresses are in the supervisor's list, not in `keep`
+            live = sum(1 for a in keeper.kids if a.statistics().hibernating)
+        elif side == "hibernating":
             live = sum(1 for a in keep if a.statistics().hibernating)
         elif side == "hybrid":
             live = min(live, sum(1 for a in keep if a.statistics().phase == "events"))
-        if side != "trio":
+        if supervisor is not None:
+            supervisor.interrupt()
+        elif side != "trio":
             for address in keep:
                 address.interrupt()
         else:
@@ -95,7 +106,7 @@ async def _measure(side: str, n: int, mode: str) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     side, n, mode = argv[0], int(argv[1]), argv[2]
-    if side not in ("hybrid", "hibernating", "trio") or mode not in ("tracemalloc", "rss"):
+    if side not in ("hybrid", "hibernating", "supervised", "trio") or mode not in ("tracemalloc", "rss"):
         print(__doc__, file=sys.stderr)
         return 2
     if mode == "tracemalloc":

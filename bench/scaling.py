@@ -8,8 +8,9 @@ would write instead, alternately within each round, each sample in a fresh
   one (µs per agent, as W3) and the memory one costs while idle (bytes per
   agent, as W3: in a fresh process, `bench._memory`), for a parked hybrid agent
   (it keeps its trio task), a hibernating one (``hibernate_after = 0``: idle
-  without a task, see docs/guides/many-agents.md) and a plain trio task waiting
-  on its own memory channel. tracemalloc is measured up to 10k agents (at 100k
+  without a task, see docs/guides/many-agents.md), a hibernating child of one
+  supervisor (spawned by it, stopped by its ordered shutdown) and a plain trio
+  task waiting on its own memory channel. tracemalloc is measured up to 10k agents (at 100k
   one process takes 20 to 45 s under tracemalloc), the growth of the resident
   set (RSS) from 10k (at 1k it is a few pages); none below 100 agents (a smoke
   run's).
@@ -51,7 +52,7 @@ from hybrid import Agent
 
 from . import workloads as w
 from ._harness import Sample, alternate, check, median, ratio, scaled
-from .workloads import W8_BUFFER, Ask, Idle, hybrid_pipeline, make_asks, trio_pipeline
+from .workloads import W8_BUFFER, Ask, hybrid_pipeline, make_asks, trio_pipeline
 
 AGENT_COUNTS = (1_000, 10_000, 100_000)
 TRACEMALLOC_UP_TO = 10_000
@@ -65,18 +66,12 @@ CALLER_REQUESTS = 20_000
 PIPELINE_WORKERS = (1, 4, 16)
 PIPELINE_ITEMS = 5_000
 
-AGENT_SIDES = ("hybrid", "hibernating", "trio")
+AGENT_SIDES = ("hybrid", "hibernating", "supervised", "trio")
 CALLER_SIDES = ("hybrid", "hybrid_inline", "trio")
 PIPELINE_SIDES = ("hybrid", "hybrid_ordered", "trio")
 
 
 # -- agents --------------------------------------------------------------------------------------
-
-
-class HibernatingIdle(Idle):
-    """W3's idle agent, hibernating as soon as it is idle."""
-
-    hibernate_after = 0
 
 
 def hibernating_spawn_stop(n: int) -> Sample:
@@ -88,7 +83,7 @@ def hibernating_spawn_stop(n: int) -> Sample:
     async def main() -> Sample:
         start = perf_counter()
         async with trio.open_nursery() as nursery:
-            addresses = [hybrid.spawn(nursery, HibernatingIdle()) for _ in range(n)]
+            addresses = [hybrid.spawn(nursery, w.SleepingIdle()) for _ in range(n)]
             await trio.testing.wait_all_tasks_blocked()
             spawned = perf_counter()
             hibernating = sum(1 for a in addresses if a.statistics().hibernating)
@@ -110,9 +105,44 @@ def hibernating_spawn_stop(n: int) -> Sample:
     return sample
 
 
+def supervised_spawn_stop(n: int) -> Sample:
+    """One supervisor spawns `n` hibernating children; once all sleep, its interrupt stops them all.
+
+    Its ordered shutdown wakes each child to end (they share one group, so
+    they stop together). The check that all of them hibernate is outside the
+    timed span.
+    """
+
+    async def main() -> Sample:
+        start = perf_counter()
+        keeper = w.Keeper()
+        async with trio.open_nursery() as nursery:
+            supervisor = hybrid.spawn(nursery, keeper)
+            await supervisor.request(w.Adopt(n))
+            await trio.testing.wait_all_tasks_blocked()
+            spawned = perf_counter()
+            hibernating = sum(1 for a in keeper.kids if a.statistics().hibernating)
+            resumed = perf_counter()
+            supervisor.interrupt()
+        seconds = perf_counter() - start - (resumed - spawned)
+        stopped = sum(1 for a in keeper.kids if w._interrupted(a))
+        return {
+            "seconds": seconds,
+            "us_per_agent": seconds / n * 1e6,
+            "stopped": stopped,
+            "hibernating": hibernating,
+        }
+
+    sample = trio.run(main)
+    check("supervised children asleep", sample["hibernating"], n)
+    check("supervised children interrupted", sample["stopped"], n)
+    return sample
+
+
 SPAWN_STOP: dict[str, Callable[[int], Sample]] = {
     "hybrid": w.hybrid_spawn_stop,
     "hibernating": hibernating_spawn_stop,
+    "supervised": supervised_spawn_stop,
     "trio": w.trio_spawn_stop,
 }
 

@@ -122,6 +122,35 @@ class Idle(Agent):
         pass
 
 
+class SleepingIdle(Idle):
+    """`Idle`, hibernating as soon as it is idle (no task while it waits)."""
+
+    hibernate_after = 0
+
+
+@attrs.frozen
+class Adopt(hybrid.Request[int]):
+    """Ask a `Keeper` to spawn `n` more `SleepingIdle` children; the answer is how many it has."""
+
+    n: int
+
+
+class Keeper(hybrid.Supervisor):
+    """A supervisor that spawns hibernating idle children on request (the scaling sweep's supervised side)."""
+
+    def __init__(self) -> None:
+        self.kids: list[hybrid.Address[SleepingIdle]] = []
+
+    def begin(self) -> Next[Self]:
+        return Next.events()
+
+    @hybrid.on_request
+    async def adopt(self, request: Adopt) -> int:
+        spawn = self.ctx.spawn
+        self.kids.extend(spawn(SleepingIdle) for _ in range(request.n))
+        return len(self.kids)
+
+
 class SyncSteps(Agent[int]):
     """`n` do_sync steps in a row (W5)."""
 
