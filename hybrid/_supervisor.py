@@ -182,6 +182,21 @@ class _Exit:
     own: bool  # it ended by itself, not stopped by the supervisor
 
 
+class _Countdown:
+    """Set once each of `left` runs has ended: one waiter for a whole group, no task per child."""
+
+    __slots__ = ("event", "left")
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+        self.event = trio.Event()
+
+    def one_ended(self) -> None:
+        self.left -= 1
+        if not self.left:
+            self.event.set()
+
+
 @attrs.frozen
 class _ExitsPending:
     pass
@@ -233,6 +248,8 @@ class _Tracker:
         """The supervisor's own ending has begun (its on_stop): it starts no more children."""
         self.round_done: trio.Event | None = None
         """The shutdown round under way (one task stops, the others wait for it)."""
+        self.countdowns: dict[_Child, _Countdown] = {}
+        """The children a group's shutdown waits for (`await_group`), until each one's run ended."""
 
     # -- spawning and starting ---------------------------------------------------
 
@@ -374,6 +391,10 @@ class _Tracker:
         if done is not None:
             child.done = None
             done.set()
+        if self.countdowns:
+            countdown = self.countdowns.pop(child, None)
+            if countdown is not None:
+                countdown.one_ended()
 
     def give_up(self, child: _Child) -> None:
         """The child is not restarted: its address says it is gone."""
@@ -545,6 +566,42 @@ class _Tracker:
             self.kill(child)
         await done.wait()
 
+    async def await_group(self, members: list[_Child]) -> None:
+        """Wait until each member's run ended, as `await_end` does for one, in this task alone.
+
+        Members that share one shutdown timeout (the common case) share its
+        clock: past it, those still running get a second interrupt; past it
+        again, they are killed. Otherwise each one is awaited in a task.
+        """
+        members = list(dict.fromkeys(members))  # listed twice if spawned meanwhile
+        timeout = members[0].shutdown_timeout
+        if any(child.shutdown_timeout != timeout for child in members):
+            async with trio.open_nursery() as nursery:
+                for child in members:
+                    nursery.start_soon(self.await_end, child)
+            return
+        countdown = _Countdown(len(members))
+        for child in members:
+            self.countdowns[child] = countdown
+        try:
+            if timeout is not None:
+                with trio.move_on_after(timeout):
+                    await countdown.event.wait()
+                    return
+                for child in members:
+                    if child.running:
+                        child.address.interrupt()
+                with trio.move_on_after(timeout):
+                    await countdown.event.wait()
+                    return
+                for child in members:
+                    if child.running:
+                        self.kill(child)
+            await countdown.event.wait()
+        finally:
+            for child in members:
+                self.countdowns.pop(child, None)
+
     def kill(self, child: _Child) -> None:
         """Cancel the child's run outright; one still queued (the starter is held up) never starts.
 
@@ -593,12 +650,10 @@ class _Tracker:
                     members = [child for child in self.waiting_groups.pop(group) if child.running]
                     for child in members:
                         self.interrupt(child)
-                    if len(members) == 1:  # the common case of a group of one: no nursery
+                    if len(members) == 1:  # the common case of a group of one
                         await self.await_end(members[0])
                     elif members:
-                        async with trio.open_nursery() as nursery:
-                            for child in members:
-                                nursery.start_soon(self.await_end, child)
+                        await self.await_group(members)
             finally:
                 self.round_done.set()
                 self.round_done = None

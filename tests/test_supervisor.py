@@ -58,6 +58,15 @@ class Member(Agent):
         self.log(f"{self.name} stopped {reason}")
 
 
+class HangsInOnStop(Member):
+    """Ends its on_interrupt at once, then hangs in on_stop: only cancelling its run ends it."""
+
+    async def on_stop(self, reason: StopReason) -> None:
+        self.log(f"{self.name} on_stop")
+        await trio.sleep(3600)  # outside the agent's step: a second interrupt cannot cut it
+        self.log(f"{self.name} stopped {reason}")  # pragma: no cover - cancelled before
+
+
 @attrs.frozen
 class SpawnInto:
     group: int
@@ -185,11 +194,6 @@ async def test_a_child_that_a_second_interrupt_cannot_end_is_cancelled_at_last(
     log = Log()
     ended: list[StopReason] = []
 
-    class HangsInOnStop(Member):
-        async def on_stop(self, reason: StopReason) -> None:
-            self.log(f"{self.name} on_stop")
-            await trio.sleep(3600)  # outside the agent's step: a second interrupt cannot cut it
-
     class Stubborn(Supervisor):
         shutdown_timeout = 2
 
@@ -206,6 +210,70 @@ async def test_a_child_that_a_second_interrupt_cannot_end_is_cancelled_at_last(
         await sup.join()
     assert ended == [StopReason.CANCELLED]
     assert trio.current_time() - log.start == pytest.approx(4)
+
+
+async def test_a_group_sharing_a_timeout_is_interrupted_again_then_cancelled_together(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One waiter for the group: each member ends in its own time, up to twice the timeout."""
+    log = Log()
+    ended: dict[str, StopReason] = {}
+
+    class Stubborn(Supervisor):
+        shutdown_timeout = 2
+
+        def begin(self) -> Next[Self]:
+            for name, member in [
+                ("quick", Member("quick", log, 0)),
+                ("slow", Member("slow", log, 1)),
+                ("deaf", Member("deaf", log, 3600)),
+                ("stuck", HangsInOnStop("stuck", log)),
+            ]:
+                self.ctx.spawn(member, name=name)
+            return Next.events()
+
+        async def on_child_ended(self, address: hybrid.Address[Any], reason: StopReason) -> None:
+            ended[address.name.rpartition("/")[2]] = reason
+
+    async with trio.open_nursery() as nursery:
+        sup = hybrid.spawn(nursery, Stubborn())
+        sup.interrupt()
+        await sup.join()
+    assert ended == {
+        "quick": StopReason.INTERRUPTED,
+        "slow": StopReason.INTERRUPTED,
+        "deaf": StopReason.INTERRUPTED,  # its on_interrupt cut short by the second interrupt
+        "stuck": StopReason.CANCELLED,  # killed past the second timeout
+    }
+    assert (0, "quick stopped interrupted") in log.records
+    assert (1, "slow stopped interrupted") in log.records
+    assert (2, "deaf stopped interrupted") in log.records
+    assert (0, "stuck on_stop") in log.records
+    assert trio.current_time() - log.start == pytest.approx(4)
+
+
+async def test_a_group_with_several_timeouts_gives_each_member_its_own(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log = Log()
+    ended: dict[str, float] = {}
+
+    class Stubborn(Supervisor):
+        def begin(self) -> Next[Self]:
+            self.ctx.spawn(HangsInOnStop("short", log), name="short", shutdown_timeout=1)
+            self.ctx.spawn(HangsInOnStop("long", log), name="long", shutdown_timeout=3)
+            self.ctx.spawn(Member("deaf", log, 3600), name="deaf", shutdown_timeout=2)
+            return Next.events()
+
+        async def on_child_ended(self, address: hybrid.Address[Any], reason: StopReason) -> None:
+            ended[address.name.rpartition("/")[2]] = round(trio.current_time() - log.start, 6)
+
+    async with trio.open_nursery() as nursery:
+        sup = hybrid.spawn(nursery, Stubborn())
+        sup.interrupt()
+        await sup.join()
+    # Each one cancelled past twice its own timeout; the deaf one ends at its second interrupt.
+    assert ended == {"short": 2, "deaf": 2, "long": 6}
 
 
 class Life(Agent[str]):
