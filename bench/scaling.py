@@ -40,7 +40,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
 from typing import Any
 
@@ -74,8 +74,31 @@ PIPELINE_SIDES = ("hybrid", "hybrid_ordered", "trio")
 # -- agents --------------------------------------------------------------------------------------
 
 
-def hibernating_spawn_stop(n: int) -> Sample:
-    """Spawn `n` hibernating agents, wait until all sleep, interrupt them all (each wakes to end).
+async def _spawn_spread(n: int, nursery: trio.Nursery) -> tuple[list[hybrid.Address[Any]], Callable[[], None]]:
+    """`n` hibernating agents, each spawned into `nursery`; and how to stop them: an interrupt each."""
+    addresses = [hybrid.spawn(nursery, w.SleepingIdle()) for _ in range(n)]
+
+    def stop() -> None:
+        for address in addresses:
+            address.interrupt()
+
+    return addresses, stop
+
+
+async def _spawn_supervised(n: int, nursery: trio.Nursery) -> tuple[list[hybrid.Address[Any]], Callable[[], None]]:
+    """`n` hibernating children of one supervisor; and how to stop them: its interrupt (its ordered shutdown)."""
+    keeper = w.Keeper()
+    supervisor = hybrid.spawn(nursery, keeper)
+    await supervisor.request(w.Adopt(n))
+    return list(keeper.kids), supervisor.interrupt
+
+
+def _sleepers_spawn_stop(
+    n: int,
+    label: str,
+    spawn: Callable[[int, trio.Nursery], Awaitable[tuple[list[hybrid.Address[Any]], Callable[[], None]]]],
+) -> Sample:
+    """Spawn `n` hibernating agents with `spawn`, wait until all sleep, stop them all (each wakes to end).
 
     The check that all of them hibernate is outside the timed span.
     """
@@ -83,13 +106,12 @@ def hibernating_spawn_stop(n: int) -> Sample:
     async def main() -> Sample:
         start = perf_counter()
         async with trio.open_nursery() as nursery:
-            addresses = [hybrid.spawn(nursery, w.SleepingIdle()) for _ in range(n)]
+            addresses, stop = await spawn(n, nursery)
             await trio.testing.wait_all_tasks_blocked()
             spawned = perf_counter()
             hibernating = sum(1 for a in addresses if a.statistics().hibernating)
             resumed = perf_counter()
-            for address in addresses:
-                address.interrupt()
+            stop()
         seconds = perf_counter() - start - (resumed - spawned)
         stopped = sum(1 for a in addresses if w._interrupted(a))
         return {
@@ -100,43 +122,23 @@ def hibernating_spawn_stop(n: int) -> Sample:
         }
 
     sample = trio.run(main)
-    check("hibernating agents asleep", sample["hibernating"], n)
-    check("hibernating agents interrupted", sample["stopped"], n)
+    check(f"{label} asleep", sample["hibernating"], n)
+    check(f"{label} interrupted", sample["stopped"], n)
     return sample
+
+
+def hibernating_spawn_stop(n: int) -> Sample:
+    """`n` hibernating agents spawned one by one, interrupted one by one."""
+    return _sleepers_spawn_stop(n, "hibernating agents", _spawn_spread)
 
 
 def supervised_spawn_stop(n: int) -> Sample:
-    """One supervisor spawns `n` hibernating children; once all sleep, its interrupt stops them all.
+    """One supervisor spawns `n` hibernating children, then its interrupt stops them all.
 
     Its ordered shutdown wakes each child to end (they share one group, so
-    they stop together). The check that all of them hibernate is outside the
-    timed span.
+    they stop together).
     """
-
-    async def main() -> Sample:
-        start = perf_counter()
-        keeper = w.Keeper()
-        async with trio.open_nursery() as nursery:
-            supervisor = hybrid.spawn(nursery, keeper)
-            await supervisor.request(w.Adopt(n))
-            await trio.testing.wait_all_tasks_blocked()
-            spawned = perf_counter()
-            hibernating = sum(1 for a in keeper.kids if a.statistics().hibernating)
-            resumed = perf_counter()
-            supervisor.interrupt()
-        seconds = perf_counter() - start - (resumed - spawned)
-        stopped = sum(1 for a in keeper.kids if w._interrupted(a))
-        return {
-            "seconds": seconds,
-            "us_per_agent": seconds / n * 1e6,
-            "stopped": stopped,
-            "hibernating": hibernating,
-        }
-
-    sample = trio.run(main)
-    check("supervised children asleep", sample["hibernating"], n)
-    check("supervised children interrupted", sample["stopped"], n)
-    return sample
+    return _sleepers_spawn_stop(n, "supervised children", _spawn_supervised)
 
 
 SPAWN_STOP: dict[str, Callable[[int], Sample]] = {

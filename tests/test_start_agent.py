@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import trio
@@ -19,33 +19,7 @@ from typing_extensions import Self
 import hybrid
 from hybrid import Agent, Next, StopKind, StopReason
 from tests.messages import Echo, Ping
-
-
-class Sleeper(Agent):
-    """Idle in actor mode; hibernates at once."""
-
-    hibernate_after: ClassVar[float | None] = 0
-
-    def __init__(self) -> None:
-        self.pings: list[int] = []
-        self.stopped: list[StopReason] = []
-
-    def begin(self) -> Next[Self]:
-        return Next.events()
-
-    @hybrid.on_event
-    async def ping(self, event: Ping) -> None:
-        self.pings.append(event.n)
-        if event.n < 0:
-            self.ctx.do_next(Next.fail(ValueError(f"ping {event.n}")))
-
-    @hybrid.on_request
-    async def echo(self, request: Echo) -> int:
-        await trio.sleep(0)
-        return request.n
-
-    async def on_stop(self, reason: StopReason) -> None:
-        self.stopped.append(reason)
+from tests.sleeper import Sleeper
 
 
 class Parent(Agent):

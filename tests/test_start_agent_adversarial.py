@@ -21,40 +21,13 @@ from typing_extensions import Self
 import hybrid
 from hybrid import Agent, Next, StopKind, StopReason
 from tests.messages import Echo, Ping
+from tests.sleeper import Sleeper
 
 CANCELLED = StopReason(StopKind.CANCELLED)
 
 
 class Stop(BaseException):
     """A BaseException that is not a cancellation (KeyboardInterrupt-like)."""
-
-
-class Sleeper(Agent):
-    """Idle in actor mode; hibernates at once. Records what it handled and how it stopped."""
-
-    hibernate_after: ClassVar[float | None] = 0
-
-    def __init__(self) -> None:
-        self.pings: list[int] = []
-        self.stopped: list[StopReason] = []
-
-    def begin(self) -> Next[Self]:
-        return Next.events()
-
-    @hybrid.on_event
-    async def ping(self, event: Ping) -> None:
-        self.pings.append(event.n)
-        if event.n < 0:
-            self.ctx.do_next(Next.fail(ValueError(f"ping {event.n}")))
-
-    @hybrid.on_request
-    async def echo(self, request: Echo) -> int:
-        await trio.sleep(0)
-        self.pings.append(request.n)
-        return request.n
-
-    async def on_stop(self, reason: StopReason) -> None:
-        self.stopped.append(reason)
 
 
 class Parent(Agent):
@@ -76,6 +49,29 @@ class Parent(Agent):
     async def on_end(self, name: str, reason: StopReason) -> None:
         self.ends.append((name, reason))
         self.ended.set()
+
+
+class StuckStart:
+    """A checkpointer whose `start` never returns (a durable start that hangs); records the endings it is told."""
+
+    idempotency_key = "stuck"
+
+    def __init__(self) -> None:
+        self.in_start = trio.Event()
+        self.endings: list[StopReason] = []
+
+    async def start(self, agent: Any) -> Next[Any] | None:
+        self.in_start.set()
+        await trio.sleep_forever()
+
+    async def transition(self, agent: Any, nxt: Next[Any]) -> None:
+        pass
+
+    async def handled(self, agent: Any) -> None:
+        pass
+
+    async def ended(self, agent: Any, reason: StopReason, output: Any) -> None:
+        self.endings.append(reason)
 
 
 def hibernating(address: hybrid.Address[Any]) -> bool:
@@ -446,38 +442,20 @@ async def test_cancel_while_its_helpers_drain_waits_for_them_and_keeps_the_reaso
 async def test_cancel_before_begin_of_a_durable_run_whose_checkpointer_start_awaits() -> None:
     """cancel() while the run awaits its checkpointer's start (before begin): it ends as
     cancelled, start_agent returns, on_end is told, the checkpointer's `ended` is told."""
-    in_start = trio.Event()
-    ended: list[StopReason] = []
-
-    class Slow:
-        idempotency_key = "slow"
-
-        async def start(self, agent: Any) -> Next[Any] | None:
-            in_start.set()
-            await trio.sleep_forever()
-
-        async def transition(self, agent: Any, nxt: Next[Any]) -> None:
-            pass
-
-        async def handled(self, agent: Any) -> None:
-            pass
-
-        async def ended(self, agent: Any, reason: StopReason, output: Any) -> None:
-            ended.append(reason)
-
+    stuck = StuckStart()
     child = Sleeper()
-    runner = hybrid.AgentRunner(child, checkpointer=Slow())
+    runner = hybrid.AgentRunner(child, checkpointer=stuck)
     parent = Parent(runner)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             address = hybrid.spawn(nursery, parent)
-            await in_start.wait()
+            await stuck.in_start.wait()
             runner.cancel()
             await parent.ended.wait()
             await trio.testing.wait_all_tasks_blocked()
             assert address.statistics().phase != "state"  # start_all returned
             address.interrupt()
-    assert ended == [CANCELLED]
+    assert stuck.endings == [CANCELLED]
     assert child.stopped == [CANCELLED]
     assert [reason for _, reason in parent.ends] == [CANCELLED]
 
@@ -486,31 +464,14 @@ async def test_the_parent_forced_out_while_start_agent_awaits_begin() -> None:
     """The parent is interrupted twice (its state cancelled) while start_agent awaits the
     child's begin (its checkpointer's start awaits): the child ends as cancelled, on_end is
     told, the parent ends, nothing hangs."""
-    in_start = trio.Event()
-
-    class Slow:
-        idempotency_key = "slow"
-
-        async def start(self, agent: Any) -> Next[Any] | None:
-            in_start.set()
-            await trio.sleep_forever()
-
-        async def transition(self, agent: Any, nxt: Next[Any]) -> None:
-            pass
-
-        async def handled(self, agent: Any) -> None:
-            pass
-
-        async def ended(self, agent: Any, reason: StopReason, output: Any) -> None:
-            pass
-
+    stuck = StuckStart()
     child = Sleeper()
-    runner = hybrid.AgentRunner(child, checkpointer=Slow())
+    runner = hybrid.AgentRunner(child, checkpointer=stuck)
     parent = Parent(runner)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             address = hybrid.spawn(nursery, parent)
-            await in_start.wait()
+            await stuck.in_start.wait()
             address.interrupt()
             address.interrupt()
             await address.join()
@@ -950,26 +911,11 @@ async def test_stopping_a_supervisor_whose_next_child_has_not_started_yet(
     it has a runner that start_agent has not taken yet. Stopping the supervisor past the
     shutdown timeouts "cancels" that one: the supervisor must still stop cleanly."""
 
-    class Slow:
-        idempotency_key = "slow"
-
-        async def start(self, agent: Any) -> Next[Any] | None:
-            await trio.sleep_forever()
-
-        async def transition(self, agent: Any, nxt: Next[Any]) -> None:
-            pass
-
-        async def handled(self, agent: Any) -> None:
-            pass
-
-        async def ended(self, agent: Any, reason: StopReason, output: Any) -> None:
-            pass
-
     class Sup(hybrid.Supervisor):
         shutdown_timeout = 1
 
         def begin(self) -> Next[Self]:
-            self.slow = self.ctx.spawn(Sleeper, group=0, checkpointer=Slow(), name="slow")
+            self.slow = self.ctx.spawn(Sleeper, group=0, checkpointer=StuckStart(), name="slow")
             self.later = self.ctx.spawn(Sleeper, group=1, name="later")
             return Next.events()
 

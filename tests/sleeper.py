@@ -1,0 +1,44 @@
+"""`Sleeper`: the hibernating child that the tests of contained runs and supervisors start."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import trio
+from typing_extensions import Self
+
+import hybrid
+from hybrid import Agent, Next, StopReason
+from tests.messages import Echo, Ping
+
+
+class Sleeper(Agent):
+    """Idle in actor mode; hibernates at once. Records what it handled and how it stopped.
+
+    ``Ping(n)`` with a negative `n` makes it fail; ``Echo(n)`` is answered `n`
+    after a schedule point.
+    """
+
+    hibernate_after: ClassVar[float | None] = 0
+
+    def __init__(self) -> None:
+        self.pings: list[int] = []
+        self.stopped: list[StopReason] = []
+
+    def begin(self) -> Next[Self]:
+        return Next.events()
+
+    @hybrid.on_event
+    async def ping(self, event: Ping) -> None:
+        self.pings.append(event.n)
+        if event.n < 0:
+            self.ctx.do_next(Next.fail(ValueError(f"ping {event.n}")))
+
+    @hybrid.on_request
+    async def echo(self, request: Echo) -> int:
+        await trio.sleep(0)
+        self.pings.append(request.n)
+        return request.n
+
+    async def on_stop(self, reason: StopReason) -> None:
+        self.stopped.append(reason)
