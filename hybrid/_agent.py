@@ -370,7 +370,7 @@ class AgentRunner(Generic[A]):
         """The value the agent gave to ``Next.done`` (None until then, or if it did not finish so)."""
         return self._rt.output
 
-    def discard(self) -> None:
+    def discard(self, *, keep_address: bool = False) -> None:
         """Give the address up without running the agent (or after it, if kept for a successor).
 
         Before `run()`: the agent ends without running (`on_stop` is not
@@ -380,10 +380,30 @@ class AgentRunner(Generic[A]):
         address says the agent is gone. A supervisor discards the runner of a
         restart that will not happen.
 
+        With ``keep_address=True``, before `run()`: the agent ends without
+        running but its address stays open for a successor
+        (``AgentRunner(next_agent, address=runner.address)``): queued messages
+        wait for it, and an interrupt sent to this run is dropped. A supervisor
+        does this with a child stopped before it started, then restarted.
+        After the run it does nothing.
+
         Raises:
             LifecycleError: the agent is running.
         """
-        self._rt.discard()
+        self._rt.discard(keep_address)
+
+    def interrupt(self) -> None:
+        """Interrupt this run, as ``address.interrupt()`` does while the run is alive.
+
+        Unlike the address's, it never reaches a later run at the same address
+        (``keep_address=True``): once this run has ended, it does nothing. A
+        supervisor stops its children this way, so that an interrupt meant for a
+        run that is ending is not handed to its restarted successor. Call it from
+        the trio thread (an address's `interrupt` also works from worker threads).
+        """
+        rt = self._rt
+        if rt.phase != ENDED:
+            rt.interrupt()
 
     def cancel(self) -> None:
         """Cancel a run started by `Context.start_agent`, as cancelling its task would.

@@ -236,7 +236,10 @@ class Runtime:
         if self.interrupt_event is not None:
             self.interrupt_event.set()
         if self.interrupts == 1:
-            self.mailbox.put_interrupt_mark()  # past any bound, even while finishing
+            # Past any bound. Not once the run is ending (on_stop, finishing): it takes
+            # no more interrupts, and a mark left queued would reach a successor.
+            if self.ending is None:
+                self.mailbox.put_interrupt_mark()
         elif self.scope is not None:
             self.scope.cancel()
 
@@ -389,10 +392,15 @@ class Runtime:
         if self.probe.active is not None:
             self.probe.agent_stopped(self.address, reason)
 
-    def discard(self) -> None:
-        """Give up an agent that never ran, or the address kept for its successor."""
+    def discard(self, keep_address: bool = False) -> None:
+        """Give up an agent that never ran, or the address kept for its successor.
+
+        With `keep_address`, an agent that never ran ends without giving its
+        address up: queued messages wait for a successor (an interrupt meant
+        for this run is dropped); once the run has ended, nothing happens.
+        """
         if self.phase == ENDED:
-            if self.mailbox.limit == CLOSED:
+            if self.mailbox.limit == CLOSED or keep_address:
                 return
             self.keep_address = False
             self.mailbox.discard()
@@ -403,8 +411,12 @@ class Runtime:
             return
         if self.phase != STARTING or self.task is not None:
             raise LifecycleError(f"{self.name} has started; interrupt it instead")
-        self.keep_address = False  # given up: no successor will take the address over
-        self.mailbox.discard()
+        if keep_address:
+            self.keep_address = True
+            self.mailbox.remove_interrupt_mark()
+        else:
+            self.keep_address = False  # given up: no successor will take the address over
+            self.mailbox.discard()
         self.choose_ending(STOPPED_REASON)
         self.finish(STOPPED_REASON)
 

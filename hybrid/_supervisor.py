@@ -526,7 +526,10 @@ class _Tracker:
                 failure = self.count_restart(error)
                 if failure is not None:
                     self.give_up(child)
-                    await self.ctx.address.send_wait(_GiveUp(failure))
+                    try:
+                        await self.ctx.address.send_wait(_GiveUp(failure))
+                    except AgentStopped:  # finishing already (ctx.shutdown, say): it can only be logged
+                        logger.error("%s, while finishing", failure, exc_info=failure)
                     return False
                 await trio.sleep(self.backoff(child))
                 continue
@@ -542,7 +545,7 @@ class _Tracker:
         """Interrupt the child's run (one that has not started yet ends right after its begin())."""
         if child.state in (ChildState.RUNNING, ChildState.WAITING):
             child.state = ChildState.STOPPING
-            child.address.interrupt()
+            child.runner.interrupt()  # this run only: not its successor, if it has ended already
 
     async def await_end(self, child: _Child) -> None:
         """Wait until the child's current (or next queued) run ends, within its shutdown timeout."""
@@ -559,7 +562,7 @@ class _Tracker:
             # Past the timeout: a second interrupt cancels its running step, and
             # it still ends as interrupted. A child that does not end even then
             # (stuck in a sync state, say) is cancelled outright after as long again.
-            child.address.interrupt()
+            child.runner.interrupt()
             with trio.move_on_after(timeout):
                 await done.wait()
                 return
@@ -590,7 +593,7 @@ class _Tracker:
                     return
                 for child in members:
                     if child.running:
-                        child.address.interrupt()
+                        child.runner.interrupt()
                 with trio.move_on_after(timeout):
                     await countdown.event.wait()
                     return
@@ -606,15 +609,27 @@ class _Tracker:
         """Cancel the child's run outright; one still queued (the starter is held up) never starts.
 
         The queued one ends as cancelled without running (its agent's `on_stop`
-        is not called), and its exit is reported and decided as any other.
+        is not called), and its exit is reported and decided as any other: if a
+        restart takes it, its address stays open for the next instance;
+        otherwise it is given up.
         """
+        if not child.running:  # ended meanwhile (or killed already, by another waiter)
+            return
         if child in self.to_start:
             self.to_start.remove(child)
             child.incarnation += 1
-            child.runner.discard()
             self.ended(child, child.incarnation, StopReason(StopKind.CANCELLED))
+            if child.state is ChildState.RESTARTING:  # (else given up by `ended`)
+                child.runner.discard(keep_address=True)
         else:
             child.runner.cancel()
+
+    def drop_queued(self) -> None:
+        """The supervisor is ending: the children its starter has not started never will; each is given up."""
+        while self.to_start:
+            child = self.to_start.popleft()
+            if child.state in (ChildState.WAITING, ChildState.STOPPING):
+                self.give_up(child)
 
     def wait_for_group(self, child: _Child) -> None:
         members = self.waiting_groups.get(child.group)
@@ -806,11 +821,15 @@ class SupervisorContext(Context[A_co]):
         """
         tracker = self._machinery
         tracker.closed = True
-        if reason.kind is StopKind.CANCELLED:
-            tracker.give_up_all()  # cancelled with it: none is restarted, each address says so
-        else:
-            await tracker.stop_all()
-            await tracker.process_exits()
+        try:
+            if reason.kind is not StopKind.CANCELLED:
+                await tracker.stop_all()
+                await tracker.process_exits()
+        finally:
+            # Cancelled, or this cut short: none is restarted, none starts any more;
+            # each address says so (after a whole shutdown, nothing is left to do).
+            tracker.give_up_all()
+            tracker.drop_queued()
         await super().call_on_stop(reason)
 
 

@@ -308,6 +308,80 @@ async def test_an_answer_forwarded_before_a_kept_run_ended_is_handled_by_its_suc
     assert successor.answers == [5]
 
 
+async def test_a_runner_discarded_keeping_its_address_hands_its_queue_but_not_its_interrupt_over() -> None:
+    """discard(keep_address=True) before the run: queued messages wait for the successor;
+    the interrupt sent to the run that never ran is dropped with it."""
+    runner = hybrid.AgentRunner(Pings())
+    address = runner.address
+    address.send(Ping(1))
+    runner.interrupt()
+    runner.discard(keep_address=True)
+    assert alive(address)
+    address.send(Ping(2))
+    successor = Pings()
+    async with trio.open_nursery() as nursery:
+        second = hybrid.AgentRunner(successor, address=address)
+        await nursery.start(second.run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert successor.pings == [1, 2]
+        assert address.statistics().phase == "events"  # not interrupted by the dropped interrupt
+        address.interrupt()
+    assert not alive(address)
+    runner.discard(keep_address=True)  # after its end: nothing happens
+    second.discard(keep_address=True)
+    assert not alive(address)
+
+
+async def test_a_runner_interrupt_ends_its_own_run_and_never_reaches_the_next_one() -> None:
+    """runner.interrupt() interrupts its run; once that ended (address kept), it does nothing,
+    where address.interrupt() would interrupt the successor at its start."""
+    runner = hybrid.AgentRunner(Pings(), keep_address=True)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(runner.run)
+        runner.interrupt()
+    assert address.statistics().phase == "ended"
+    runner.interrupt()  # ended: nothing for the successor
+    successor = Pings()
+    second = hybrid.AgentRunner(successor, address=address)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert address.statistics().phase == "events"
+        second.interrupt()
+    assert (await address.join()) is None
+    assert not alive(address)
+
+
+async def test_an_interrupt_while_a_kept_run_is_ending_is_not_handed_to_its_successor() -> None:
+    """address.interrupt() while the run is in on_stop (its ending chosen) is for that run:
+    the successor at the kept address starts uninterrupted."""
+    in_stop = trio.Event()
+    go_on = trio.Event()
+
+    class SlowStop(Pings):
+        def begin(self) -> Next[Self]:
+            return Next.done()
+
+        async def on_stop(self, reason: StopReason) -> None:
+            in_stop.set()
+            await go_on.wait()
+
+    runner = hybrid.AgentRunner(SlowStop(), keep_address=True)
+    address = runner.address
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        await in_stop.wait()
+        address.interrupt()  # its first, while it ends: dropped, not queued for a successor
+        go_on.set()
+    successor = Pings()
+    second = hybrid.AgentRunner(successor, address=address)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert address.statistics().phase == "events"
+        second.interrupt()
+
+
 async def test_an_agent_runner_runs_once_and_not_after_discard() -> None:
     """run() a second time, or after discard(), is a LifecycleError; discard() of a running agent too."""
     runner = hybrid.AgentRunner(Quick())
