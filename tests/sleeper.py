@@ -42,3 +42,29 @@ class Sleeper(Agent):
 
     async def on_stop(self, reason: StopReason) -> None:
         self.stopped.append(reason)
+
+
+class SlowCleanup(Sleeper):
+    """A `Sleeper` whose helper task (started by `begin`) takes `cleanup` seconds to end once cancelled.
+
+    `draining` is set when that cleanup starts, `cleaned` when it is over.
+    """
+
+    def __init__(self, cleanup: float = 0.01) -> None:
+        super().__init__()
+        self.cleanup = cleanup
+        self.draining = trio.Event()
+        self.cleaned = trio.Event()
+
+    def begin(self) -> Next[Self]:
+        self.ctx.start_soon(self.helper)
+        return Next.events()
+
+    async def helper(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.draining.set()
+            with trio.CancelScope(shield=True):
+                await trio.sleep(self.cleanup)
+            self.cleaned.set()

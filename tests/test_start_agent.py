@@ -19,7 +19,7 @@ from typing_extensions import Self
 import hybrid
 from hybrid import Agent, Next, StopKind, StopReason
 from tests.messages import Echo, Ping
-from tests.sleeper import Sleeper
+from tests.sleeper import Sleeper, SlowCleanup
 
 
 class Parent(Agent):
@@ -174,24 +174,11 @@ async def test_a_later_helper_failure_is_logged_the_first_one_decides(
 
 
 async def test_on_end_is_told_once_its_helper_tasks_have_ended() -> None:
-    cleaned = trio.Event()
-
-    class SlowCleanup(Sleeper):
+    class Awake(SlowCleanup):
         hibernate_after = None
 
-        def begin(self) -> Next[Self]:
-            self.ctx.start_soon(self.helper)
-            return Next.events()
-
-        async def helper(self) -> None:
-            try:
-                await trio.sleep_forever()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await trio.sleep(0.01)
-                cleaned.set()
-
-    runner = hybrid.AgentRunner(SlowCleanup())
+    child = Awake()
+    runner = hybrid.AgentRunner(child)
     saw: list[bool] = []
 
     class Watch(Parent):
@@ -200,7 +187,7 @@ async def test_on_end_is_told_once_its_helper_tasks_have_ended() -> None:
             return Next.events()
 
         async def on_end(self, reason: StopReason) -> None:
-            saw.append(cleaned.is_set())
+            saw.append(child.cleaned.is_set())
             self.ended.set()
 
     async with trio.open_nursery() as nursery:

@@ -21,7 +21,7 @@ from typing_extensions import Self
 import hybrid
 from hybrid import Agent, Next, StopKind, StopReason
 from tests.messages import Echo, Ping
-from tests.sleeper import Sleeper
+from tests.sleeper import Sleeper, SlowCleanup
 
 CANCELLED = StopReason(StopKind.CANCELLED)
 
@@ -117,27 +117,14 @@ async def test_on_end_is_told_once_helpers_ended_also_for_a_sleeper_of_a_cancell
 
     The sleeper's helper needs a moment to clean up once cancelled: on_end must come after.
     """
-    cleaned = trio.Event()
     saw: list[bool] = []
-
-    class WithHelper(Sleeper):
-        def begin(self) -> Next[Self]:
-            self.ctx.start_soon(self.helper)
-            return Next.events()
-
-        async def helper(self) -> None:
-            try:
-                await trio.sleep_forever()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await trio.sleep(0.01)
-                cleaned.set()
+    child = SlowCleanup()
 
     class Watch(Parent):
         async def on_end(self, name: str, reason: StopReason) -> None:
-            saw.append(cleaned.is_set())
+            saw.append(child.cleaned.is_set())
 
-    runner = hybrid.AgentRunner(WithHelper())
+    runner = hybrid.AgentRunner(child)
     async with trio.open_nursery() as nursery:
         hybrid.spawn(nursery, Watch(runner))
         await wait_hibernating(runner.address)
@@ -399,29 +386,13 @@ async def test_cancel_during_on_end_does_not_cut_it_short() -> None:
 async def test_cancel_while_its_helpers_drain_waits_for_them_and_keeps_the_reason() -> None:
     """The run has ended (failed); its helper still cleans up; cancel() meanwhile changes
     nothing: on_end is told after the helper ended, with the failure."""
-    cleaned = trio.Event()
-    draining = trio.Event()
     saw: list[bool] = []
-
-    class Slow(Sleeper):
-        def begin(self) -> Next[Self]:
-            self.ctx.start_soon(self.helper)
-            return Next.events()
-
-        async def helper(self) -> None:
-            try:
-                await trio.sleep_forever()
-            finally:
-                draining.set()
-                with trio.CancelScope(shield=True):
-                    await trio.sleep(0.05)
-                cleaned.set()
-
-    runner = hybrid.AgentRunner(Slow())
+    child = SlowCleanup(0.05)
+    runner = hybrid.AgentRunner(child)
 
     class Watch(Parent):
         async def on_end(self, name: str, reason: StopReason) -> None:
-            saw.append(cleaned.is_set())
+            saw.append(child.cleaned.is_set())
             await super().on_end(name, reason)
 
     parent = Watch(runner)
@@ -430,7 +401,7 @@ async def test_cancel_while_its_helpers_drain_waits_for_them_and_keeps_the_reaso
             address = hybrid.spawn(nursery, parent)
             await wait_hibernating(runner.address)
             runner.address.send(Ping(-1))
-            await draining.wait()
+            await child.draining.wait()
             runner.cancel()
             await parent.ended.wait()
             address.interrupt()
