@@ -362,6 +362,10 @@ class _Tracker:
     async def run_ended(self, child: _Child, incarnation: int, reason: StopReason) -> None:
         """A run of `child` ended (its `on_end`): record the exit at once, then tell the supervisor."""
         self.ended(child, incarnation, reason)
+        await self.signal_exits()
+
+    async def signal_exits(self) -> None:
+        """Have the supervisor's task process the recorded exits (one event for several)."""
         if not self.exits_signalled:
             self.exits_signalled = True
             with contextlib.suppress(AgentStopped):  # finishing: its on_stop reports the exits
@@ -566,7 +570,7 @@ class _Tracker:
             with trio.move_on_after(timeout):
                 await done.wait()
                 return
-            self.kill(child)
+            await self.kill(child)
         await done.wait()
 
     async def await_group(self, members: list[_Child]) -> None:
@@ -598,14 +602,13 @@ class _Tracker:
                     await countdown.event.wait()
                     return
                 for child in members:
-                    if child.running:
-                        self.kill(child)
+                    await self.kill(child)
             await countdown.event.wait()
         finally:
             for child in members:
                 self.countdowns.pop(child, None)
 
-    def kill(self, child: _Child) -> None:
+    async def kill(self, child: _Child) -> None:
         """Cancel the child's run outright; one still queued (the starter is held up) never starts.
 
         The queued one ends as cancelled without running (its agent's `on_stop`
@@ -621,6 +624,7 @@ class _Tracker:
             self.ended(child, child.incarnation, StopReason(StopKind.CANCELLED))
             if child.state is ChildState.RESTARTING:  # (else given up by `ended`)
                 child.runner.discard(keep_address=True)
+            await self.signal_exits()
         else:
             child.runner.cancel()
 

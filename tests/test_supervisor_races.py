@@ -213,6 +213,10 @@ async def test_a_queued_child_killed_by_a_restart_keeps_its_address_through_the_
         async def more(self, event: Ping) -> None:
             self.b = self.ctx.spawn(bs, name="b")
 
+        async def on_child_ended(self, address: hybrid.Address[Any], reason: StopReason) -> None:
+            reported.append((address.name.rpartition("/")[2], reason.kind))
+
+    reported: list[tuple[str, StopKind]] = []
     sup = Sup()
     with trio.fail_after(GUARD):
         async with trio.open_nursery() as nursery:
@@ -225,6 +229,7 @@ async def test_a_queued_child_killed_by_a_restart_keeps_its_address_through_the_
             sup.f.send(Ping(-1))
             await trio.sleep(5)  # b killed (2s), s interrupted twice (2s): in the backoff now
             assert len(fs.made) == 1
+            assert ("b", StopKind.CANCELLED) in reported  # reported in the backoff, not at the end only
             assert sup.b.is_alive
             sup.b.send(Ping(5))  # waits for b's next instance
             slow.release.set()
