@@ -1,8 +1,9 @@
-"""`Sleeper`: the hibernating child that the tests of contained runs and supervisors start."""
+"""The agents of the tests of contained runs (``ctx.start_agent``): `Sleeper`, `SlowCleanup`, `Parent`."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import functools
+from typing import Any, ClassVar
 
 import trio
 from typing_extensions import Self
@@ -68,3 +69,30 @@ class SlowCleanup(Sleeper):
             with trio.CancelScope(shield=True):
                 await trio.sleep(self.cleanup)
             self.cleaned.set()
+
+
+class Parent(Agent):
+    """Starts the runners it is given from a state (`hibernate_after` for each); records how each ended.
+
+    `ends` holds (address name, reason) in the order the runs ended; `ended`
+    is set at the first. Override `on_end` to watch them (and call it).
+    """
+
+    def __init__(self, *runners: hybrid.AgentRunner[Any], hibernate_after: float | None = None) -> None:
+        self.runners = runners
+        self.hibernate = hibernate_after
+        self.ends: list[tuple[str, StopReason]] = []
+        self.ended = trio.Event()
+
+    def begin(self) -> Next[Self]:
+        return Next.do_async(self.start_all)
+
+    async def start_all(self) -> Next[Self]:
+        for runner in self.runners:
+            on_end = functools.partial(self.on_end, runner.address.name)
+            await self.ctx.start_agent(runner, on_end=on_end, hibernate_after=self.hibernate)
+        return Next.events()
+
+    async def on_end(self, name: str, reason: StopReason) -> None:
+        self.ends.append((name, reason))
+        self.ended.set()

@@ -7,6 +7,7 @@ tie to the parent, and every refusal.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any
@@ -19,30 +20,7 @@ from typing_extensions import Self
 import hybrid
 from hybrid import Agent, Next, StopKind, StopReason
 from tests.messages import Echo, Ping
-from tests.sleeper import Sleeper, SlowCleanup
-
-
-class Parent(Agent):
-    """Starts the runners it is given from a state, records how each ended."""
-
-    def __init__(self, *runners: hybrid.AgentRunner[Any], hibernate_after: float | None = None) -> None:
-        self.runners = runners
-        self.hibernate = hibernate_after
-        self.ends: list[tuple[str, StopReason]] = []
-        self.ended = trio.Event()
-
-    def begin(self) -> Next[Self]:
-        return Next.do_async(self.start_all)
-
-    async def start_all(self) -> Next[Self]:
-        for runner in self.runners:
-
-            async def on_end(reason: StopReason, name: str = runner.address.name) -> None:
-                self.ends.append((name, reason))
-                self.ended.set()
-
-            await self.ctx.start_agent(runner, on_end=on_end, hibernate_after=self.hibernate)
-        return Next.events()
+from tests.sleeper import Parent, Sleeper, SlowCleanup
 
 
 def hibernating(address: hybrid.Address[Any]) -> bool:
@@ -79,15 +57,12 @@ async def test_start_agent_returns_once_begin_has_run_and_hibernate_after_overri
 
     class Checks(Parent):
         async def start_all(self) -> Next[Self]:
-            await self.ctx.start_agent(runner, on_end=self.on_end, hibernate_after=5)
+            nxt = await super().start_all()
             seen.append(child.ready)
-            return Next.events()
-
-        async def on_end(self, reason: StopReason) -> None:
-            self.ends.append(("child", reason))
+            return nxt
 
     async with trio.open_nursery() as nursery:
-        parent = hybrid.spawn(nursery, Checks())
+        parent = hybrid.spawn(nursery, Checks(runner, hibernate_after=5))
         await trio.sleep(1)
         assert seen == [True]
         assert not hibernating(runner.address)
@@ -182,16 +157,12 @@ async def test_on_end_is_told_once_its_helper_tasks_have_ended() -> None:
     saw: list[bool] = []
 
     class Watch(Parent):
-        async def start_all(self) -> Next[Self]:
-            await self.ctx.start_agent(runner, on_end=self.on_end)
-            return Next.events()
-
-        async def on_end(self, reason: StopReason) -> None:
+        async def on_end(self, name: str, reason: StopReason) -> None:
             saw.append(child.cleaned.is_set())
-            self.ended.set()
+            await super().on_end(name, reason)
 
     async with trio.open_nursery() as nursery:
-        parent = Watch()
+        parent = Watch(runner)
         address = hybrid.spawn(nursery, parent)
         await trio.testing.wait_all_tasks_blocked()
         runner.address.interrupt()
@@ -454,15 +425,11 @@ async def test_a_run_cancelled_before_its_task_ran_ends_instead_of_hibernating()
         class Killer(Parent):
             async def start_all(self) -> Next[Self]:
                 self.ctx.start_soon(self.kill)
-                await self.ctx.start_agent(self.runners[0], on_end=self.on_end)
+                await self.ctx.start_agent(self.runners[0], on_end=functools.partial(self.on_end, "child"))
                 return Next.events()
 
             async def kill(self) -> None:
                 self.runners[0].cancel()
-
-            async def on_end(self, reason: StopReason) -> None:
-                self.ends.append(("child", reason))
-                self.ended.set()
 
         with trio.fail_after(5):
             async with trio.open_nursery() as nursery:

@@ -8,7 +8,6 @@ and what becomes of messages sent meanwhile.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from typing import Any, ClassVar
@@ -21,34 +20,13 @@ from typing_extensions import Self
 import hybrid
 from hybrid import Agent, Next, StopKind, StopReason
 from tests.messages import Echo, Ping
-from tests.sleeper import Sleeper, SlowCleanup
+from tests.sleeper import Parent, Sleeper, SlowCleanup
 
 CANCELLED = StopReason(StopKind.CANCELLED)
 
 
 class Stop(BaseException):
     """A BaseException that is not a cancellation (KeyboardInterrupt-like)."""
-
-
-class Parent(Agent):
-    """Starts the runners it is given from a state; records how each ended (by address name)."""
-
-    def __init__(self, *runners: hybrid.AgentRunner[Any]) -> None:
-        self.runners = runners
-        self.ends: list[tuple[str, StopReason]] = []
-        self.ended = trio.Event()
-
-    def begin(self) -> Next[Self]:
-        return Next.do_async(self.start_all)
-
-    async def start_all(self) -> Next[Self]:
-        for runner in self.runners:
-            await self.ctx.start_agent(runner, on_end=functools.partial(self.on_end, runner.address.name))
-        return Next.events()
-
-    async def on_end(self, name: str, reason: StopReason) -> None:
-        self.ends.append((name, reason))
-        self.ended.set()
 
 
 class StuckStart:
