@@ -39,9 +39,12 @@ before each, the first round discarded, medians and ranges reported):
 Targets (from the durable-agents issue): added cost per transition <= 35 us
 with 200 agents and <= 200 us for one agent alone on SQLite with full fsync;
 hybrid durable >= 10x LangGraph's steps per second. A commit cannot return
-before its fsync, so one agent alone pays at least one fsync per transition
-(the table prints the bare fsync'd SQLite commit of the same disk for
-comparison): the 1-agent bound holds only where a commit costs less than that.
+before its fsync, and the agent waits for the journal's writer thread, so one
+agent alone pays at least one fsync and one round trip through a thread per
+transition. The table prints both floors, measured on the same machine: the
+bare fsync'd SQLite commit of the same disk, and a trio task's round trip
+through a thread (`thread_round_trip_us`); the 1-agent bound holds only where
+their sum is below it.
 
 Options:
     --size F       scale the transitions and runs (default 1.0; 0.01 for a smoke run)
@@ -63,6 +66,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Generator, Sequence
@@ -302,6 +306,54 @@ def bare_commit_us(directory: Path, commits: int = 200) -> float:
         _remove_sqlite(f"sqlite:///{path}")
 
 
+def thread_round_trip_us(trips: int = 2000) -> float:
+    """A trio task hands a thread a token and parks until the thread wakes it: this machine's floor (us).
+
+    What a durable write adds on top of its commit when no other agent writes
+    beside it: the journal's writer thread is woken with a ``threading.Condition``
+    and wakes the trio side with ``TrioToken.run_sync_soon``, as here.
+    """
+
+    async def main() -> float:
+        token = trio.lowlevel.current_trio_token()
+        ready = threading.Condition()
+        box: list[trio.lowlevel.Task | None] = []
+
+        def wake(task: trio.lowlevel.Task) -> None:
+            trio.lowlevel.reschedule(task)
+
+        def serve() -> None:
+            while True:
+                with ready:
+                    while not box:
+                        ready.wait()
+                    task = box.pop()
+                if task is None:
+                    return
+                token.run_sync_soon(wake, task)
+
+        def never(_: object) -> trio.lowlevel.Abort:
+            return trio.lowlevel.Abort.FAILED
+
+        thread = threading.Thread(target=serve, name="bench round trip", daemon=True)
+        thread.start()
+        try:
+            start = perf_counter()
+            for _ in range(trips):
+                with ready:
+                    box.append(trio.lowlevel.current_task())
+                    ready.notify()
+                await trio.lowlevel.wait_task_rescheduled(never)
+            return (perf_counter() - start) / trips * 1e6
+        finally:
+            with ready:
+                box.append(None)
+                ready.notify()
+            thread.join()
+
+    return trio.run(main)
+
+
 # -- Postgres, LangGraph: there or not --------------------------------------------------------
 
 
@@ -430,6 +482,7 @@ def measure(
             print(f" ({len(sides)} sides)", end="", flush=True, file=sys.stderr)
         samples = alternate(sides, rounds, warmup)
         floor_us = statistics.median(bare_commit_us(Path(folder)) for _ in range(3))
+        trip_us = statistics.median(thread_round_trip_us() for _ in range(3))
         settings = postgres_settings(pg_url) if pg_url is not None else None
         fs = filesystem(Path(folder))
     return _entry(samples, size=size, k_many=k_many, k_one=k_one, runs=runs, environment={
@@ -437,6 +490,7 @@ def measure(
         "sqlite_filesystem": fs,
         "sqlite_version": sqlite3.sqlite_version,
         "sqlite_bare_commit_us": floor_us,
+        "thread_round_trip_us": trip_us,
         "postgres": pg_note,
         "postgres_settings": settings,
         "langgraph": lg_note or f"langgraph {agent_peers.version('langgraph')}",
@@ -588,7 +642,8 @@ def table_lines(entry: dict[str, Any]) -> list[str]:
     lines = [
         f"W9 durable transitions: SQLite file in {env['sqlite_dir']} ({env['sqlite_filesystem']}), WAL, "
         f"synchronous=FULL, SQLite {env['sqlite_version']}; a bare fsync'd SQLite commit here: "
-        f"{env['sqlite_bare_commit_us']:.0f} us",
+        f"{env['sqlite_bare_commit_us']:.0f} us; a trio task's round trip through a thread here: "
+        f"{env.get('thread_round_trip_us', float('nan')):.0f} us (one agent alone pays both per transition)",
         "  durable: each agent `await store.run(Loop(k), key=...)` in its own task (do_async self-transitions, two "
         "int fields); no store: `await Loop(k).run()`; added = durable - no store per transition, amortized (each "
         "agent's claim and ending included), paired by round: median [min-max]",

@@ -83,6 +83,10 @@ def test_w9_durable_transitions_run_every_case_on_sqlite(tmp_path: Path) -> None
     """W9 at a tiny size, without Postgres: every case runs (its own checks count each transition)."""
     entry = durable_bench.measure(0.01, 1, 0, directory=tmp_path, use_postgres=False)
     assert entry["metrics"]
+    floors = entry["environment"]
+    assert floors["sqlite_bare_commit_us"] > 0
+    assert floors["thread_round_trip_us"] > 0
+    assert "round trip through a thread here" in durable_bench.table_lines(entry)[0]
 
 
 def test_w11_coordination_runs_every_side_and_reports_every_target(
