@@ -41,6 +41,19 @@ class _NotStarted:
         )
 
 
+def _has_run(agent: Agent[Any]) -> bool:
+    """Whether `agent` ran: its ``ctx`` is set on the instance when it starts.
+
+    Read as an attribute, not looked up in ``agent.__dict__``: that would make
+    the instance's dict (64 bytes per agent, for its whole life).
+    """
+    try:
+        agent.ctx  # noqa: B018 - `_NotStarted` raises until the agent runs
+    except LifecycleError:
+        return False
+    return True
+
+
 class Agent(Generic[T_co]):
     """The base class of agents; `T_co` is the type of its output (default None).
 
@@ -234,7 +247,7 @@ def start_runtime(
             f"{caller}: checkpointer must implement hybrid.Checkpointer "
             f"(start, transition, handled, ended, idempotency_key), got {checkpointer!r}"
         )
-    if "ctx" in agent.__dict__:
+    if _has_run(agent):
         raise LifecycleError(
             f"{type(agent).__qualname__} instance was already started; an agent runs once: create a new instance"
         )

@@ -568,8 +568,10 @@ class Runtime:
                 # Keep the contextvars the agent set; when it set none, keep the
                 # context it was spawned with, whose values its spawner shares.
                 now = contextvars.copy_context()
-                if now != self.context:
-                    self.context = now
+                spawned_with = self.context
+                kept = spawned_with if spawned_with is not None and now == spawned_with else now
+                assert self.host is not None
+                self.context = _keeper_of(self.host).share(kept)
         if spawned and self.error is not None:
             raise self.error
 
@@ -840,9 +842,12 @@ class Runtime:
         self.phase = EVENTS_PHASE
         self.mailbox.set_asleep(False)
         _keepers()[self.host].discard()
-        context = self.context
         # The new task starts with the contextvars the agent's task had (trio
-        # copies the spawner's context: run the spawn inside the saved one).
+        # copies the spawner's context: run the spawn inside the saved one). A
+        # copy is entered, not the saved context itself, which sleepers share
+        # (`_Keeper.share`): a wake-up from inside another one's spawn (a trio
+        # instrument's task_spawned) must not find it entered already.
+        context = self.context.copy()
         host = self.host
         name = f"hybrid agent {self.name}"
         if self.hosting is None:
@@ -1091,6 +1096,11 @@ class Hosting:
         await on_end(reason)
 
 
+_SHARED_CONTEXTS: Final = 4
+"""How many distinct contexts a `_Keeper` compares a sleeper's with: the children of
+one spawner mostly have one or two."""
+
+
 @final
 class _Keeper:
     """Stands in a host nursery for its hibernating agents (one task per nursery, not one per agent).
@@ -1105,13 +1115,30 @@ class _Keeper:
     would cost a scan per wake-up); `count` is how many still hibernate.
     """
 
-    __slots__ = ("count", "host", "sleepers", "task")
+    __slots__ = ("contexts", "count", "host", "sleepers", "task")
 
     def __init__(self, host: trio.Nursery) -> None:
         self.host = host
         self.sleepers: list[Runtime] = []
         self.count = 0
         self.task: Task | None = None  # parked while it has sleepers
+        self.contexts: list[contextvars.Context] = []
+        """Distinct contextvars its sleepers kept lately (at most `_SHARED_CONTEXTS`, newest last)."""
+
+    def share(self, context: contextvars.Context) -> contextvars.Context:
+        """`context`, or an equal one a sleeper of this nursery keeps already (one object for all of them).
+
+        Sharing is safe: a context kept here is never entered itself; a wake-up
+        starts its task in a copy of it (`Runtime.wake_up`).
+        """
+        contexts = self.contexts
+        for shared in contexts:
+            if shared is context or shared == context:
+                return shared
+        if len(contexts) >= _SHARED_CONTEXTS:
+            del contexts[0]
+        contexts.append(context)
+        return context
 
     def add(self, rt: Runtime) -> None:
         self.count += 1

@@ -315,6 +315,24 @@ async def test_a_transition_scheduled_on_a_sleeper_wakes_it_to_take_it() -> None
     assert agent.statistics().reason == hybrid.StopReason(hybrid.StopKind.DONE)
 
 
+async def test_sleepers_with_equal_contextvars_keep_one_context_and_each_wakes_with_its_own_values() -> None:
+    where.set("the spawner's")
+    async with trio.open_nursery() as nursery:
+        plain = [hybrid.spawn(nursery, Plain()) for _ in range(3)]
+        own = [hybrid.spawn(nursery, Sleepy()) for _ in range(2)]  # each sets "the agent's own"
+        await trio.testing.wait_all_tasks_blocked()
+        assert all(hibernating(agent) for agent in [*plain, *own])
+        kept = {id(agent._rt.context) for agent in plain}
+        assert len(kept) == 1  # one object for the three: 64 bytes, not 192
+        assert own[0]._rt.context is own[1]._rt.context
+        assert own[0]._rt.context is not plain[0]._rt.context
+        where.set("the sender's")
+        assert [await agent.request(Where()) for agent in plain] == ["the spawner's"] * 3
+        assert [await agent.request(Where()) for agent in own] == ["the agent's own"] * 2
+        for agent in [*plain, *own]:
+            agent.interrupt()
+
+
 async def test_hibernation_can_be_chosen_per_spawn(autojump_clock: trio.testing.MockClock) -> None:
     class Awake(Sleepy):
         hibernate_after = None

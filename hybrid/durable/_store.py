@@ -766,8 +766,12 @@ class KeyCheckpointer:
 
 
 def _started(agent: Agent[Any]) -> bool:
-    """Whether `agent` has run: its ``ctx`` is set on the instance once it does (as `hybrid.spawn` checks)."""
-    return "ctx" in agent.__dict__
+    """Whether `agent` has run (its ``ctx`` exists once it did)."""
+    try:
+        agent.ctx  # noqa: B018 - the property raises LifecycleError until the agent runs
+    except LifecycleError:
+        return False
+    return True
 
 
 def _is_recorded(error: BaseException | None) -> bool:
