@@ -66,11 +66,12 @@ class Checkpointer(Protocol):
         ...
 
     async def handled(self, agent: Any) -> None:
-        """After each message the agent handled in actor mode (its fields may have changed).
+        """After each message the agent handled (its fields may have changed).
 
-        Not called for the messages an agent handles while it finishes (after
-        ``Next.done``, say): its ending is what `ended` records then, and a
-        crash before that resumes the state that chose the ending.
+        In actor mode, and also while the agent finishes (the messages still
+        queued after ``Next.done`` or an interrupt): an interrupted agent's
+        key stays unfinished, and what those messages changed must be there
+        when it resumes. A request's answer goes once this returns.
         """
         ...
 

@@ -726,8 +726,9 @@ class Runtime:
                         except BaseException:
                             call._fail_stopped()
                             raise
-                        if checkpointer is not None and not draining:
-                            # A durable agent answers once what the handler changed is saved.
+                        if checkpointer is not None:
+                            # A durable agent answers once what the handler changed is saved
+                            # (also while it finishes: an interrupted agent's key stays unfinished).
                             try:
                                 await checkpointer.handled(agent)
                             except Exception as error:
@@ -779,10 +780,8 @@ class Runtime:
                     start = None  # the "interrupt" transition reports it
                 if start is not None:
                     self._report(message, start)
-                if checkpointer is not None and not draining and message_type is not RequestCall:
-                    # (A request's changes were saved before its answer went, above.) Not while
-                    # finishing: the ending (`ended`) is what is recorded then, and a crash
-                    # before it resumes the last state, which chose it.
+                if checkpointer is not None and message_type is not RequestCall:
+                    # (A request's changes were saved before its answer went, above.)
                     await checkpointer.handled(agent)
                 count += 1
                 if count >= FAIRNESS:

@@ -238,8 +238,8 @@ async def test_an_interrupted_state_s_next_transition_is_saved_before_the_agent_
     assert log.calls == ["start", "transition one", "transition two", "ended interrupted None"]
 
 
-async def test_messages_handled_while_finishing_are_not_reported() -> None:
-    """After Next.done, queued messages are handled but not saved: the ending is what is recorded."""
+async def test_messages_handled_while_finishing_are_reported_before_the_ending() -> None:
+    """After Next.done, queued messages are handled, each reported (`handled`) before the ending is."""
     log = Log()
 
     class Quick(Agent[int]):
@@ -260,7 +260,7 @@ async def test_messages_handled_while_finishing_are_not_reported() -> None:
     agent = Quick()
     await hybrid.AgentRunner(agent, checkpointer=log).run()
     assert agent.seen == 1
-    assert log.calls == ["start", "transition finish", "ended done 1"]
+    assert log.calls == ["start", "transition finish", "handled", "ended done 1"]
 
 
 async def test_idempotency_key_needs_a_checkpointer_and_a_checkpointer_must_be_one() -> None:

@@ -29,6 +29,7 @@ live run per key (`KeyInUse`).
 from __future__ import annotations
 
 import enum
+import logging
 import os
 from collections.abc import AsyncGenerator, Iterable
 from contextlib import asynccontextmanager
@@ -43,6 +44,8 @@ from ._errors import CheckpointError, DurableError, Fenced, KeyInUse, StoreError
 from ._journal import Journal, Pending, open_journal
 from ._leases import DEFAULT_POLL_INTERVAL, DurableLeases
 from ._records import Checkpoint, Claim, Ending, Event, Status, StepKind
+
+logger = logging.getLogger("hybrid.durable")
 
 
 class Durability(enum.StrEnum):
@@ -424,6 +427,7 @@ class KeyCheckpointer:
         "_resume",
         "_seq",
         "_state_seq",
+        "_step",
         "_store",
         "_version",
     )
@@ -454,12 +458,17 @@ class KeyCheckpointer:
     """The seq of the checkpoint that names the running state (the idempotency key's)."""
     _resume: Next[Any] | None
     """The transition `start` resumed with, already saved: `transition` does not save it again."""
+    _step: Next[Any]
+    """The transition the key's checkpoint names (``Next.events()`` until one is saved): `handled`
+    saves the agent's fields with it, so a message handled while the agent finishes after an
+    interrupted state keeps that state's next transition as the place to resume from."""
     _last: bytes
     """The payload last written or resumed from: an unchanged actor-mode checkpoint is not written again."""
     _pending: Pending | None
     """The write-behind checkpoint in flight (async durability): at most one."""
     _fenced: bool
-    """A newer incarnation took the key: nothing more is written, no ending recorded."""
+    """A newer incarnation took the key: nothing more is written, no ending recorded, and no
+    later run of a supervised child claims it again (each stops at once)."""
     _owner: Agent[Any] | None
     """The agent of the run that holds the key in the store's live set (None while a resume decodes it).
 
@@ -485,6 +494,7 @@ class KeyCheckpointer:
         checkpointer._finished = False
         checkpointer._seq = checkpointer._state_seq = 0
         checkpointer._resume = None
+        checkpointer._step = _EVENTS
         checkpointer._last = b""
         checkpointer._pending = None
         checkpointer._fenced = False
@@ -524,10 +534,15 @@ class KeyCheckpointer:
         self._owner = None
 
     def _reset(self) -> None:
-        """Forget the previous run: a supervised child's checkpointer serves each of its runs."""
+        """Forget the previous run: a supervised child's checkpointer serves each of its runs.
+
+        Not `_fenced`: once a newer run of the key took it over, no later run of this child
+        claims it again (see `_claim_at_start`).
+        """
         self._epoch = self._seq = self._state_seq = 0
         self._first = self._resume = None
-        self._finished = self._fenced = False
+        self._step = _EVENTS
+        self._finished = False
         self._pending = None  # its write was queued before this run's claim, so it is settled by then
 
     async def _claim_for(self, agent: Agent[Any]) -> Agent[Any]:
@@ -620,6 +635,17 @@ class KeyCheckpointer:
         """A supervised child's run claims the key now, into the factory's instance `agent`."""
         self._store._check_open()  # noqa: SLF001
         self._hold(agent)  # first: a refused run must not touch the fields of the run that holds the key
+        if self._fenced:
+            # A newer run of the key (another process's) fenced an earlier run of this child off.
+            # Claiming the key again would fence that one off in turn, and the two would take it
+            # from each other at each restart: this run stops at once instead, writing nothing.
+            logger.warning(
+                "key %r: a newer run took it over; %s stops instead of claiming it back"
+                " (the key goes on there; store.resume takes it up once that run is gone)",
+                self._key,
+                type(agent).__qualname__,
+            )
+            return Next.stop()
         self._reset()  # `ended`, which the run calls whatever happens now, releases the key
         claim, payload = await self._claim_with(agent)
         if claim.ending is not None:
@@ -655,15 +681,25 @@ class KeyCheckpointer:
         """Save `nxt` (and the agent's fields) before it is taken."""
         if nxt is self._resume:
             self._resume = None  # saved already: it is what the run resumed from
+            self._step = nxt
             return
         kind, state, payload = self._store._codec.encode_step(self._key, agent, nxt)  # noqa: SLF001
         await self._write(kind, state, payload)
         self._state_seq = self._seq
+        self._step = nxt
 
     async def handled(self, agent: Any) -> None:
-        """Save the agent's fields after a message, if they changed."""
+        """Save the agent's fields after a message, if they changed, with the transition last saved.
+
+        In actor mode that is ``Next.events()``. While the agent finishes, it may be the next
+        transition of an interrupted state (saved when the interrupt ended it): the agent
+        resumes there, with what the messages changed. A run that only replays a finished
+        key's ending saves nothing.
+        """
+        if self._finished:
+            return
         codec = self._store._codec  # noqa: SLF001
-        kind, state, payload = codec.encode_step(self._key, agent, _EVENTS)
+        kind, state, payload = codec.encode_step(self._key, agent, self._step)
         if payload != self._last:
             await self._write(kind, state, payload)
 

@@ -371,6 +371,16 @@ class Account(Agent[int]):
 
 
 @attrs.define
+class TippedSteps(Steps):
+    """`Steps` that also takes tips by request: a field changed outside its states."""
+
+    @hybrid.on_request
+    async def tip(self, request: Deposit) -> int:
+        self.n += request.amount
+        return self.n
+
+
+@attrs.define
 class Sleepy(Account):
     """An Account that gives its task up after 10 ms idle in actor mode (hibernation)."""
 
@@ -1501,6 +1511,38 @@ async def test_a_state_that_finished_before_a_graceful_shutdown_does_not_run_aga
     WORLD.block.clear()
     async with open_store(sqlite_url) as store:
         assert await store.run(Steps(), key="k") == STEPS_OUTPUT
+    assert WORLD.entries == ["begin", "first", "second"]
+
+
+async def test_a_request_handled_as_an_interrupted_state_machine_finishes_is_saved_with_its_next_state(
+    journal_url: str,
+) -> None:
+    """Interrupted in a state, with a request queued meanwhile: the request is handled as the run finishes.
+
+    Its change is saved before its answer, with the state's next transition (not
+    actor mode): the next process runs that state with what the request changed.
+    """
+    answers: list[int] = []
+    async with open_store(journal_url) as store, trio.open_nursery() as nursery:
+        WORLD.block.add("first")
+        address = await store.spawn(nursery, TippedSteps(), key="k")
+        gate = await WORLD.reached("first")
+        address.interrupt()
+
+        async def tip() -> None:
+            answers.append(await address.request(Deposit(10)))
+
+        async with trio.open_nursery() as asking:
+            asking.start_soon(tip)
+            await trio.testing.wait_all_tasks_blocked()  # the request waits behind the interrupt
+            gate.release()
+        assert answers == [11]
+        assert await address.join() is None
+        assert await store.outcome("k") is None
+    WORLD.block.clear()
+    async with open_store(journal_url) as store:
+        with trio.fail_after(10):
+            assert await store.run(TippedSteps(), key="k") == "11:first,second"
     assert WORLD.entries == ["begin", "first", "second"]
 
 
