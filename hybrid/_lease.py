@@ -60,8 +60,9 @@ class Lease:
     lease guards.
 
     Attributes:
-        name: what is leased; a non-empty str, unique within its table.
-        holder: who holds it; a non-empty str. Two callers using the same
+        name: what is leased; a non-empty str (UTF-8 text without NUL),
+            unique within its table.
+        holder: who holds it; a non-empty str (the same). Two callers using the same
             holder string are the same holder (acquiring again renews).
         token: the fencing token, >= 1. Strictly greater than the token of
             every earlier grant of `name` in the same table; the same for
@@ -93,10 +94,17 @@ class Lease:
 
 
 def _text(what: str, value: object) -> str:
+    """A non-empty str that every backend stores as it is: UTF-8 text without NUL (Postgres holds no NUL)."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a non-empty str, got {value!r}")
     if not value:
         raise ValueError(f"{what} must be a non-empty str, got ''")
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain a NUL character, got {value!r}")
+    try:
+        value.encode()
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{what} must be text UTF-8 can encode (no lone surrogate), got {value!r}") from error
     return value
 
 
@@ -138,14 +146,17 @@ class LeaseTable(abc.ABC):
     interface runs on either.
 
     Every method is a trio checkpoint. Arguments are checked at the call: a
-    `name` or `holder` that is not a non-empty str, a `ttl` that is not a
-    finite number of seconds > 0 (bools and NaN included) raise `TypeError`
-    or `ValueError` before anything happens.
+    `name` or `holder` that is not a non-empty str (or holds a NUL or a lone
+    surrogate, which a database cannot store), a `ttl` that is not a finite
+    number of seconds > 0 (bools and NaN included) raise `TypeError` or
+    `ValueError` before anything happens.
 
     Implementing a table: subclass it and implement the five hooks
     ``_acquire``, ``_renew``, ``_release``, ``_latest`` and
     ``_wait_changed`` (their docstrings give their contracts, arguments
     already checked); the public methods and `hold` are built on them.
+    Override ``_acquire_free`` too, as one atomic step (its default looks,
+    then acquires), so that two `hold` blocks of one holder never both enter.
 
     Example:
         ```python
@@ -192,7 +203,7 @@ class LeaseTable(abc.ABC):
                 released, or the name was granted again (its token is stale).
                 The message says which.
             TypeError: `lease` is not a `Lease`, `ttl` not a number.
-            ValueError: `ttl` is not finite and > 0.
+            ValueError: `ttl` (or, without it, ``lease.ttl``) is not finite and > 0.
 
         Example:
             ```python
@@ -200,7 +211,7 @@ class LeaseTable(abc.ABC):
             ```
         """
         _lease(lease)
-        seconds = lease.ttl if ttl is None else _ttl(ttl)
+        seconds = _validate.seconds("lease.ttl", lease.ttl, positive=True) if ttl is None else _ttl(ttl)
         renewed = await self._renew(lease, seconds)
         if renewed is None:
             latest, now = await self._latest(lease.name)
@@ -395,6 +406,17 @@ class LeaseTable(abc.ABC):
         If cancelled, it must not leave a new grant behind.
         """
 
+    async def _acquire_free(self, name: str, holder: str, ttl: float) -> Lease | None:
+        """Grant `name` anew if it is free; None if anyone holds it, `holder` included (never renews).
+
+        What `hold` enters with: two blocks of one holder must not share a grant.
+        This default looks, then acquires: override it with one atomic step (the
+        two tables here do), or two blocks started together may both enter.
+        """
+        if await self.current(name) is not None:
+            return None
+        return await self._acquire(name, holder, ttl)
+
     @abc.abstractmethod
     async def _renew(self, lease: Lease, ttl: float) -> Lease | None:
         """Atomically: extend the grant `lease.token` of `lease.name` by `ttl` from now if it is current; else None."""
@@ -481,6 +503,13 @@ class Leases(LeaseTable):
             self._held[name] = lease
         await trio.lowlevel.cancel_shielded_checkpoint()
         return lease
+
+    async def _acquire_free(self, name: str, holder: str, ttl: float) -> Lease | None:
+        held = self._held.get(name)
+        if held is not None and trio.current_time() < held.expires_at:
+            await trio.lowlevel.checkpoint()
+            return None
+        return await self._acquire(name, holder, ttl)  # no checkpoint before it: nothing changes in between
 
     async def _renew(self, lease: Lease, ttl: float) -> Lease | None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -585,18 +614,18 @@ async def _hold(
 ) -> AsyncGenerator[Lease]:
     """`LeaseTable.hold` (its arguments checked)."""
     while True:
+        sent = trio.current_time()
+        # A new grant only: acquire() would renew a grant this holder has already, and two
+        # blocks would share one lease (the first to leave would release it under the other).
+        lease = await table._acquire_free(name, holder, ttl)  # noqa: SLF001 - the table's own hook
+        if lease is not None:
+            break
         held = await table.current(name)
         if held is not None and held.holder == holder:
-            # acquire() would renew that grant: two blocks would share one lease, and the
-            # first to leave would release it under the other.
             raise ValueError(
                 f"{holder!r} already holds lease {name!r} (token {held.token}); a hold() block needs a "
                 "holder name of its own (add a task or process id to it)"
             )
-        sent = trio.current_time()
-        lease = await table.acquire(name, holder, ttl=ttl)
-        if lease is not None:
-            break
         if not wait:
             raise trio.WouldBlock(f"lease {name!r} is held by another holder than {holder!r}")
         await table.wait_free(name)

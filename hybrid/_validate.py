@@ -15,6 +15,14 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _float(value: int | float) -> float:
+    """`value` as a float; an int too large for one is infinite (as it is for any bound)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 @overload
 def count(what: str, value: object, *, minimum: int = ..., optional: Literal[False] = ...) -> int: ...
 @overload
@@ -48,7 +56,7 @@ def seconds(what: str, value: object, *, positive: bool = False, infinite: bool 
     kind = "a number of seconds" if infinite else "a finite number of seconds"
     if not _is_number(value):
         raise TypeError(f"{what} must be {kind} {bound}, got {value!r}")
-    number = float(value)  # type: ignore[arg-type]
+    number = _float(value)  # type: ignore[arg-type]
     if math.isnan(number) or number < 0 or (positive and number == 0) or (math.isinf(number) and not infinite):
         raise ValueError(f"{what} must be {kind} {bound}, got {value!r}")
     return number
@@ -63,7 +71,7 @@ def fraction(what: str, value: object) -> float:
     """
     if not _is_number(value):
         raise TypeError(f"{what} must be a number between 0 and 1, got {value!r}")
-    number = float(value)  # type: ignore[arg-type]
+    number = _float(value)  # type: ignore[arg-type]
     if not 0 <= number <= 1:
         raise ValueError(f"{what} must be a number between 0 and 1, got {value!r}")
     return number
@@ -78,7 +86,7 @@ def factor(what: str, value: object) -> float:
     """
     if not _is_number(value):
         raise TypeError(f"{what} must be a finite number >= 1, got {value!r}")
-    number = float(value)  # type: ignore[arg-type]
+    number = _float(value)  # type: ignore[arg-type]
     if not (number >= 1 and math.isfinite(number)):
         raise ValueError(f"{what} must be a finite number >= 1, got {value!r}")
     return number
@@ -106,7 +114,8 @@ def timeout(what: str, value: object) -> float | None:
     """A timeout in seconds (>= 0): ``math.inf`` (or None) waits forever, returned as None."""
     if value is None or (isinstance(value, float) and value == math.inf):
         return None
-    if not _is_number(value) or math.isnan(float(value)) or float(value) < 0:  # type: ignore[arg-type]
+    number = _float(value) if _is_number(value) else math.nan  # type: ignore[arg-type]
+    if math.isnan(number) or number < 0:
         error = ValueError if _is_number(value) else TypeError
         raise error(f"{what} must be a number of seconds >= 0, or math.inf to wait forever, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    return None if number == math.inf else number

@@ -40,6 +40,7 @@ ERROR (with traceback) for an unexpected exception in the writer, which is a bug
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -433,11 +434,23 @@ class Journal:
 
     # -- leases (``_leases.py``: `DurableLeases`) ------------------------------------
 
-    async def acquire_lease(self, name: str, holder: str, ttl: float) -> Lease | None:
-        """Renew `holder`'s current lease of `name`, or grant the name if it is free; None if another holder has it.
+    async def acquire_lease(
+        self,
+        name: str,
+        holder: str,
+        ttl: float,
+        *,
+        renew: bool = True,
+        released: Callable[[str], None] | None = None,
+    ) -> Lease | None:
+        """Renew `holder`'s current lease of `name` (unless not `renew`), or grant the name if it is free.
+
+        None if another holder has it (or, when not `renew`, `holder` has).
 
         Cancel-safe: a new grant made for a caller that was cancelled while
-        waiting is released once its batch commits (a renewal stays).
+        waiting is released once its batch commits (a renewal stays), and
+        ``released(name)`` is then called (trio thread) once that release
+        has committed.
 
         Raises:
             StoreError: the database failed; nothing was granted (or, if the
@@ -446,17 +459,17 @@ class Journal:
         """
 
         def run(txn: _Txn) -> tuple[Lease, bool] | None:
-            return txn.statements.acquire_lease(txn.cursor, name, holder, ttl)
+            return txn.statements.acquire_lease(txn.cursor, name, holder, ttl, renew=renew)
 
         request = self._submit(_Request(f"acquire of lease {name!r}", run, writes=True))
         try:
             granted = await request.wait()
         except BaseException:  # re-raised: the grant, if there is one, must not outlive the caller
-            request.abandon(self._release_abandoned)
+            request.abandon(functools.partial(self._release_abandoned, released))
             raise
         return None if granted is None else granted[0]
 
-    def _release_abandoned(self, granted: tuple[Lease, bool] | None) -> None:
+    def _release_abandoned(self, released: Callable[[str], None] | None, granted: tuple[Lease, bool] | None) -> None:
         """Release a new grant nobody waits for (trio thread); if that fails, it expires at its ttl."""
         if granted is None or not granted[1]:
             return
@@ -465,8 +478,11 @@ class Journal:
         def run(txn: _Txn) -> bool:
             return txn.statements.release_lease(txn.cursor, lease)
 
+        release: _Request[bool] = _Request(f"release of abandoned lease {lease.name!r}", run, writes=True)
+        if released is not None:
+            release.abandoned = lambda freed: released(lease.name) if freed else None  # on its commit
         with contextlib.suppress(trio.ClosedResourceError):  # closing: the lease ends at its ttl
-            self._submit(_Request(f"release of abandoned lease {lease.name!r}", run, writes=True))
+            self._submit(release)
 
     async def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
         """Extend `lease` to `ttl` from now if its grant is current (the new record); None if not.

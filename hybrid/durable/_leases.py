@@ -102,20 +102,28 @@ class DurableLeases(LeaseTable):
     async def _acquire(self, name: str, holder: str, ttl: float) -> Lease | None:
         journal = self._store._open_journal()  # noqa: SLF001 - the store's own table
         await trio.lowlevel.checkpoint_if_cancelled()  # a caller cancelled already asks the database nothing
-        return await journal.acquire_lease(name, holder, ttl)
+        return await journal.acquire_lease(name, holder, ttl, released=self._freed)
+
+    async def _acquire_free(self, name: str, holder: str, ttl: float) -> Lease | None:
+        journal = self._store._open_journal()  # noqa: SLF001
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return await journal.acquire_lease(name, holder, ttl, renew=False, released=self._freed)
 
     async def _renew(self, lease: Lease, ttl: float) -> Lease | None:
         return await self._store._open_journal().renew_lease(lease, ttl)  # noqa: SLF001
 
     async def _release(self, lease: Lease) -> None:
-        store = self._store
-        journal = store._open_journal()  # noqa: SLF001
+        journal = self._store._open_journal()  # noqa: SLF001
         try:
             await journal.release_lease(lease)
         finally:  # cancelled or not, the release commits: wake this store's waiters (they look again)
-            freed = store._lease_freed.pop(lease.name, None)  # noqa: SLF001
-            if freed is not None:
-                freed.set()
+            self._freed(lease.name)
+
+    def _freed(self, name: str) -> None:
+        """`name` was released through this store: its waiters here look again at once."""
+        freed = self._store._lease_freed.pop(name, None)  # noqa: SLF001
+        if freed is not None:
+            freed.set()
 
     async def _latest(self, name: str) -> tuple[Lease | None, float]:
         return await self._store._open_journal().latest_lease(name)  # noqa: SLF001

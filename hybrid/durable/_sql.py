@@ -527,17 +527,22 @@ class Statements:
 
     # -- leases ------------------------------------------------------------------
 
-    def acquire_lease(self, cursor: Cursor, name: str, holder: str, ttl: float) -> tuple[Lease, bool] | None:
-        """Renew `holder`'s current lease of `name`, or grant the name if it is free.
+    def acquire_lease(
+        self, cursor: Cursor, name: str, holder: str, ttl: float, *, renew: bool = True
+    ) -> tuple[Lease, bool] | None:
+        """Renew `holder`'s current lease of `name` (unless not `renew`), or grant the name if it is free.
 
         Returns:
             The lease and whether it is a new grant (False: a renewal, same
-            token); None if another holder has a current lease.
+            token); None if another holder has a current lease (or `holder`
+            has, when not `renew`).
         """
-        cursor.execute(self._lease_extend, (ttl, ttl, name, holder))
-        row: Row | None = cursor.fetchone()
-        if row is not None:
-            return Lease(name=name, holder=holder, token=int(row[0]), expires_at=float(row[1]), ttl=ttl), False
+        row: Row | None
+        if renew:
+            cursor.execute(self._lease_extend, (ttl, ttl, name, holder))
+            row = cursor.fetchone()
+            if row is not None:
+                return Lease(name=name, holder=holder, token=int(row[0]), expires_at=float(row[1]), ttl=ttl), False
         cursor.execute(self._lease_grant, (name, holder, ttl, ttl))
         row = cursor.fetchone()
         if row is None:

@@ -301,6 +301,7 @@ class Store:
         Raises:
             StoreError: the store is closed.
             TypeError: `key` is not a non-empty str.
+            ValueError: `key` holds a NUL or a lone surrogate (no database stores them).
             ValueError: an unknown `restart_from` or `durability`.
         """
         self._check_open()
@@ -318,11 +319,14 @@ class Store:
             limit: at most this many (the oldest ones).
         """
         self._check_open()
+        if key is not None:
+            _check_key(key)
         return await self._journal.events(key, since=since, limit=limit)
 
     async def outcome(self, key: str) -> Ending | None:
         """How `key` ended (its status, encoded output or error text), or None if it has not (or is unknown)."""
         self._check_open()
+        _check_key(key)
         return await self._journal.ending(key)
 
     async def prune(
@@ -816,7 +820,19 @@ def _is_recorded(error: BaseException | None) -> bool:
 
 
 def _error_text(error: BaseException | None) -> str:
-    return f"{type(error).__name__}: {error}"
+    """``"Type: message"``, as text both databases store: a NUL or a lone surrogate is escaped.
+
+    An error's message is the agent's (it may quote binary data); refused by the
+    database, it would fail the whole batch its ending is written in.
+    """
+    text = f"{type(error).__name__}: {error}"
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode(errors="backslashreplace").decode()
+    return text
 
 
 def _ending_next(store: Store, key: str, cls: type[Agent[Any]], ending: Ending) -> Next[Any]:
@@ -830,8 +846,18 @@ def _ending_next(store: Store, key: str, cls: type[Agent[Any]], ending: Ending) 
 
 
 def _check_key(key: object) -> None:
+    """A key both databases store as it is: checked here, so that a bad one fails its caller alone.
+
+    (Refused in the writer thread instead, it would fail its whole batch: other agents' writes.)
+    """
     if not isinstance(key, str) or not key:
         raise TypeError(f"a durable key is a non-empty str, got {key!r}")
+    if "\x00" in key:
+        raise ValueError(f"a durable key must not contain a NUL character (Postgres text holds none), got {key!r}")
+    try:
+        key.encode()
+    except UnicodeEncodeError as error:
+        raise ValueError(f"a durable key must be text UTF-8 can encode (no lone surrogate), got {key!r}") from error
 
 
 _EVENTS: Final[Next[Any]] = Next.events()

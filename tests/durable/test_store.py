@@ -632,6 +632,40 @@ async def test_a_failed_key_raises_recorded_failure_without_running_again(journa
     assert WORLD.entries == ["begin", "first", "second"]
 
 
+async def test_an_error_text_no_database_could_store_is_recorded_escaped(journal_url: str) -> None:
+    """A failure whose message holds a NUL and a lone surrogate (binary data quoted, say) is still recorded.
+
+    Both are escaped: Postgres text holds no NUL, and UTF-8 no lone surrogate; refused
+    in the writer thread, the ending would fail the whole batch it is written in.
+    """
+    WORLD.fail["second"] = ValueError("bad byte \x00 and \ud800 here")
+    async with open_store(journal_url) as store:
+        with pytest.raises(ValueError, match="bad byte"):
+            await store.run(Steps(), key="k")
+        ending = await store.outcome("k")
+        assert ending is not None
+        assert ending.status is Status.FAILED
+        assert ending.error == "ValueError: bad byte \\x00 and \\ud800 here"
+        events = await store.events("k")
+        assert (events[-1].kind, events[-1].detail) == ("failed", ending.error)
+
+
+@pytest.mark.parametrize("key", ["nul\x00key", "lone\ud800surrogate"])
+async def test_a_key_no_database_could_store_is_refused_at_the_call(sqlite_url: str, key: str) -> None:
+    """A durable key with a NUL or a lone surrogate: ValueError where it is given, before any database work."""
+    async with open_store(sqlite_url) as store:
+        with pytest.raises(ValueError, match="a durable key must"):
+            await store.run(Steps(), key=key)
+        with pytest.raises(ValueError, match="a durable key must"):
+            store.checkpointer(key)
+        with pytest.raises(ValueError, match="a durable key must"):
+            await store.outcome(key)
+        with pytest.raises(ValueError, match="a durable key must"):
+            await store.events(key)
+        assert await store.events() == []
+    assert WORLD.entries == []
+
+
 async def test_next_stop_records_stopped_and_a_later_run_returns_none(sqlite_url: str) -> None:
     """Next.stop() finishes the key as STOPPED: it is not resumed, and running it again returns None at once."""
     async with open_store(sqlite_url) as store:
