@@ -99,13 +99,7 @@ def _text(what: str, value: object) -> str:
         raise TypeError(f"{what} must be a non-empty str, got {value!r}")
     if not value:
         raise ValueError(f"{what} must be a non-empty str, got ''")
-    if "\x00" in value:
-        raise ValueError(f"{what} must not contain a NUL character, got {value!r}")
-    try:
-        value.encode()
-    except UnicodeEncodeError as error:
-        raise ValueError(f"{what} must be text UTF-8 can encode (no lone surrogate), got {value!r}") from error
-    return value
+    return _validate.storable(what, value)
 
 
 def _ttl(value: object) -> float:

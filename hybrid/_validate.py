@@ -62,6 +62,24 @@ def seconds(what: str, value: object, *, positive: bool = False, infinite: bool 
     return number
 
 
+def storable(what: str, value: str) -> str:
+    """A str every database stores as it is: no NUL (Postgres text holds none), no lone surrogate (not UTF-8).
+
+    Checked where it is given: refused by a database's driver instead, it would
+    fail the whole batch it was written in.
+
+    Raises:
+        ValueError: `value` holds a NUL or a lone surrogate.
+    """
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain a NUL character (Postgres text holds none), got {value!r}")
+    try:
+        value.encode()
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{what} must be text UTF-8 can encode (no lone surrogate), got {value!r}") from error
+    return value
+
+
 def fraction(what: str, value: object) -> float:
     """A number between 0 and 1 inclusive.
 

@@ -37,7 +37,7 @@ from typing import Any, Final, final
 
 import trio
 
-from hybrid import Address, Agent, AgentRunner, LifecycleError, Next, StopKind, StopReason, spawn
+from hybrid import Address, Agent, AgentRunner, LifecycleError, Next, StopKind, StopReason, _validate, spawn
 
 from ._codec import Codec
 from ._errors import CheckpointError, DurableError, Fenced, KeyInUse, StoreError
@@ -852,12 +852,7 @@ def _check_key(key: object) -> None:
     """
     if not isinstance(key, str) or not key:
         raise TypeError(f"a durable key is a non-empty str, got {key!r}")
-    if "\x00" in key:
-        raise ValueError(f"a durable key must not contain a NUL character (Postgres text holds none), got {key!r}")
-    try:
-        key.encode()
-    except UnicodeEncodeError as error:
-        raise ValueError(f"a durable key must be text UTF-8 can encode (no lone surrogate), got {key!r}") from error
+    _validate.storable("a durable key", key)
 
 
 _EVENTS: Final[Next[Any]] = Next.events()

@@ -299,6 +299,13 @@ async def until_asleep(*addresses: Address[Any]) -> None:
             await trio.sleep(0.005)
 
 
+async def fund_and_sleep(bank: Bank, unit: int = 1) -> None:
+    """Deposit `unit`, 2 `unit`, 3 `unit`... into its children in key order, then wait until they all sleep."""
+    for amount, key in enumerate(bank.kids, start=1):
+        assert await bank.kids[key].request(Deposit(amount * unit)) == amount * unit
+    await until_asleep(*bank.kids.values())
+
+
 async def start_bank(nursery: trio.Nursery, bank: Bank) -> Address[Bank]:
     """Spawn `bank` and wait until its children exist (its begin() has run)."""
     address = hybrid.spawn(nursery, bank)
@@ -449,9 +456,7 @@ async def test_an_interrupted_supervisor_leaves_every_sleeping_key_unfinished_an
     async with open_store(journal_url) as store, trio.open_nursery() as nursery:
         bank = Bank(store, [account("a"), account("b"), account("c")])
         boss = await start_bank(nursery, bank)
-        for amount, key in enumerate("abc", start=1):
-            assert await bank.kids[key].request(Deposit(amount * 10)) == amount * 10
-        await until_asleep(*bank.kids.values())
+        await fund_and_sleep(bank, 10)
         assert store.live_keys() == ["a", "b", "c"]
         boss.interrupt()
         await boss.join()
@@ -507,9 +512,7 @@ async def test_one_for_all_restarts_sleeping_durable_siblings_from_their_checkpo
     async with open_store(journal_url) as store, trio.open_nursery() as nursery:
         bank = AllBank(store, [account("a"), account("b"), account("c")])
         boss = await start_bank(nursery, bank)
-        for amount, key in enumerate("abc", start=1):
-            assert await bank.kids[key].request(Deposit(amount)) == amount
-        await until_asleep(*bank.kids.values())
+        await fund_and_sleep(bank)
         bank.kids["b"].send(Crash(10))
         await NOTES.endings_reach(3)
         assert sorted(kinds(NOTES.endings)) == [
@@ -535,9 +538,7 @@ async def test_rest_for_one_restarts_only_the_later_sleeping_siblings(sqlite_url
     async with open_store(sqlite_url) as store, trio.open_nursery() as nursery:
         bank = RestBank(store, [account("a"), account("b"), account("c")])
         boss = await start_bank(nursery, bank)
-        for amount, key in enumerate("abc", start=1):
-            assert await bank.kids[key].request(Deposit(amount)) == amount
-        await until_asleep(*bank.kids.values())
+        await fund_and_sleep(bank)
         bank.kids["b"].send(Crash(10))
         await NOTES.endings_reach(2)
         assert sorted(kinds(NOTES.endings)) == [("b", StopKind.FAILED), ("c", StopKind.INTERRUPTED)]
