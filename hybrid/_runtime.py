@@ -569,7 +569,7 @@ class Runtime:
                 # context it was spawned with, whose values its spawner shares.
                 now = contextvars.copy_context()
                 spawned_with = self.context
-                kept = spawned_with if spawned_with is not None and now == spawned_with else now
+                kept = spawned_with if spawned_with is not None and _equal(now, spawned_with) else now
                 assert self.host is not None
                 self.context = _keeper_of(self.host).share(kept)
         if spawned and self.error is not None:
@@ -1095,6 +1095,16 @@ class Hosting:
         await on_end(reason)
 
 
+def _equal(one: contextvars.Context, other: contextvars.Context) -> bool:
+    """Whether two contexts hold the same values; False if comparing a value raised (an array's ``==``)."""
+    if one is other:
+        return True
+    try:
+        return bool(one == other)
+    except Exception:  # a value's own __eq__ (an array's): the contexts are just not shared
+        return False
+
+
 _SHARED_CONTEXTS: Final = 4
 """How many distinct contexts a `_Keeper` compares a sleeper's with: the children of
 one spawner mostly have one or two."""
@@ -1132,7 +1142,7 @@ class _Keeper:
         """
         contexts = self.contexts
         for shared in contexts:
-            if shared is context or shared == context:
+            if _equal(shared, context):
                 return shared
         if len(contexts) >= _SHARED_CONTEXTS:
             del contexts[0]

@@ -333,6 +333,38 @@ async def test_sleepers_with_equal_contextvars_keep_one_context_and_each_wakes_w
             agent.interrupt()
 
 
+class Ambiguous:
+    """A value whose ``==`` raises, as a numpy array's does."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("the truth value of this comparison is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+payload: contextvars.ContextVar[Ambiguous | None] = contextvars.ContextVar("payload", default=None)
+
+
+async def test_sleepers_whose_contextvars_cannot_be_compared_keep_their_own_and_wake_with_them() -> None:
+    async with trio.open_nursery() as nursery:
+        first, second = Ambiguous(), Ambiguous()
+        payload.set(first)
+        one = hybrid.spawn(nursery, Plain())
+        payload.set(second)
+        two = hybrid.spawn(nursery, Plain())
+        await trio.testing.wait_all_tasks_blocked()
+        assert hibernating(one)
+        assert hibernating(two)
+        assert one._rt.context is not two._rt.context
+        assert one._rt.context is not None
+        assert one._rt.context[payload] is first
+        assert two._rt.context is not None
+        assert two._rt.context[payload] is second
+        assert await one.request(Where()) == "unset"  # woken, and asleep again
+        one.interrupt()
+        two.interrupt()
+
+
 async def test_hibernation_can_be_chosen_per_spawn(autojump_clock: trio.testing.MockClock) -> None:
     class Awake(Sleepy):
         hibernate_after = None
