@@ -136,9 +136,9 @@ class HybridCollector(Collector):
         failures = CounterMetricFamily("hybrid_failures", "Runs that ended failed, by agent class.", labels=labels)
         restarts = CounterMetricFamily("hybrid_restarts", "Restarts by a supervisor, by agent class.", labels=labels)
         for counters in () if snapshot is None else snapshot.counters:
-            kind = [counters.agent_class]
+            kind = [_label(counters.agent_class)]
             for phase, count in sorted(counters.phases.items()):
-                agents.add_metric([counters.agent_class, phase], count)
+                agents.add_metric([*kind, phase], count)
             depth.add_metric(kind, counters.mailbox_depth)
             handled.add_metric(kind, counters.messages_handled)
             dropped.add_metric(kind, counters.messages_dropped)
@@ -146,6 +146,18 @@ class HybridCollector(Collector):
             failures.add_metric(kind, counters.failures)
             restarts.add_metric(kind, counters.restarts)
         yield from (agents, depth, handled, dropped, transitions, failures, restarts)
+
+
+def _label(text: str) -> str:
+    """A label value the exposition can encode: a lone surrogate (a made-up class name) is escaped.
+
+    Left as it is, it would fail the whole scrape, every other series with it.
+    """
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="backslashreplace").decode()
+    return text
 
 
 def register(registry: CollectorRegistry = REGISTRY) -> HybridCollector:
@@ -279,7 +291,8 @@ class LatencyHistograms(hybrid.Instrument, Collector):
             key = (address.agent_type, state, next.kind)
             series = self._state_series.get(key)
             if series is None:
-                series = self._state_series[key] = self._states.labels(key[0].__qualname__, key[1], key[2])
+                labels = (_label(key[0].__qualname__), _label(key[1]), key[2])
+                series = self._state_series[key] = self._states.labels(*labels)
             self._in_state[address] = (now, series)
 
     def agent_stopped(self, address: hybrid.Address[Any], reason: hybrid.StopReason) -> None:
@@ -302,7 +315,8 @@ class LatencyHistograms(hybrid.Instrument, Collector):
         key = (address.agent_type, type(message))
         series = self._waiting_series.get(key)
         if series is None:
-            series = self._waiting_series[key] = self._waiting.labels(key[0].__qualname__, key[1].__qualname__)
+            labels = (_label(key[0].__qualname__), _label(key[1].__qualname__))
+            series = self._waiting_series[key] = self._waiting.labels(*labels)
         series.observe(waited)
 
     def message_handled(self, address: hybrid.Address[Any], message: object, seconds: float) -> None:
@@ -310,5 +324,6 @@ class LatencyHistograms(hybrid.Instrument, Collector):
         key = (address.agent_type, type(message))
         series = self._handling_series.get(key)
         if series is None:
-            series = self._handling_series[key] = self._handling.labels(key[0].__qualname__, key[1].__qualname__)
+            labels = (_label(key[0].__qualname__), _label(key[1].__qualname__))
+            series = self._handling_series[key] = self._handling.labels(*labels)
         series.observe(seconds)

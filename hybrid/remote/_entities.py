@@ -139,7 +139,11 @@ class Entities(Generic[A]):
         if served is None:
             if envelope.kind in (wire.Kind.CANCEL, wire.Kind.INTERRUPT) or not key:
                 return  # nothing lives here to interrupt or withdraw from
-            served = self._start(key)
+            try:
+                served = self._start(key)
+            except Exception as error:  # the factory's: a request learns it now, not at its deadline
+                node._drop_raw(f"{self.kind}/{key}", msg, error, answer=error)  # noqa: SLF001
+                return
         node._received += 1  # noqa: SLF001
         node._deliver(served, msg, envelope)  # noqa: SLF001
 
@@ -311,7 +315,11 @@ class _EntityLink:
 def _check_key(key: object) -> str:
     if not isinstance(key, str) or not key:
         raise ValueError(f"an entity key is a non-empty str, got {key!r}")
-    return key
+    try:
+        key.encode()  # it is hashed and sent as UTF-8
+    except UnicodeEncodeError as error:
+        raise ValueError(f"an entity key must be text UTF-8 can encode (no lone surrogate), got {key!r}") from error
+    return str.__str__(key)
 
 
 def check_kind(kind: str) -> str:

@@ -365,6 +365,27 @@ def _description(message: Message) -> str:
     return "" if headers is None else str(headers.get("Description", ""))
 
 
+def header_value(what: str, value: object) -> str:
+    """A header value that arrives as it was sent, or ValueError naming `what`.
+
+    nats-py strips a header value's ends and turns CR and LF into spaces: an id
+    ``" a"`` would arrive as ``"a"`` (a duplicate of another job), a type name
+    with a space at its end would name no class at all.
+    """
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty str, got {value!r}")
+    if value != value.strip() or "\r" in value or "\n" in value:
+        raise ValueError(
+            f"{what} must not start or end with whitespace nor hold a line break (a NATS header would change it),"
+            f" got {value!r}"
+        )
+    try:
+        value.encode()
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{what} must be text UTF-8 can encode (no lone surrogate), got {value!r}") from error
+    return value
+
+
 def _ttl(ttl: object) -> int | None:
     """A per-key TTL: None, or whole seconds >= 1."""
     if ttl is None:
@@ -972,6 +993,8 @@ class JetStream:
             StreamFull: a limit of the stream is reached.
             WrongRevision: `expected_last_subject_sequence` did not match.
             JetStreamError: another refusal.
+            ValueError: `msg_id` or a header value would not arrive as it is
+                (empty, whitespace at an end, a line break, a lone surrogate).
 
         Example:
             ```python
@@ -980,11 +1003,9 @@ class JetStream:
                 ...  # published before, within the window
             ```
         """
-        sent: dict[str, str] = dict(headers or {})
+        sent = {name: header_value(f"header {name!r}", value) for name, value in (headers or {}).items()}
         if msg_id is not None:
-            if not isinstance(msg_id, str) or not msg_id:  # pyright: ignore[reportUnnecessaryIsInstance]
-                raise ValueError(f"msg_id must be a non-empty str, got {msg_id!r}")
-            sent["Nats-Msg-Id"] = msg_id
+            sent["Nats-Msg-Id"] = header_value("msg_id", msg_id)
         seconds = _ttl(ttl)
         if seconds is not None:
             sent["Nats-TTL"] = str(seconds)

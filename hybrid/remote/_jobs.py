@@ -77,7 +77,7 @@ from hybrid import Address, Backoff, Request, UnhandledMessage, _validate
 from hybrid.codec import CodecError, MessageCodec
 
 from ._errors import MessageTooLarge, RemoteUnavailable
-from ._jetstream import ConsumerInfo, Delivery, JetStream, PubAck, Puller, StreamFull, jetstream
+from ._jetstream import ConsumerInfo, Delivery, JetStream, PubAck, Puller, StreamFull, header_value, jetstream
 from ._names import check_name, jobs_stream, jobs_subject
 from ._transport import Transport
 
@@ -265,6 +265,9 @@ class WorkQueue(Generic[J]):
 
         Raises:
             TypeError: `job` is not of the queue's job type.
+            ValueError: `id` (or the job class's wire name) would not arrive as
+                it is in a NATS header: empty, whitespace at an end, a line
+                break, a lone surrogate.
             hybrid.codec.CodecError: `job` does not encode.
             MessageTooLarge: the encoded job is larger than the server accepts.
             QueueFull: the queue holds `max_jobs` jobs already.
@@ -281,8 +284,10 @@ class WorkQueue(Generic[J]):
         """
         if not isinstance(job, self._job_type):
             raise TypeError(f"queue {self._name!r} takes {self._job_type.__qualname__} jobs, got {job!r}")
+        if id is not None:
+            header_value("id", id)
         name, version, payload = self._codec.encode(job)
-        headers = {TYPE_HEADER: name}
+        headers = {TYPE_HEADER: header_value(f"the wire name of {type(job).__qualname__}", name)}
         if version != 1:
             headers[VERSION_HEADER] = str(version)
         try:

@@ -96,6 +96,9 @@ def _shown(text: str) -> str:
 def _check(name: object, what: str, pattern: re.Pattern[str], rule: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"{what} must be a str, got {name!r}")
+    # A str subclass (a ``(str, Enum)`` member) as its plain value: formatted into a subject
+    # or a key, it would be its own str() ("Names.LEDGER" on Python 3.11), not its value.
+    name = str.__str__(name)
     if pattern.fullmatch(name):
         return name
     bad = next(((i, c) for i, c in enumerate(name) if not pattern.fullmatch(c)), None)

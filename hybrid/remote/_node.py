@@ -668,11 +668,13 @@ class Node:
         if not foreign.answer_into(call, _ReplyTo(self, served, reply)):
             self._nursery.start_soon(self._answer_in_task, served, call, reply, name=f"hybrid.remote answer to {reply}")
 
-    def _drop_raw(self, where: str, msg: Message, error: BaseException) -> None:
+    def _drop_raw(self, where: str, msg: Message, error: BaseException, *, answer: BaseException | None = None) -> None:
+        """Drop a message no agent took; a request is answered with `answer` (default: not an envelope)."""
         self._dropped += 1
         logger.warning("%s: dropped a message to %r: %s", self.name, where, error)
         if msg.reply:
-            self._answer(msg.reply, None, outcome.Error(CodecError(f"not a hybrid envelope: {error}")))
+            failure = CodecError(f"not a hybrid envelope: {error}") if answer is None else answer
+            self._answer(msg.reply, None, outcome.Error(failure))
 
     def _drop(self, served: Served, msg: Message, error: BaseException) -> None:
         self._dropped += 1
@@ -917,7 +919,8 @@ class Node:
             count = len(msgspec.msgpack.decode(spawn.arguments, type=list[msgspec.Raw]))
             arguments = self.codec.decode_value(factory.arguments_type(count), spawn.arguments)
             agent = factory.function(*cast("tuple[Any, ...]", arguments))
-            name = spawn.name or f"{self.name}-{secrets.token_hex(5)}"
+            # The default: the node's name (cut to leave room) and a random suffix, within 64 characters.
+            name = spawn.name or f"{self.name[:53]}-{secrets.token_hex(5)}"
             check_name(name, "agent name")
             address: hybrid.Address[Any] = await self._nursery.start(hybrid.AgentRunner(agent).run)
             try:
