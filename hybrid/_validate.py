@@ -62,6 +62,19 @@ def seconds(what: str, value: object, *, positive: bool = False, infinite: bool 
     return number
 
 
+def utf8(what: str, value: str) -> str:
+    """A str UTF-8 can encode (no lone surrogate): what goes on a wire or into a database as text.
+
+    Raises:
+        ValueError: `value` holds a lone surrogate.
+    """
+    try:
+        value.encode()
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{what} must be text UTF-8 can encode (no lone surrogate), got {value!r}") from error
+    return value
+
+
 def storable(what: str, value: str) -> str:
     """A str every database stores as it is: no NUL (Postgres text holds none), no lone surrogate (not UTF-8).
 
@@ -73,11 +86,20 @@ def storable(what: str, value: str) -> str:
     """
     if "\x00" in value:
         raise ValueError(f"{what} must not contain a NUL character (Postgres text holds none), got {value!r}")
+    return utf8(what, value)
+
+
+def escaped(text: str) -> str:
+    """`text` with what UTF-8 cannot encode (a lone surrogate) escaped, for text that is reported, not checked.
+
+    An error's message or a class's name is shown as it is, unless it would make its
+    whole report (an event log entry, a metrics scrape) fail to encode.
+    """
     try:
-        value.encode()
-    except UnicodeEncodeError as error:
-        raise ValueError(f"{what} must be text UTF-8 can encode (no lone surrogate), got {value!r}") from error
-    return value
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="backslashreplace").decode()
+    return text
 
 
 def fraction(what: str, value: object) -> float:

@@ -57,6 +57,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
 import hybrid
+from hybrid import _validate
 
 __all__ = ["LATENCY_BUCKETS", "HybridCollector", "LatencyHistograms", "register"]
 
@@ -149,15 +150,8 @@ class HybridCollector(Collector):
 
 
 def _label(text: str) -> str:
-    """A label value the exposition can encode: a lone surrogate (a made-up class name) is escaped.
-
-    Left as it is, it would fail the whole scrape, every other series with it.
-    """
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return text.encode(errors="backslashreplace").decode()
-    return text
+    """A label value the exposition can encode: left as it is, a lone surrogate would fail the whole scrape."""
+    return _validate.escaped(text)
 
 
 def register(registry: CollectorRegistry = REGISTRY) -> HybridCollector:

@@ -825,14 +825,7 @@ def _error_text(error: BaseException | None) -> str:
     An error's message is the agent's (it may quote binary data); refused by the
     database, it would fail the whole batch its ending is written in.
     """
-    text = f"{type(error).__name__}: {error}"
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        text = text.encode(errors="backslashreplace").decode()
-    return text
+    return _validate.escaped(f"{type(error).__name__}: {error}").replace("\x00", "\\x00")
 
 
 def _ending_next(store: Store, key: str, cls: type[Agent[Any]], ending: Ending) -> Next[Any]:

@@ -29,7 +29,7 @@ import outcome
 import trio
 
 import hybrid
-from hybrid import AgentStopped
+from hybrid import AgentStopped, _validate
 from hybrid import _foreign as foreign
 from hybrid._foreign import RequestCall
 
@@ -315,11 +315,7 @@ class _EntityLink:
 def _check_key(key: object) -> str:
     if not isinstance(key, str) or not key:
         raise ValueError(f"an entity key is a non-empty str, got {key!r}")
-    try:
-        key.encode()  # it is hashed and sent as UTF-8
-    except UnicodeEncodeError as error:
-        raise ValueError(f"an entity key must be text UTF-8 can encode (no lone surrogate), got {key!r}") from error
-    return str.__str__(key)
+    return _validate.utf8("an entity key", str.__str__(key))  # it is hashed and sent as UTF-8
 
 
 def check_kind(kind: str) -> str:

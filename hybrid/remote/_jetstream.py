@@ -379,11 +379,7 @@ def header_value(what: str, value: object) -> str:
             f"{what} must not start or end with whitespace nor hold a line break (a NATS header would change it),"
             f" got {value!r}"
         )
-    try:
-        value.encode()
-    except UnicodeEncodeError as error:
-        raise ValueError(f"{what} must be text UTF-8 can encode (no lone surrogate), got {value!r}") from error
-    return value
+    return _validate.utf8(what, value)
 
 
 def _ttl(ttl: object) -> int | None:
