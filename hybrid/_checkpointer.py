@@ -68,10 +68,14 @@ class Checkpointer(Protocol):
     async def handled(self, agent: Any) -> None:
         """After each message the agent handled (its fields may have changed).
 
-        In actor mode, and also while the agent finishes (the messages still
-        queued after ``Next.done`` or an interrupt): an interrupted agent's
-        key stays unfinished, and what those messages changed must be there
-        when it resumes. A request's answer goes once this returns.
+        In actor mode; and while the agent finishes (the messages still queued
+        after ``Next.done`` or an interrupt) when the transition last given to
+        `transition` has not run: actor mode, or the next transition of an
+        interrupted state. A resumed run then has what those messages changed.
+        Not after a state that ran (it chose the ending): saved under it, they
+        would make that state run again on resume, under another idempotency
+        key; the ending is what `ended` records then. A request's answer goes
+        once this returns.
         """
         ...
 

@@ -151,6 +151,8 @@ class LeaseTable(abc.ABC):
     already checked); the public methods and `hold` are built on them.
     Override ``_acquire_free`` too, as one atomic step (its default looks,
     then acquires), so that two `hold` blocks of one holder never both enter.
+    (`hold` enters through ``_acquire_free``, not through `acquire`: a
+    subclass that wraps `acquire`, to log or count, wraps it too.)
 
     Example:
         ```python

@@ -476,6 +476,11 @@ class Runtime:
                         if self.interrupts and nxt._kind <= PERFORM:
                             nxt = _INTERRUPT  # interrupted before its first state: never enters it
                     steps = self.steps
+                    # Whether the checkpoint last saved names a step that has not run (actor mode, or
+                    # the next transition of an interrupted state): only then are the messages handled
+                    # while finishing saved (`_drain`); saved under a state that ran, they would make
+                    # it run again, on resume, under another idempotency key.
+                    unrun = resumed
                     while True:
                         if probe.active is not None and nxt is not _RESUMING:
                             probe.state_entered(self.address, nxt)
@@ -490,6 +495,7 @@ class Runtime:
                             self.state = nxt
                             if checkpointer is not None:
                                 await checkpointer.transition(agent, nxt)
+                                unrun = False
                             if nxt._mods is None:
                                 # _perform_plain, inlined: a frame less per transition
                                 if kind == ASYNC:
@@ -514,11 +520,13 @@ class Runtime:
                                     # Interrupted: the agent ends instead of taking `nxt`, but it is
                                     # where a resumed run goes on (the finished state does not run again).
                                     await checkpointer.transition(agent, nxt)
+                                    unrun = True
                                 nxt = self._after_step(nxt)
                         elif kind == EVENTS:
                             self.phase = EVENTS_PHASE
                             if checkpointer is not None and nxt is not _RESUMING:
                                 await checkpointer.transition(agent, nxt)
+                            unrun = True
                             self.steps = steps
                             scheduled = await self._loop(False)
                             if scheduled is None:  # hibernating: this task ends, the agent does not
@@ -528,7 +536,7 @@ class Runtime:
                         elif kind == DONE:
                             self.choose_ending(DONE_REASON, nxt._value)
                             self.steps = steps
-                            await self._drain()
+                            await self._drain(unrun)
                             break
                         elif kind == STOP:
                             self.choose_ending(STOPPED_REASON)
@@ -547,7 +555,7 @@ class Runtime:
                             if scheduled is None:
                                 self.choose_ending(INTERRUPTED_REASON)
                                 self.steps = steps
-                                await self._drain()
+                                await self._drain(unrun)
                                 break
                             nxt = scheduled
                 if scope.cancelled_caught:
@@ -665,28 +673,31 @@ class Runtime:
         # (on_interrupt runs), unless the step failed: a failure is never lost.
         return nxt if nxt._kind == FAIL else _INTERRUPT
 
-    async def _drain(self) -> None:
-        """Finish: close the mailbox to senders, handle what is queued."""
+    async def _drain(self, save: bool) -> None:
+        """Finish: close the mailbox to senders, handle what is queued (told to the checkpointer if `save`)."""
         self.phase = FINISHING
         mailbox = self.mailbox
         mailbox.close()
         if mailbox.queue:
             mailbox.draining = True
             try:
-                pending = await self._loop(True)
+                pending = await self._loop(True, save)
             finally:
                 mailbox.draining = False
             if pending is not None:  # ctx.stop() while draining
                 self.choose_ending(STOPPED_REASON)
 
-    async def _loop(self, draining: bool) -> Next[Any] | None:
-        """Handle mailbox messages until a transition is scheduled (or, draining, the queue is empty)."""
+    async def _loop(self, draining: bool, save: bool = True) -> Next[Any] | None:
+        """Handle mailbox messages until a transition is scheduled (or, draining, the queue is empty).
+
+        Each message handled is told to the checkpointer (`Checkpointer.handled`) if `save`.
+        """
         mailbox = self.mailbox
         queue = mailbox.queue
         agent = self.agent
         table = mailbox.events
         probe = self.probe
-        checkpointer = self.checkpointer
+        checkpointer = self.checkpointer if save else None
         count = self.steps
         while True:
             nxt = self.next
@@ -1096,13 +1107,22 @@ class Hosting:
 
 
 def _equal(one: contextvars.Context, other: contextvars.Context) -> bool:
-    """Whether two contexts hold the same values; False if comparing a value raised (an array's ``==``)."""
+    """Whether two contexts hold the very same value objects (``is``, never a value's own ``==``).
+
+    Equal values are not enough: two agents that each set ``cache.set({})`` hold two
+    dicts, and sharing one context would hand one agent the other's dict (and ``==``
+    may raise, as an array's does).
+    """
     if one is other:
         return True
-    try:
-        return bool(one == other)
-    except Exception:  # a value's own __eq__ (an array's): the contexts are just not shared
+    if len(one) != len(other):
         return False
+    missing = _MISSING
+    return all(other.get(var, missing) is value for var, value in one.items())
+
+
+_MISSING: Final = object()
+"""No value: what `_equal` finds for a variable one context lacks."""
 
 
 _SHARED_CONTEXTS: Final = 4
@@ -1135,10 +1155,11 @@ class _Keeper:
         """Distinct contextvars its sleepers kept lately (at most `_SHARED_CONTEXTS`, newest last)."""
 
     def share(self, context: contextvars.Context) -> contextvars.Context:
-        """`context`, or an equal one a sleeper of this nursery keeps already (one object for all of them).
+        """`context`, or one a sleeper of this nursery keeps already holding the very same values (`_equal`).
 
         Sharing is safe: a context kept here is never entered itself; a wake-up
-        starts its task in a copy of it (`Runtime.wake_up`).
+        starts its task in a copy of it (`Runtime.wake_up`). The last few kept
+        stay referenced (their values too) until the keeper leaves.
         """
         contexts = self.contexts
         for shared in contexts:

@@ -238,8 +238,12 @@ async def test_an_interrupted_state_s_next_transition_is_saved_before_the_agent_
     assert log.calls == ["start", "transition one", "transition two", "ended interrupted None"]
 
 
-async def test_messages_handled_while_finishing_are_reported_before_the_ending() -> None:
-    """After Next.done, queued messages are handled, each reported (`handled`) before the ending is."""
+async def test_messages_handled_while_finishing_after_a_state_that_ran_are_not_reported() -> None:
+    """After Next.done from a state, queued messages are handled but not saved: the ending is what is recorded.
+
+    (Saved under the state that chose the ending, they would make it run again on
+    resume under another idempotency key.)
+    """
     log = Log()
 
     class Quick(Agent[int]):
@@ -260,7 +264,47 @@ async def test_messages_handled_while_finishing_are_reported_before_the_ending()
     agent = Quick()
     await hybrid.AgentRunner(agent, checkpointer=log).run()
     assert agent.seen == 1
-    assert log.calls == ["start", "transition finish", "handled", "ended done 1"]
+    assert log.calls == ["start", "transition finish", "ended done 1"]
+
+
+async def test_messages_handled_while_an_interrupted_agent_finishes_are_reported_where_nothing_ran() -> None:
+    """Interrupted in actor mode, or in a state whose next transition was saved: what it handles then is reported.
+
+    The key stays unfinished: a resumed run goes on from a step that has not run, with
+    what those messages changed.
+    """
+
+    class Counting(Agent[None]):
+        def __init__(self, state: bool) -> None:
+            self.state = state
+            self.seen = 0
+
+        def begin(self) -> Next[Self]:
+            return Next.do_async(self.work) if self.state else Next.events()
+
+        async def work(self) -> Next[Self]:
+            self.ctx.address.interrupt()  # the state completes, the agent then ends instead of going on
+            self.ctx.address.send(Add(1))
+            return Next.do_async(self.after)
+
+        async def after(self) -> Next[Self]:  # never entered in this run
+            return Next.done()
+
+        @hybrid.on_event
+        async def add(self, event: Add) -> None:
+            self.seen += 1
+
+    # (In actor mode the interrupt is itself a message handled, and told as one.)
+    for state, first in ((True, ["transition work", "transition after"]), (False, ["transition events", "handled"])):
+        log = Log()
+        agent = Counting(state)
+        runner = hybrid.AgentRunner(agent, checkpointer=log)
+        if not state:
+            runner.address.interrupt()  # queued first: it ends interrupted, the Add still handled
+            runner.address.send(Add(1))
+        await runner.run()
+        assert agent.seen == 1
+        assert log.calls == ["start", *first, "handled", "ended interrupted None"]
 
 
 async def test_idempotency_key_needs_a_checkpointer_and_a_checkpointer_must_be_one() -> None:

@@ -365,6 +365,42 @@ async def test_sleepers_whose_contextvars_cannot_be_compared_keep_their_own_and_
         two.interrupt()
 
 
+cache: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("cache", default=None)
+
+
+class Caching(Agent):
+    """Sets a contextvar to a dict of its own; answers with that dict's identity after a wake-up."""
+
+    hibernate_after = 0
+
+    def begin(self) -> Next[Self]:
+        cache.set({})
+        return Next.events()
+
+    @hybrid.on_request
+    async def peek(self, request: Peek) -> int:
+        mine = cache.get()
+        assert mine is not None
+        mine["n"] = mine.get("n", 0) + 1
+        return id(mine)
+
+
+async def test_sleepers_with_equal_but_distinct_contextvar_values_keep_their_own_objects() -> None:
+    """Two agents each set a var to its own {}: equal values, never shared (each wakes with its own dict)."""
+    async with trio.open_nursery() as nursery:
+        one = hybrid.spawn(nursery, Caching())
+        two = hybrid.spawn(nursery, Caching())
+        await trio.testing.wait_all_tasks_blocked()
+        assert hibernating(one)
+        assert hibernating(two)
+        assert one._rt.context is not two._rt.context
+        first, second = await one.request(Peek()), await two.request(Peek())
+        assert first != second
+        assert await one.request(Peek()) == first  # the same dict across its own wake-ups
+        one.interrupt()
+        two.interrupt()
+
+
 async def test_hibernation_can_be_chosen_per_spawn(autojump_clock: trio.testing.MockClock) -> None:
     class Awake(Sleepy):
         hibernate_after = None

@@ -695,10 +695,11 @@ class KeyCheckpointer:
     async def handled(self, agent: Any) -> None:
         """Save the agent's fields after a message, if they changed, with the transition last saved.
 
-        In actor mode that is ``Next.events()``. While the agent finishes, it may be the next
-        transition of an interrupted state (saved when the interrupt ended it): the agent
-        resumes there, with what the messages changed. A run that only replays a finished
-        key's ending saves nothing.
+        In actor mode that is ``Next.events()``. While the agent finishes, the runtime calls
+        this only if that transition has not run: it may be the next transition of an
+        interrupted state (saved when the interrupt ended it), where the agent resumes with
+        what the messages changed. A run that only replays a finished key's ending saves
+        nothing.
         """
         if self._finished:
             return

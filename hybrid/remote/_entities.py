@@ -139,17 +139,18 @@ class Entities(Generic[A]):
         if served is None:
             if envelope.kind in (wire.Kind.CANCEL, wire.Kind.INTERRUPT) or not key:
                 return  # nothing lives here to interrupt or withdraw from
+            assert self._factory is not None
             try:
-                served = self._start(key)
-            except Exception as error:  # the factory's: a request learns it now, not at its deadline
+                agent = self._factory(key)
+            except Exception as error:  # a request learns it now, not at its deadline
                 node._drop_raw(f"{self.kind}/{key}", msg, error, answer=error)  # noqa: SLF001
                 return
+            served = self._start(key, agent)
         node._received += 1  # noqa: SLF001
         node._deliver(served, msg, envelope)  # noqa: SLF001
 
-    def _start(self, key: str) -> Served:
-        assert self._factory is not None
-        runner = hybrid.AgentRunner(self._factory(key))
+    def _start(self, key: str, agent: hybrid.Agent[Any]) -> Served:
+        runner = hybrid.AgentRunner(agent)
         served = self._local[key] = Served(f"{self.kind}/{key}", runner.address)
 
         def ended(reason: hybrid.StopReason, output: object, error: BaseException | None) -> None:

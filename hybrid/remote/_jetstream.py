@@ -365,21 +365,31 @@ def _description(message: Message) -> str:
     return "" if headers is None else str(headers.get("Description", ""))
 
 
-def header_value(what: str, value: object) -> str:
-    """A header value that arrives as it was sent, or ValueError naming `what`.
+def header_value(what: str, value: object, *, empty: bool = False) -> str:
+    """A header value that arrives as it was sent (may be empty if `empty`), or ValueError naming `what`.
 
     nats-py strips a header value's ends and turns CR and LF into spaces: an id
     ``" a"`` would arrive as ``"a"`` (a duplicate of another job), a type name
     with a space at its end would name no class at all.
     """
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty str, got {value!r}")
+    if not isinstance(value, str) or not (value or empty):
+        raise ValueError(f"{what} must be a{'' if empty else ' non-empty'} str, got {value!r}")
     if value != value.strip() or "\r" in value or "\n" in value:
         raise ValueError(
             f"{what} must not start or end with whitespace nor hold a line break (a NATS header would change it),"
             f" got {value!r}"
         )
     return _validate.utf8(what, value)
+
+
+_HEADER_NAME = re.compile(r"[!-9;-~]+")
+"""A header name: printable ASCII without a space or a colon (what the NATS/HTTP header syntax allows)."""
+
+
+def _header_name(name: object) -> str:
+    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+        raise ValueError(f"a header name must be printable ASCII without a space or a colon, got {name!r}")
+    return name
 
 
 def _ttl(ttl: object) -> int | None:
@@ -999,7 +1009,10 @@ class JetStream:
                 ...  # published before, within the window
             ```
         """
-        sent = {name: header_value(f"header {name!r}", value) for name, value in (headers or {}).items()}
+        sent = {
+            _header_name(name): header_value(f"header {name!r}", value, empty=True)
+            for name, value in (headers or {}).items()
+        }
         if msg_id is not None:
             sent["Nats-Msg-Id"] = header_value("msg_id", msg_id)
         seconds = _ttl(ttl)

@@ -319,6 +319,19 @@ async def test_bad_publish_arguments_are_refused_before_any_io(js: JetStream) ->
         await js.publish("q.jobs", b"x", ttl=0)
     with pytest.raises(ValueError, match="expected_last_subject_sequence"):
         await js.publish("q.jobs", b"x", expected_last_subject_sequence=-1)
+    for name in ("Bad Name", "Colon:Name", "", "Naïve", "Line\nBreak"):
+        with pytest.raises(ValueError, match="a header name must be printable ASCII"):
+            await js.publish("q.jobs", b"x", {name: "1"})
+    for value in (" padded", "line\nbreak", "\ud800"):
+        with pytest.raises(ValueError, match="header 'X-Value'"):
+            await js.publish("q.jobs", b"x", {"X-Value": value})
+
+
+async def test_an_empty_header_value_is_sent_as_it_is(js: JetStream) -> None:
+    """NATS headers may carry an empty value: it is published (no refusal), and the message stored."""
+    await js.work_queue_stream("Q", ["q.jobs"])
+    ack = await js.publish("q.jobs", b"x", {"X-Flag": ""})
+    assert ack.sequence == 1
 
 
 # ---------------------------------------------------------------------- pull
