@@ -137,7 +137,7 @@ class HybridCollector(Collector):
         failures = CounterMetricFamily("hybrid_failures", "Runs that ended failed, by agent class.", labels=labels)
         restarts = CounterMetricFamily("hybrid_restarts", "Restarts by a supervisor, by agent class.", labels=labels)
         for counters in () if snapshot is None else snapshot.counters:
-            kind = [_label(counters.agent_class)]
+            kind = [_validate.escaped(counters.agent_class)]  # (escaped: a lone surrogate would fail the scrape)
             for phase, count in sorted(counters.phases.items()):
                 agents.add_metric([*kind, phase], count)
             depth.add_metric(kind, counters.mailbox_depth)
@@ -147,11 +147,6 @@ class HybridCollector(Collector):
             failures.add_metric(kind, counters.failures)
             restarts.add_metric(kind, counters.restarts)
         yield from (agents, depth, handled, dropped, transitions, failures, restarts)
-
-
-def _label(text: str) -> str:
-    """A label value the exposition can encode: left as it is, a lone surrogate would fail the whole scrape."""
-    return _validate.escaped(text)
 
 
 def register(registry: CollectorRegistry = REGISTRY) -> HybridCollector:
@@ -285,7 +280,7 @@ class LatencyHistograms(hybrid.Instrument, Collector):
             key = (address.agent_type, state, next.kind)
             series = self._state_series.get(key)
             if series is None:
-                labels = (_label(key[0].__qualname__), _label(key[1]), key[2])
+                labels = (_validate.escaped(key[0].__qualname__), _validate.escaped(key[1]), key[2])
                 series = self._state_series[key] = self._states.labels(*labels)
             self._in_state[address] = (now, series)
 
@@ -309,7 +304,7 @@ class LatencyHistograms(hybrid.Instrument, Collector):
         key = (address.agent_type, type(message))
         series = self._waiting_series.get(key)
         if series is None:
-            labels = (_label(key[0].__qualname__), _label(key[1].__qualname__))
+            labels = (_validate.escaped(key[0].__qualname__), _validate.escaped(key[1].__qualname__))
             series = self._waiting_series[key] = self._waiting.labels(*labels)
         series.observe(waited)
 
@@ -318,6 +313,6 @@ class LatencyHistograms(hybrid.Instrument, Collector):
         key = (address.agent_type, type(message))
         series = self._handling_series.get(key)
         if series is None:
-            labels = (_label(key[0].__qualname__), _label(key[1].__qualname__))
+            labels = (_validate.escaped(key[0].__qualname__), _validate.escaped(key[1].__qualname__))
             series = self._handling_series[key] = self._handling.labels(*labels)
         series.observe(seconds)

@@ -100,14 +100,15 @@ class DurableLeases(LeaseTable):
         return self._poll_interval
 
     async def _acquire(self, name: str, holder: str, ttl: float) -> Lease | None:
-        journal = self._store._open_journal()  # noqa: SLF001 - the store's own table
-        await trio.lowlevel.checkpoint_if_cancelled()  # a caller cancelled already asks the database nothing
-        return await journal.acquire_lease(name, holder, ttl, released=self._freed)
+        return await self._grant(name, holder, ttl, renew=True)
 
     async def _acquire_free(self, name: str, holder: str, ttl: float) -> Lease | None:
-        journal = self._store._open_journal()  # noqa: SLF001
-        await trio.lowlevel.checkpoint_if_cancelled()
-        return await journal.acquire_lease(name, holder, ttl, renew=False, released=self._freed)
+        return await self._grant(name, holder, ttl, renew=False)
+
+    async def _grant(self, name: str, holder: str, ttl: float, *, renew: bool) -> Lease | None:
+        journal = self._store._open_journal()  # noqa: SLF001 - the store's own table
+        await trio.lowlevel.checkpoint_if_cancelled()  # a caller cancelled already asks the database nothing
+        return await journal.acquire_lease(name, holder, ttl, renew=renew, released=self._freed)
 
     async def _renew(self, lease: Lease, ttl: float) -> Lease | None:
         return await self._store._open_journal().renew_lease(lease, ttl)  # noqa: SLF001

@@ -450,20 +450,27 @@ async def test_the_tree_is_valid_json_whatever_the_agents_are_named() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_metric_labels_escape_quotes_newlines_and_backslashes_of_class_names() -> None:
-    """A class named with a quote, a newline, a backslash and unicode: its label parses back exactly."""
+async def scrape_beside(qualname: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Scrape /metrics while an agent of a class named `qualname` and a `Plain` one are alive."""
     odd = type("Odd", (Plain,), {})
-    odd.__qualname__ = 'w"e\nird\\é'
+    odd.__qualname__ = qualname
     registry = CollectorRegistry()
     hybrid.metrics.register(registry)
     async with trio.open_nursery() as nursery:
         hybrid.spawn(nursery, odd())
         hybrid.spawn(nursery, Plain())
         await trio.testing.wait_all_tasks_blocked()
-        samples = scrape(registry)
-        assert samples[("hybrid_agents", (("agent_type", 'w"e\nird\\é'), ("phase", "events")))] == 1
-        assert samples[("hybrid_agents", (("agent_type", "Plain"), ("phase", "events")))] == 1
-        nursery.cancel_scope.cancel()
+        try:
+            return scrape(registry)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def test_metric_labels_escape_quotes_newlines_and_backslashes_of_class_names() -> None:
+    """A class named with a quote, a newline, a backslash and unicode: its label parses back exactly."""
+    samples = await scrape_beside('w"e\nird\\é')
+    assert samples[("hybrid_agents", (("agent_type", 'w"e\nird\\é'), ("phase", "events")))] == 1
+    assert samples[("hybrid_agents", (("agent_type", "Plain"), ("phase", "events")))] == 1
 
 
 # -- bugs ------------------------------------------------------------------------------------------
@@ -551,19 +558,8 @@ async def test_a_request_to_a_key_whose_factory_raises_gets_an_error_not_a_hang(
 
 async def test_one_unencodable_class_name_does_not_break_the_scrape_for_everyone() -> None:
     """A class named with a lone surrogate: the scrape still works, and reports the other classes."""
-    odd = type("Odd", (Plain,), {})
-    odd.__qualname__ = "odd\ud800"
-    registry = CollectorRegistry()
-    hybrid.metrics.register(registry)
-    async with trio.open_nursery() as nursery:
-        hybrid.spawn(nursery, odd())
-        hybrid.spawn(nursery, Plain())
-        await trio.testing.wait_all_tasks_blocked()
-        try:
-            samples = scrape(registry)
-        finally:
-            nursery.cancel_scope.cancel()
-        assert samples[("hybrid_agents", (("agent_type", "Plain"), ("phase", "events")))] == 1
+    samples = await scrape_beside("odd\ud800")
+    assert samples[("hybrid_agents", (("agent_type", "Plain"), ("phase", "events")))] == 1
 
 
 def test_the_name_rule_is_anchored_at_both_ends() -> None:
