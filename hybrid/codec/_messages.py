@@ -28,7 +28,17 @@ from ._errors import CodecError
 from ._failures import DEFAULT_ERRORS, ErrorTable, decode_error, encode_error
 from ._naming import ClassMeta, class_meta, meta_of, record_meta
 from ._records import Record, is_record
-from ._types import ENCODE_ERRORS, Check, answer_type, culprit, inspect_type, output_type, split_message, type_text
+from ._types import (
+    ENCODE_ERRORS,
+    Check,
+    answer_type,
+    culprit,
+    inspect_type,
+    output_type,
+    run_check,
+    split_message,
+    type_text,
+)
 
 __all__ = ["MessageCodec", "message"]
 
@@ -180,7 +190,7 @@ class _Plan:
         """The first (path, problem) of a value in an Any slot that would come back changed."""
         record = self.record
         for prefix, check in self.checks:
-            found = check(message if record is None else getattr(message, prefix[1:]))
+            found = run_check(check, message if record is None else getattr(message, prefix[1:]))
             if found is not None:
                 return (prefix + found[0], found[1])
         return None
@@ -464,7 +474,7 @@ class MessageCodec:
             text, path = split_message(err)
             raise CodecError(f"value{path}: {text} (the value must be a {plan.text})") from err
         if plan.check is not None:
-            problem = plan.check(value)
+            problem = run_check(plan.check, value)
             if problem is not None:
                 raise CodecError(f"value{problem[0]}: {problem[1]}")
         return data

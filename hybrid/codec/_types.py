@@ -13,6 +13,7 @@ What is here:
   slot, also nested as in ``list[Any]``): only JSON-like builtins come back as
   themselves from those (None, bool, int, float, str, bytes, and lists and
   str-keyed dicts of them), so anything else is refused at encode time, "annotate it".
+- `run_check`: a compiled check run on a value, its recursion bounded.
 - `culprit` and `split_message`: where in a value (``.items[2].qty``) an encode
   or a decode failed, for messages that name the field path.
 - `resolve`, `field_type`: annotations evaluated where they were written
@@ -25,6 +26,7 @@ What is here:
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import re
 import sys
@@ -53,6 +55,7 @@ __all__ = [
     "output_type",
     "plain",
     "resolve",
+    "run_check",
     "split_message",
     "type_argument",
     "type_text",
@@ -70,8 +73,8 @@ _PLAIN_TEXT: Final = (
     "as themselves from a slot annotated Any or object or not annotated"
 )
 
-# "<message> - at `$<path>`": where msgspec found a mismatch.
-_AT: Final = re.compile(r"^(?P<message>.*) - at `\$(?P<path>.*)`$", re.DOTALL)
+# "<message> - at `$<path>`" (or "- at `key` in `$<path>`", a dict key): where msgspec found a mismatch.
+_AT: Final = re.compile(r"^(?P<message>.*) - at (?P<key>`key` in )?`\$(?P<path>.*)`$", re.DOTALL)
 
 # A problem a check found: (where inside the value, what is wrong).
 Problem = tuple[str, str]
@@ -215,6 +218,14 @@ def type_text(annotation: Any) -> str:
     return annotation.__qualname__ if isinstance(annotation, type) else repr(annotation)
 
 
+def run_check(check: Check, value: Any) -> Problem | None:
+    """``check(value)``: a value nested too deeply for the check's recursion is a problem, never a RecursionError."""
+    try:
+        return check(value)
+    except RecursionError:
+        return ("", "it is nested too deeply to check (Python's recursion limit): flatten it")
+
+
 def _children(node: mi.Type) -> list[mi.Type]:
     if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
         return [node.item_type]
@@ -261,9 +272,19 @@ def _unsupported(node: mi.Type) -> str | None:
     return None
 
 
+def _changes(node: mi.Type) -> bool:
+    """Whether some values that decode under `node` come back as something else (checked at encode).
+
+    An Any slot; an attrs class, dataclass or Struct (a subclass instance, or a
+    dict, comes back as the class itself, its own fields dropped); a datetime
+    (an aware one comes back in UTC, its zone lost).
+    """
+    return _is_any(node) or isinstance(node, mi.StructType | mi.DataclassType | mi.DateTimeType)
+
+
 def _reaching_any(nodes: dict[int, mi.Type]) -> set[int]:
-    """The ids of the nodes from which an Any slot is reachable (a fixed point: cycles are fine)."""
-    reach = {key for key, node in nodes.items() if _is_any(node)}
+    """The ids of the nodes from which a slot that `_changes` is reachable (a fixed point: cycles are fine)."""
+    reach = {key for key, node in nodes.items() if _changes(node)}
     changed = True
     while changed:
         changed = False
@@ -349,6 +370,8 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
             return None
 
         return mapping
+    if isinstance(node, mi.DateTimeType):
+        return _utc
     assert isinstance(node, mi.StructType | mi.DataclassType | mi.TypedDictType | mi.NamedTupleType)
     named = [(f.name, c) for f in node.fields if (c := _compile(f.type, reach, memo)) is not None]
     if isinstance(node, mi.TypedDictType):
@@ -363,7 +386,15 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
 
         return typed_dict
 
+    exact: type | None = _class_of(node.cls) if isinstance(node, mi.StructType | mi.DataclassType) else None
+
     def attributes(value: Any) -> Problem | None:
+        if exact is not None and type(value) is not exact:
+            return (
+                "",
+                f"a {type(value).__qualname__} would come back as a {exact.__qualname__}, without what it adds: "
+                "annotate it with its own class (or a union of the classes it may be)",
+            )
         for name, check in named:
             found = check(getattr(value, name))
             if found is not None:
@@ -373,8 +404,14 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
     return attributes
 
 
+def _class_of(cls: Any) -> type:
+    """The class itself of a node's class, which may be a parameterized generic (``Box[Point]``)."""
+    origin: type = typing.get_origin(cls) or cls
+    return origin
+
+
 def _accepts(node: mi.Type) -> Callable[[Any], bool]:
-    """Which values a union branch with Any slots takes (msgspec allows one of each kind)."""
+    """Which values a union branch with a check takes (msgspec allows one of each kind)."""
     if isinstance(node, mi.Metadata):
         return _accepts(node.type)
     if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType | mi.TupleType):
@@ -382,9 +419,11 @@ def _accepts(node: mi.Type) -> Callable[[Any], bool]:
     if isinstance(node, mi.DictType | mi.TypedDictType):
         return lambda value: isinstance(value, dict)
     if isinstance(node, mi.StructType | mi.DataclassType | mi.NamedTupleType):
-        cls = node.cls
+        cls = _class_of(node.cls)
         return lambda value: isinstance(value, cls)
-    return lambda _value: False  # pragma: no cover - other nodes have no Any slots
+    if isinstance(node, mi.DateTimeType):
+        return lambda value: isinstance(value, datetime.datetime)
+    return lambda _value: False  # pragma: no cover - other nodes have nothing to check
 
 
 def plain(value: Any) -> Problem | None:
@@ -405,6 +444,18 @@ def plain(value: Any) -> Problem | None:
                 return (f"[{k!r}]{found[0]}", found[1])
         return None
     return ("", f"a {kind.__qualname__} would come back as another type: {_PLAIN_TEXT}; annotate it with its type")
+
+
+def _utc(value: Any) -> Problem | None:
+    """Refuse an aware datetime in another zone than UTC: msgpack keeps the instant, in UTC."""
+    zone = getattr(value, "tzinfo", None)
+    if zone is None or zone is datetime.UTC:
+        return None
+    return (
+        "",
+        f"an aware datetime comes back in UTC, its zone ({zone}) lost: convert it with "
+        ".astimezone(datetime.UTC) first, or keep the zone in a field of its own",
+    )
 
 
 def _plain_key(key: Any) -> Problem | None:
@@ -448,11 +499,13 @@ def _parts(value: object) -> list[tuple[str, Any]]:
 
 
 def split_message(err: Exception) -> tuple[str, str]:
-    """(msgspec's message, the path after ``$``) of a validation error."""
+    """(msgspec's message, the path after ``$``) of a validation error; a dict key's says so."""
     text = str(err)
     match = _AT.match(text)
     if match is None:
         return text, ""
+    if match["key"]:
+        return f"{match['message']} (a dict key)", match["path"]
     return match["message"], match["path"]
 
 

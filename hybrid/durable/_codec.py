@@ -81,6 +81,7 @@ from hybrid.codec._types import (
     inspect_type,
     output_type,
     resolve,
+    run_check,
     split_message,
     type_text,
 )
@@ -555,7 +556,14 @@ class Codec:
                 )
             else:
                 raise CheckpointError(f"key {key!r}: {plan.qualname}: {nxt!r} is not a step to checkpoint")
-        values = plan.getter(agent)
+        try:
+            values = plan.getter(agent)
+        except AttributeError:  # an init=False field without a default, never set
+            unset = next(name for name in plan.names if not hasattr(agent, name))
+            raise CheckpointError(
+                f"key {key!r}: {plan.qualname} field {unset!r} has no value: set it (in __attrs_post_init__ or "
+                "begin) before the first checkpoint, or give it a default"
+            ) from None
         fields = plan.fields_type(*values)  # a struct: encodes as a map, faster to make than a dict
         try:
             payload = self._encoder.encode((_FORMAT, fields, mods, *args))
@@ -567,13 +575,13 @@ class Codec:
         except Exception as err:  # a value that does not decode under its annotation
             raise CheckpointError(self._step_mismatch(key, plan, state, err, saving=True)) from err
         for index, name, check in plan.field_checks:
-            found = check(values[index])
+            found = run_check(check, values[index])
             if found is not None:
                 raise CheckpointError(f"key {key!r}: {plan.qualname} field {name!r}{found[0]}: {found[1]}")
         if state is not None and state.checked:
             for position, arg in enumerate(args):
                 arg_check = state.check(position)
-                if arg_check is not None and (found := arg_check(arg)) is not None:
+                if arg_check is not None and (found := run_check(arg_check, arg)) is not None:
                     raise CheckpointError(
                         f"key {key!r}: {plan.qualname}.{state.name} {state.argument(position)}{found[0]}: {found[1]}"
                     )
@@ -708,7 +716,9 @@ class Codec:
                 f"{checkpoint.state!r}, which is no longer a method of {plan.qualname}"
             )
         count = _array_length(payload) - _HEAD
-        if count < 0:
+        # Each argument takes a byte at least: a larger count is a damaged header, which
+        # must not make a decoder for billions of arguments.
+        if count < 0 or count > len(payload):
             raise CheckpointError(f"key {key!r}: {plan.qualname}.{state.name}: the checkpoint is not a valid payload")
         if not state.fits(count):
             raise CheckpointError(

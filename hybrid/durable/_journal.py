@@ -56,7 +56,7 @@ from trio.lowlevel import Abort, RaiseCancelT, Task, TrioToken
 
 from hybrid import Lease
 
-from ._errors import Fenced, StoreError
+from ._errors import CheckpointError, Fenced, StoreError
 from ._records import Checkpoint, Claim, Ending, Event, StepKind
 from ._sql import Backend, Cursor, Row, Statements
 from ._sqlite import DEFAULT_BUSY_TIMEOUT_MS, SqliteBackend
@@ -732,7 +732,7 @@ class Journal:
                 else:
                     assert request.run is not None
                     value = request.run(txn)
-            except (Fenced, StoreError) as refused:  # this request's own outcome, not a database failure
+            except (Fenced, StoreError, CheckpointError) as refused:  # this request's outcome, not the database's
                 results.append((None, refused))
             else:
                 results.append((value, None))

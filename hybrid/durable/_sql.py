@@ -50,14 +50,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, final
+from typing import Any, Protocol, cast, final
 
 import attrs
 from typing_extensions import LiteralString
 
 from hybrid import Lease
 
-from ._errors import Fenced, StoreError
+from ._errors import CheckpointError, Fenced, StoreError
 from ._records import Checkpoint, Claim, Ending, Event, Status, StepKind
 
 SCHEMA_VERSION = 2
@@ -573,17 +573,28 @@ class Statements:
 
 
 def _checkpoint(row: Row) -> Checkpoint:
+    """The checkpoint of a key's row.
+
+    Raises:
+        CheckpointError: naming the key: a column holds what the journal never
+            writes there (the row was changed by hand, or the file is damaged).
+    """
     key, epoch, seq, agent_class, version, kind, state, payload = row
-    return Checkpoint(
-        key=str(key),
-        epoch=int(epoch),
-        seq=int(seq),
-        agent_class=str(agent_class),
-        version=int(version),
-        kind=StepKind(kind),
-        state=str(state),
-        payload=bytes(payload),
-    )
+    try:
+        if not isinstance(payload, bytes | bytearray | memoryview):  # bytes(an int) would make zeros
+            raise TypeError(f"its payload column holds a value of type {type(payload).__name__}, not bytes")
+        return Checkpoint(
+            key=str(key),
+            epoch=int(epoch),
+            seq=int(seq),
+            agent_class=str(agent_class),
+            version=int(version),
+            kind=StepKind(kind),
+            state=str(state),
+            payload=bytes(cast("bytes", payload)),
+        )
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"key {key!r}: {agent_class}: its stored checkpoint is damaged: {err}") from err
 
 
 def _ending(row: Row) -> Ending:
