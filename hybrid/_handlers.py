@@ -147,14 +147,24 @@ def on_request(fn: F | None = None, /, *, inline: bool = False, route: bool = Fa
 def awaits(fn: Callable[..., Any]) -> bool:
     """Whether the body of ``async def`` `fn` may suspend: an await, ``async for`` or ``async with``.
 
+    A decorated function is read layer by layer (``__wrapped__``): its wrappers run too.
+
     Only what is written in the body can suspend a coroutine, and it is compiled
     to one of a few opcodes, so this reading of the bytecode is exact (nested
     functions have their own code; an async comprehension is awaited here).
     """
-    code = getattr(inspect.unwrap(fn), "__code__", None)
-    if code is None:
-        return True  # not a plain function: assume it may
-    return any(instruction.opname in _SUSPENDING_OPS for instruction in dis.get_instructions(code))
+    layer: Any = fn
+    seen: set[int] = set()
+    while id(layer) not in seen:  # each layer of a decorated function runs: any of them may await
+        seen.add(id(layer))
+        code = getattr(layer, "__code__", None)
+        wrapped = getattr(layer, "__wrapped__", None)
+        if code is not None and any(i.opname in _SUSPENDING_OPS for i in dis.get_instructions(code)):
+            return True
+        if wrapped is None:
+            return code is None  # not a plain function: assume it may
+        layer = wrapped
+    return False
 
 
 def on_response(fn: F) -> F:

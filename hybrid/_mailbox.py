@@ -44,6 +44,7 @@ import contextlib
 import contextvars
 import logging
 import sys
+import threading
 import time
 import warnings
 from collections import deque
@@ -636,7 +637,7 @@ class Mailbox:
                 try:
                     if kind is RequestCall:
                         call = cast("RequestCall[Any]", message)
-                        lookup(self.requests, type(call._request), "request", agent_type)  # noqa: SLF001
+                        call._handler = lookup(self.requests, type(call._request), REQUEST, agent_type)  # noqa: SLF001
                     elif kind is Response:  # answered to the old class: the new one's handler takes it
                         response = cast("Response", message)
                         response.handler = lookup(self.responses, type(response.request), RESPONSE, agent_type)
@@ -696,7 +697,15 @@ _NEW, _QUEUED, _TAKEN, _USED, _ABANDONED = range(5)
 
 _INLINE_FAIRNESS: Final = 64
 """A caller yields to other tasks at least every this many inline answers (the loop's rule)."""
-_inline_answers = 0
+
+
+class _InlineAnswers(threading.local):
+    """The inline answers given in this thread since its last yield (each trio run is one thread's)."""
+
+    count = 0
+
+
+_inline_answers = _InlineAnswers()
 
 
 @final
@@ -745,13 +754,17 @@ class RequestCall(Generic[R]):
         if self._state != _NEW:
             raise LifecycleError("a request can be awaited or forwarded only once")
         self._state = _USED  # refused below unless it is queued
-        check_awaited_at_home(mailbox.home, "a request", run_is_live=mailbox.parked is not None)
+        if mailbox.parked is None or get_ident() != mailbox.thread_id:  # else at home: its reader is parked here
+            check_awaited_at_home(mailbox.home, "a request", run_is_live=mailbox.parked is not None)
         task = current_task()
         if task is mailbox.reader:
             raise LifecycleError(
                 f"{mailbox.name} awaited a request to itself: it would wait forever (its handler runs only "
                 f"after this one returns); call the method directly, or forward_to(self.ctx) for the answer later"
             )
+        handler = mailbox.requests.get(type(self._request))
+        if handler is not self._handler:  # a restart into another class since the call was made (or a base's)
+            self._handler = handler or lookup(mailbox.requests, type(self._request), REQUEST, mailbox.agent_type)
         self._state = _QUEUED
         # A caller that is already cancelled sends nothing.
         yield from trio.lowlevel.checkpoint_if_cancelled().__await__()  # noqa: ASYNC105
@@ -761,10 +774,10 @@ class RequestCall(Generic[R]):
             answer = mailbox.run.answer_inline(self._handler, self._request)
             if answer is not None:
                 self._state = _USED
-                global _inline_answers  # noqa: PLW0603 - the fairness count of this thread's inline answers
-                _inline_answers += 1
-                if _inline_answers >= _INLINE_FAIRNESS:
-                    _inline_answers = 0
+                answers = _inline_answers
+                answers.count += 1
+                if answers.count >= _INLINE_FAIRNESS:
+                    answers.count = 0
                     yield from trio.lowlevel.cancel_shielded_checkpoint().__await__()  # noqa: ASYNC105
                 answered: R = answer.unwrap()
                 return answered
@@ -967,7 +980,7 @@ def can_gather(members: list[Any]) -> bool:
 
 def make_call(mailbox: Mailbox, request: Request[R], handler: Callable[..., Awaitable[Any]]) -> RequestCall[R]:
     """A new `RequestCall` of `request` to the reader of `mailbox` (its public constructor is closed)."""
-    call = cast("RequestCall[R]", object.__new__(RequestCall))
+    call: RequestCall[R] = object.__new__(RequestCall)  # pyright: ignore[reportUnknownVariableType]
     call._mailbox = mailbox  # noqa: SLF001 - made here, as a constructor would
     call._request = request  # noqa: SLF001
     call._handler = handler  # noqa: SLF001

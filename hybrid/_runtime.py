@@ -27,7 +27,7 @@ from trio.lowlevel import Task, checkpoint, current_task, reschedule, wait_task_
 
 from . import _retry
 from ._checkpointer import Checkpointer
-from ._exceptions import InvalidTransition, LifecycleError
+from ._exceptions import AgentStopped, InvalidTransition, LifecycleError
 from ._handlers import ROUTE
 from ._instrument import Instruments, current_instruments
 from ._mailbox import CLOSED, INTERRUPT_MARK, Mailbox, RequestCall, Response, Stamped, Tick, is_abandoned, received
@@ -725,7 +725,8 @@ class Runtime:
                             self._failed(message, error)
                         await agent.on_error(error)
                 elif message_type is RequestCall:
-                    call = cast("RequestCall[Any]", message)
+                    # Annotated, not cast(): a call less per request.
+                    call: RequestCall[Any] = message  # type: ignore[assignment]
                     if call._take():  # else its caller gave up before it was handled
                         answer: outcome.Outcome[Any]
                         try:
@@ -913,6 +914,31 @@ class Runtime:
         if self.probe.messages or self.checkpointer is not None:
             return None
         self.handled += 1
+        # The handler sees (and sets) the agent's contextvars, not its caller's: a parked
+        # agent's are its task's; a hibernating agent's saved ones are shared with other
+        # sleepers, so it runs in a copy, kept in their place if the handler set any.
+        saved = self.context if self.mailbox.asleep else None
+        if saved is not None:
+            context = saved.copy()
+        else:
+            assert self.task is not None
+            context = self.task.context
+        try:
+            answer = context.run(self._run_inline, handler, request)
+        finally:
+            if saved is not None and not _equal(context, saved):
+                assert self.host is not None
+                self.context = _keeper_of(self.host).share(context)
+        if type(answer) is not _Escaped:
+            return answer
+        # A BaseException ends the agent as from a queued handler: raised in the agent's own
+        # task (woken for it), its caller told the agent ended before answering.
+        self.next = _make(FAIL, answer.error)
+        self.mailbox.wake()
+        return outcome.Error(AgentStopped(f"{self.name} ended before answering {request!r}"))
+
+    def _run_inline(self, handler: Callable[..., Awaitable[Any]], request: object) -> outcome.Outcome[Any] | _Escaped:
+        """The inline handler's outcome, in the agent's context (entered by `answer_inline`)."""
         token = current_runtime.set(self)
         try:
             step = cast("Coroutine[Any, Any, Any]", handler(self.agent, request))
@@ -922,8 +948,10 @@ class Runtime:
                 return outcome.Value(returned.value)
             except Exception as error:
                 return outcome.Error(error)
-            step.close()  # pragma: no cover - on_request(inline=True) refused a handler that awaits
-            raise LifecycleError(f"inline request handler {handler!r} of {self.name} suspended")  # pragma: no cover
+            except BaseException as error:  # handed to the agent's task, which raises it
+                return _Escaped(error)
+            step.close()
+            raise LifecycleError(f"inline request handler {handler!r} of {self.name} suspended")
         finally:
             current_runtime.reset(token)
 
@@ -1131,6 +1159,16 @@ one spawner mostly have one or two."""
 
 
 @final
+@final
+class _Escaped:
+    """A BaseException an inline handler raised in its caller's task, for the agent's own task to raise."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class _Keeper:
     """Stands in a host nursery for its hibernating agents (one task per nursery, not one per agent).
 
@@ -1211,6 +1249,11 @@ class _Keeper:
 
     def _abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
         self.task = None
+        # Cancelled: its sleepers end as soon as this task runs, and meanwhile they are not idle
+        # (an inline request is no longer answered, as for a parked agent whose park was aborted).
+        for rt in self.sleepers:
+            if rt.phase == HIBERNATING:
+                rt.mailbox.set_asleep(False)
         return trio.lowlevel.Abort.SUCCEEDED
 
 
