@@ -14,6 +14,7 @@ import hybrid
 import hybrid.testing
 from hybrid import Agent, Next
 from hybrid._handlers import awaits
+from tests.fairness import Ticker
 from tests.messages import Ping
 
 
@@ -170,23 +171,17 @@ async def test_while_an_instrument_watches_inline_requests_are_queued() -> None:
 
 
 async def test_a_caller_looping_on_inline_requests_still_lets_others_run() -> None:
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await trio.sleep(0)
+    ticker = Ticker()
 
     async with trio.open_nursery() as nursery:
         counter = hybrid.spawn(nursery, Counter())
         await hybrid.testing.wait_idle(counter)
-        nursery.start_soon(ticker)
+        nursery.start_soon(ticker.run)
         await trio.sleep(0)
-        before = ticks
+        before = ticker.ticks
         for _ in range(1000):
             await counter.request(Total())
-        assert ticks - before >= 1000 // 64 - 1
+        assert ticker.ticks - before >= 1000 // 64 - 1
         nursery.cancel_scope.cancel()
 
 

@@ -30,6 +30,7 @@ import hybrid
 import hybrid.testing
 import hybrid.tracing
 from hybrid import Agent, Next
+from tests.fairness import Ticker
 
 where: contextvars.ContextVar[str] = contextvars.ContextVar("inline_adversarial_where", default="unset")
 
@@ -750,45 +751,33 @@ async def test_inline_answers_count_once_in_statistics_snapshot_and_class_totals
 
 
 async def test_a_caller_looping_on_failing_inline_requests_still_lets_others_run() -> None:
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await trio.sleep(0)
+    ticker = Ticker()
 
     async with trio.open_nursery() as nursery:
         server = await idle_server(nursery, None)
-        nursery.start_soon(ticker)
+        nursery.start_soon(ticker.run)
         await trio.sleep(0)
-        before = ticks
+        before = ticker.ticks
         for _ in range(640):
             with pytest.raises(ValueError, match="total"):
                 await server.request(Fail())
-        assert ticks - before >= 640 // 64 - 1
+        assert ticker.ticks - before >= 640 // 64 - 1
         nursery.cancel_scope.cancel()
 
 
 async def test_a_caller_looping_over_many_idle_agents_still_lets_others_run() -> None:
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await trio.sleep(0)
+    ticker = Ticker()
 
     async with trio.open_nursery() as nursery:
         servers = [hybrid.spawn(nursery, Server()) for _ in range(10)]
         await hybrid.testing.wait_idle(*servers)
-        nursery.start_soon(ticker)
+        nursery.start_soon(ticker.run)
         await trio.sleep(0)
-        before = ticks
+        before = ticker.ticks
         for _ in range(64):
             for server in servers:
                 await server.request(Total())
-        assert ticks - before >= 640 // 64 - 1
+        assert ticker.ticks - before >= 640 // 64 - 1
         nursery.cancel_scope.cancel()
 
 
@@ -840,26 +829,20 @@ async def test_inline_answers_in_another_thread_do_not_reset_this_callers_fairne
 
     thread = threading.Thread(target=trio.run, args=(other_run,))
     thread.start()
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await trio.sleep(0)
+    ticker = Ticker()
 
     try:
         async with trio.open_nursery() as nursery:
             server = hybrid.spawn(nursery, Chatty())
             await hybrid.testing.wait_idle(server)
-            nursery.start_soon(ticker)
+            nursery.start_soon(ticker.run)
             await trio.sleep(0)
             monkeypatch.setattr(hybrid._mailbox._inline_answers, "count", 0)  # this thread's count
             await server.request(Who())  # this thread's first answer since the reset: the count is 1
-            before = ticks
+            before = ticker.ticks
             for _ in range(3 * 64):
                 await server.request(Total())
-            yielded = ticks - before
+            yielded = ticker.ticks - before
             nursery.cancel_scope.cancel()
     finally:
         jobs.put(None)
