@@ -89,7 +89,9 @@ def field_type(cls: type, name: str, declared: Any) -> Any:
 
     Evaluated where the field was declared (the class in the MRO that annotates
     it, in its own module), so a subclass in another module resolves its
-    parent's fields as the parent wrote them. `declared` (the field's ``type``)
+    parent's fields as the parent wrote them; a type variable of a generic
+    parent is what `cls` makes of it (``item: T`` of ``Holder[T]`` is a
+    ``Point`` in ``class PointHolder(Holder[Point])``). `declared` (the field's ``type``)
     serves when no class annotates it: None is ``attrs.field()`` without an
     annotation, which is Any.
     """
@@ -98,7 +100,12 @@ def field_type(cls: type, name: str, declared: Any) -> Any:
         annotations = inspect.get_annotations(klass)  # its own, unevaluated
         if name in annotations:
             module = sys.modules.get(klass.__module__)
-            return resolve(annotations[name], getattr(module, "__dict__", {}), dict(vars(klass)), where)
+            found = resolve(annotations[name], getattr(module, "__dict__", {}), dict(vars(klass)), where)
+            generic: tuple[Any, ...] = getattr(found, "__parameters__", ())  # type variables inside it
+            if klass is not cls and (isinstance(found, TypeVar) or generic):
+                # A generic base's type variable, as `cls` parameterizes it (``Holder[Point]``).
+                found = _substitute(found, _bindings(cls, klass))
+            return found
     if declared is None:
         return Any
     module = sys.modules.get(cls.__module__)
@@ -171,6 +178,22 @@ def _search(klass: type, root: type, subst: dict[Any, Any]) -> Any:
             if found is not _MISSING:
                 return found
     return _MISSING
+
+
+def _bindings(klass: type, target: type) -> dict[Any, Any]:
+    """The type arguments `klass` gives the type parameters of its generic base `target` (by type variable)."""
+    bases: tuple[Any, ...] = klass.__dict__.get("__orig_bases__", klass.__bases__)
+    for base in bases:
+        origin = typing.get_origin(base) or base
+        if not (isinstance(origin, type) and issubclass(origin, target)):
+            continue
+        params: tuple[Any, ...] = getattr(origin, "__parameters__", ())
+        given = dict(zip(params, typing.get_args(base), strict=False))
+        if origin is target:
+            return given
+        inner = _bindings(origin, target)  # in terms of `origin`'s own parameters
+        return {param: _substitute(arg, given) for param, arg in inner.items()}
+    return {}
 
 
 def _substitute(arg: Any, subst: dict[Any, Any]) -> Any:
