@@ -99,7 +99,7 @@ def _text(what: str, value: object) -> str:
         raise TypeError(f"{what} must be a non-empty str, got {value!r}")
     if not value:
         raise ValueError(f"{what} must be a non-empty str, got ''")
-    return _validate.storable(what, value)
+    return _validate.indexable(what, value)
 
 
 def _ttl(value: object) -> float:

@@ -8,7 +8,7 @@ value out of range is a ``ValueError`` that names the argument and the bound.
 from __future__ import annotations
 
 import math
-from typing import Literal, overload
+from typing import Final, Literal, overload
 
 
 def _is_number(value: object) -> bool:
@@ -23,26 +23,56 @@ def _float(value: int | float) -> float:
         return math.inf if value > 0 else -math.inf
 
 
+SQL_INT_MAX: Final = 2**63 - 1
+"""The largest int a database binds (a signed 64-bit BIGINT)."""
+
+INDEXED_MAX_BYTES: Final = 1024
+"""The longest text (UTF-8 bytes) a database keys on: Postgres' btree entries are bounded (about 2.7 kB)."""
+
+
 @overload
-def count(what: str, value: object, *, minimum: int = ..., optional: Literal[False] = ...) -> int: ...
+def count(
+    what: str, value: object, *, minimum: int = ..., maximum: int | None = ..., optional: Literal[False] = ...
+) -> int: ...
 @overload
-def count(what: str, value: object, *, minimum: int = ..., optional: Literal[True]) -> int | None: ...
-def count(what: str, value: object, *, minimum: int = 0, optional: bool = False) -> int | None:
-    """An int >= `minimum` (None too, when `optional`: "no limit").
+def count(
+    what: str, value: object, *, minimum: int = ..., maximum: int | None = ..., optional: Literal[True]
+) -> int | None: ...
+def count(
+    what: str, value: object, *, minimum: int = 0, maximum: int | None = None, optional: bool = False
+) -> int | None:
+    """An int >= `minimum` and <= `maximum` if given (None too, when `optional`: "no limit").
 
     Raises:
         TypeError: `value` is not an int (bools are not counts).
-        ValueError: `value` is smaller than `minimum`.
+        ValueError: `value` is out of range.
     """
     if value is None and optional:
         return None
+    none = "None or " if optional else ""
+    bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
     if isinstance(value, bool) or not isinstance(value, int):
-        none = "None or " if optional else ""
-        raise TypeError(f"{what} must be {none}an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        none = "None or " if optional else ""
-        raise ValueError(f"{what} must be {none}an int >= {minimum}, got {value!r}")
+        raise TypeError(f"{what} must be {none}an int {bound}, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{what} must be {none}an int {bound}, got {value!r}")
     return value
+
+
+def moment(what: str, value: object) -> float | None:
+    """A time in seconds since the Unix epoch (None too: "none given"); ``inf`` and ``-inf`` allowed, never NaN.
+
+    Raises:
+        TypeError: `value` is not an int or a float.
+        ValueError: NaN.
+    """
+    if value is None:
+        return None
+    if not _is_number(value):
+        raise TypeError(f"{what} must be None or a time in seconds since the epoch, got {value!r}")
+    number = _float(value)  # type: ignore[arg-type]
+    if math.isnan(number):
+        raise ValueError(f"{what} must be a time in seconds since the epoch, not NaN")
+    return number
 
 
 def seconds(what: str, value: object, *, positive: bool = False, infinite: bool = False) -> float:
@@ -87,6 +117,19 @@ def storable(what: str, value: str) -> str:
     if "\x00" in value:
         raise ValueError(f"{what} must not contain a NUL character (Postgres text holds none), got {value!r}")
     return utf8(what, value)
+
+
+def indexable(what: str, value: str) -> str:
+    """A `storable` str short enough for a database to key on (at most `INDEXED_MAX_BYTES` of UTF-8).
+
+    Raises:
+        ValueError: `value` holds a NUL or a lone surrogate, or is too long.
+    """
+    storable(what, value)
+    size = len(value.encode())
+    if size > INDEXED_MAX_BYTES:
+        raise ValueError(f"{what} must be at most {INDEXED_MAX_BYTES} bytes of UTF-8, got {size}: {value[:40]!r}...")
+    return value
 
 
 def escaped(text: str) -> str:

@@ -54,7 +54,7 @@ import outcome
 import trio
 from trio.lowlevel import Abort, RaiseCancelT, Task, TrioToken
 
-from hybrid import Lease
+from hybrid import Lease, _validate
 
 from ._errors import CheckpointError, Fenced, StoreError
 from ._records import Checkpoint, Claim, Ending, Event, StepKind
@@ -538,8 +538,9 @@ class Journal:
                 or later.
             limit: at most this many events: the oldest ones that match.
         """
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0, not {limit}")
+        # Checked here, not by the driver: a value it cannot bind would fail the whole batch.
+        limit = _validate.count("limit", limit, maximum=_validate.SQL_INT_MAX, optional=True)
+        since = _validate.moment("since", since)
         return await self._read(
             "event log", lambda txn: txn.statements.events(txn.cursor, key, since, limit)
         )  # fmt: skip
@@ -560,8 +561,11 @@ class Journal:
         Returns:
             The number of rows deleted (events and keys).
         """
-        if keep_events is not None and keep_events < 0:
-            raise ValueError(f"keep_events must be >= 0, not {keep_events}")
+        # Checked here, not by the driver: a value it cannot bind would fail the whole batch,
+        # and NaN would mean "nothing" on SQLite and "everything" on Postgres.
+        keep_events = _validate.count("keep_events", keep_events, maximum=_validate.SQL_INT_MAX, optional=True)
+        older_than = _validate.moment("older_than", older_than)
+        finished_before = _validate.moment("finished_before", finished_before)
 
         def run(txn: _Txn) -> int:
             txn.flush()

@@ -243,12 +243,15 @@ class Store:
         no agent starts and no key is claimed. A key that another process
         finished after it was listed is skipped. The keys are claimed one by
         one, then all spawned; if a claim fails, the keys claimed so far are
-        released, unstarted (still unfinished).
+        released, unstarted (still unfinished), and so are the keys not yet
+        spawned if a spawn fails (a closed nursery).
 
         Raises:
             CheckpointError: a checkpoint cannot be decoded (naming its key).
             StoreError: the database failed.
         """
+        if not isinstance(nursery, trio.Nursery):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"Store.resume needs a trio nursery to run the agents in, got {nursery!r}")
         self._check_open()
         mode = self._mode(durability)
         listed = [c for c in await self._journal.unfinished() if c.key not in self._live]
@@ -267,7 +270,15 @@ class Store:
             for checkpointer, _ in ready:
                 checkpointer._release()  # noqa: SLF001
             raise
-        return [spawn(nursery, instance, checkpointer=checkpointer) for checkpointer, instance in ready]
+        addresses: list[Address[Any]] = []
+        for index, (checkpointer, instance) in enumerate(ready):
+            try:
+                addresses.append(spawn(nursery, instance, checkpointer=checkpointer))
+            except BaseException:  # re-raised: the keys not started here are released, as a failed claim's
+                for unstarted, _ in ready[index:]:
+                    unstarted._release()  # noqa: SLF001
+                raise
+        return addresses
 
     def checkpointer(
         self,
@@ -745,7 +756,7 @@ class KeyCheckpointer:
                     if self._restart_from is None:
                         await self._finish(Ending(Status.FAILED, None, _error_text(failure)))
                     else:  # a supervised run: the key stays unfinished, the log tells the failure
-                        journal = self._store._journal  # noqa: SLF001
+                        journal = self._store._open_journal()  # noqa: SLF001 - StoreError once closed
                         await journal.note(self._key, self._epoch, self._seq, "error", _error_text(failure))
             # INTERRUPTED: a graceful shutdown does not end durable work; resumed next time.
         finally:
@@ -826,7 +837,11 @@ def _error_text(error: BaseException | None) -> str:
     An error's message is the agent's (it may quote binary data); refused by the
     database, it would fail the whole batch its ending is written in.
     """
-    return _validate.escaped(f"{type(error).__name__}: {error}").replace("\x00", "\\x00")
+    try:
+        message = str(error)
+    except Exception as failure:  # the error's own __str__: its ending is recorded all the same
+        message = f"<str() failed: {type(failure).__name__}>"
+    return _validate.escaped(f"{type(error).__name__}: {message}").replace("\x00", "\\x00")
 
 
 def _ending_next(store: Store, key: str, cls: type[Agent[Any]], ending: Ending) -> Next[Any]:
@@ -846,7 +861,7 @@ def _check_key(key: object) -> None:
     """
     if not isinstance(key, str) or not key:
         raise TypeError(f"a durable key is a non-empty str, got {key!r}")
-    _validate.storable("a durable key", key)
+    _validate.indexable("a durable key", key)
 
 
 _EVENTS: Final[Next[Any]] = Next.events()
