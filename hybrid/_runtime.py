@@ -568,8 +568,10 @@ class Runtime:
             if self.phase == HIBERNATING:
                 return
             # A spawned agent whose begin() failed never reports itself started:
-            # its error goes to whoever waits in nursery.start().
-            await self._end(None if spawned else starter)
+            # its error goes to whoever waits in nursery.start(). One that ended
+            # otherwise before it started (interrupted twice while its checkpointer's
+            # start() awaited) reports itself started, ended.
+            await self._end(None if spawned and self.error is not None else starter)
         finally:
             current_runtime.reset(token)
             if self.phase == HIBERNATING:
@@ -606,6 +608,8 @@ class Runtime:
             try:
                 await checkpointer.ended(self.agent, reason, self.output)
             except Exception as error:
+                if reason.error is not None and error.__context__ is None:
+                    error.__context__ = reason.error  # the failure it replaces stays visible
                 reason = StopReason(StopKind.FAILED, error)
                 self.choose_ending(reason)
             except BaseException as exc:
@@ -642,6 +646,9 @@ class Runtime:
                         await checkpointer.ended(self.agent, cut_short, None)
                     except Exception:
                         logger.exception("%s: its checkpointer raised as the agent was %s", self.name, cut_short)
+        except BaseException as later:  # on_stop or the checkpointer raised one: it is what leaves, unwrapped
+            self.escaped = later
+            raise
         finally:
             if self.phase != ENDED:
                 self.finish(cut_short)
