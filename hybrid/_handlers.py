@@ -124,12 +124,7 @@ def on_request(fn: F | None = None, /, *, inline: bool = False, route: bool = Fa
     def mark(fn: F) -> F:
         marked = _mark(REQUEST, fn)
         if inline:
-            if awaits(fn):
-                name = str(getattr(fn, "__qualname__", fn))
-                raise HandlerDefinitionError(
-                    f"@hybrid.on_request(inline=True) handler {name} awaits: an inline handler runs in its "
-                    "caller's task and must not (drop inline=True, or move the await into a state)"
-                )
+            _refuse_awaiting(fn)
             setattr(marked, INLINE, True)
         if route:
             if inline:
@@ -142,6 +137,16 @@ def on_request(fn: F | None = None, /, *, inline: bool = False, route: bool = Fa
         return marked
 
     return mark if fn is None else mark(fn)
+
+
+def _refuse_awaiting(fn: Callable[..., Any]) -> None:
+    """Refuse an inline handler that may suspend (checked where it is marked, and as its class finds it)."""
+    if awaits(fn):
+        name = str(getattr(fn, "__qualname__", fn))
+        raise HandlerDefinitionError(
+            f"@hybrid.on_request(inline=True) handler {name} awaits: an inline handler runs in its "
+            "caller's task and must not (drop inline=True, or move the await into a state)"
+        )
 
 
 def awaits(fn: Callable[..., Any]) -> bool:
@@ -158,12 +163,13 @@ def awaits(fn: Callable[..., Any]) -> bool:
     while id(layer) not in seen:  # each layer of a decorated function runs: any of them may await
         seen.add(id(layer))
         code = getattr(layer, "__code__", None)
-        wrapped = getattr(layer, "__wrapped__", None)
-        if code is not None and any(i.opname in _SUSPENDING_OPS for i in dis.get_instructions(code)):
+        if code is None:
+            return True  # not a plain function (a callable object): assume it may
+        if any(i.opname in _SUSPENDING_OPS for i in dis.get_instructions(code)):
             return True
-        if wrapped is None:
-            return code is None  # not a plain function: assume it may
-        layer = wrapped
+        layer = getattr(layer, "__wrapped__", None)
+        if layer is None:
+            return False
     return False
 
 
@@ -282,6 +288,9 @@ def build_tables(cls: type, localns: dict[str, Any]) -> tuple[Table, Table, Tabl
         names[kind].update(own[kind])
     type.__setattr__(cls, "_hybrid_handler_names", names)
     tables = tuple({t: getattr(cls, n) for t, n in names[kind].items()} for kind in _KINDS)
+    for handler in tables[1].values():
+        if getattr(handler, INLINE, False):  # as found: a decorator above the mark copies the flag
+            _refuse_awaiting(handler)
     return tables[0], tables[1], tables[2]
 
 

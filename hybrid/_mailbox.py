@@ -700,7 +700,11 @@ _INLINE_FAIRNESS: Final = 64
 
 
 class _InlineAnswers(threading.local):
-    """The inline answers given in this thread since its last yield (each trio run is one thread's)."""
+    """The inline answers given in this thread since the last yield they forced (each trio run is one thread's).
+
+    Only that forced yield resets it, not the caller's other checkpoints: a caller may
+    yield a little more often than every `_INLINE_FAIRNESS` answers, never less.
+    """
 
     count = 0
 
@@ -762,9 +766,7 @@ class RequestCall(Generic[R]):
                 f"{mailbox.name} awaited a request to itself: it would wait forever (its handler runs only "
                 f"after this one returns); call the method directly, or forward_to(self.ctx) for the answer later"
             )
-        handler = mailbox.requests.get(type(self._request))
-        if handler is not self._handler:  # a restart into another class since the call was made (or a base's)
-            self._handler = handler or lookup(mailbox.requests, type(self._request), REQUEST, mailbox.agent_type)
+        self._look_up_handler(mailbox)
         self._state = _QUEUED
         # A caller that is already cancelled sends nothing.
         yield from trio.lowlevel.checkpoint_if_cancelled().__await__()  # noqa: ASYNC105
@@ -788,6 +790,18 @@ class RequestCall(Generic[R]):
         mailbox.put(self)
         result: R = yield from wait_task_rescheduled(self._abandon).__await__()  # noqa: ASYNC105
         return result
+
+    def _look_up_handler(self, mailbox: Mailbox) -> None:
+        """The handler of `mailbox`'s reader now: the call may have been made before it changed hands.
+
+        (A supervised child restarted into another class since: the new class answers.)
+
+        Raises:
+            UnhandledMessage: the reader's class has no handler for the request.
+        """
+        handler = mailbox.requests.get(type(self._request))  # a base's handler is cached there by lookup
+        if handler is not self._handler:
+            self._handler = handler or lookup(mailbox.requests, type(self._request), REQUEST, mailbox.agent_type)
 
     def __del__(self) -> None:
         if self._state == _NEW:
@@ -844,6 +858,7 @@ class RequestCall(Generic[R]):
             raise LifecycleError("a request can be awaited or forwarded only once")
         self._state = _USED  # refused below unless it is queued
         self._response_handler = lookup(client.responses, type(self._request), RESPONSE, client.agent_type)
+        self._look_up_handler(self._mailbox)
         self._mailbox.check_room(self._request)
         self._state = _QUEUED
         self._reply_to = client
@@ -876,6 +891,10 @@ class RequestCall(Generic[R]):
         mailbox = self._mailbox
         if self._state != _NEW or get_ident() != mailbox.thread_id or not mailbox.has_room():
             return False
+        try:
+            self._look_up_handler(mailbox)
+        except UnhandledMessage:
+            return False  # the task the quorum falls back to raises it, where its caller learns
         self._state = _QUEUED
         self._gather = gather
         mailbox.put(self)
@@ -922,9 +941,7 @@ class RequestCall(Generic[R]):
             )
             return
         try:
-            handler = mailbox.requests.get(type(self._request)) or lookup(
-                mailbox.requests, type(self._request), REQUEST, mailbox.agent_type
-            )
+            lookup(mailbox.requests, type(self._request), REQUEST, mailbox.agent_type)
         except UnhandledMessage as error:
             self._complete(outcome.Error(error))
             return
@@ -946,8 +963,12 @@ class RequestCall(Generic[R]):
         if not self._waited_for():
             return  # its caller gave up meanwhile: nobody waits for the answer
         previous = (self._mailbox, self._handler)
+        try:  # looked up now: the target may have been restarted into another class while this waited
+            self._look_up_handler(mailbox)
+        except UnhandledMessage as error:
+            self._complete(outcome.Error(error))
+            return
         self._mailbox = mailbox
-        self._handler = handler
         self._state = _QUEUED
         try:
             mailbox.put(self)

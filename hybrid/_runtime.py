@@ -924,18 +924,29 @@ class Runtime:
         # The handler sees (and sets) the agent's contextvars, not its caller's: a parked
         # agent's are its task's; a hibernating agent's saved ones are shared with other
         # sleepers, so it runs in a copy, kept in their place if the handler set any.
-        saved = self.context if self.mailbox.asleep else None
+        mailbox = self.mailbox
+        saved = self.context if mailbox.asleep else None
+        keeper: _Keeper | None = None
         if saved is not None:
+            assert self.host is not None
+            keeper = _keepers().get(self.host)
+            if keeper is None or keeper.task is None:
+                return None  # its nursery is being cancelled: queued, the message wakes it to end
             context = saved.copy()
+            mailbox.set_asleep(False)  # a wake-up the handler causes waits until its contextvars are kept
         else:
             assert self.task is not None
             context = self.task.context
         try:
             answer = context.run(self._run_inline, handler, request)
         finally:
-            if saved is not None and not _equal(context, saved):
-                assert self.host is not None
-                self.context = _keeper_of(self.host).share(context)
+            if saved is not None:
+                assert keeper is not None
+                if not _equal(context, saved):
+                    self.context = keeper.share(context)
+                mailbox.set_asleep(True)
+                if mailbox.queue or self.next is not None:  # it sent its agent a message, or a transition
+                    self.wake_up()
         if type(answer) is not _Escaped:
             return answer
         # A BaseException ends the agent as from a queued handler: raised in the agent's own
@@ -1166,7 +1177,6 @@ one spawner mostly have one or two."""
 
 
 @final
-@final
 class _Escaped:
     """A BaseException an inline handler raised in its caller's task, for the agent's own task to raise."""
 
@@ -1176,6 +1186,7 @@ class _Escaped:
         self.error = error
 
 
+@final
 class _Keeper:
     """Stands in a host nursery for its hibernating agents (one task per nursery, not one per agent).
 
@@ -1255,12 +1266,7 @@ class _Keeper:
             del _keepers()[self.host]
 
     def _abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
-        self.task = None
-        # Cancelled: its sleepers end as soon as this task runs, and meanwhile they are not idle
-        # (an inline request is no longer answered, as for a parked agent whose park was aborted).
-        for rt in self.sleepers:
-            if rt.phase == HIBERNATING:
-                rt.mailbox.set_asleep(False)
+        self.task = None  # cancelled: its sleepers answer no inline request any more (`answer_inline`)
         return trio.lowlevel.Abort.SUCCEEDED
 
 

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import attrs
+import outcome
 import pytest
 import trio
 import trio.testing
@@ -30,6 +31,7 @@ import hybrid
 import hybrid.testing
 import hybrid.tracing
 from hybrid import Agent, Next
+from hybrid._handlers import awaits
 from tests.fairness import Ticker
 
 where: contextvars.ContextVar[str] = contextvars.ContextVar("inline_adversarial_where", default="unset")
@@ -1107,3 +1109,162 @@ async def test_a_request_queued_while_a_child_waits_to_restart_is_answered_by_th
         assert trio.current_time() >= 10
         app.interrupt()
     assert answer == "second"
+
+
+@attrs.frozen
+class Wake:
+    pass
+
+
+@attrs.define
+class Forwarder(Agent):
+    """Forwards a request call made elsewhere when told, and keeps the answers it gets."""
+
+    hibernate_after: ClassVar[float | None] = None
+    call: hybrid.RequestCall[str] | None = None
+    answers: list[str] = attrs.Factory(list[str])
+
+    @hybrid.on_event
+    async def forward(self, event: Wake) -> None:
+        assert self.call is not None
+        self.call.forward_to(self.ctx)
+
+    @hybrid.on_response
+    async def answered(self, request: Version, response: outcome.Outcome[str]) -> None:
+        self.answers.append(response.unwrap())
+
+
+async def test_a_request_made_before_a_restart_and_forwarded_after_is_answered_by_the_new_class() -> None:
+    """forward_to sends it now: the handler is the one of the class that reads the mailbox now."""
+    versions = Versions()
+    forwarder = Forwarder()
+    async with trio.open_nursery() as nursery:
+        app = hybrid.spawn(nursery, versions)
+        client = hybrid.spawn(nursery, forwarder)
+        await trio.testing.wait_all_tasks_blocked()
+        forwarder.call = versions.child.request(Version())
+        versions.child.send(Crash())
+        await trio.testing.wait_all_tasks_blocked()
+        client.send(Wake())
+        await trio.testing.wait_all_tasks_blocked()
+        app.interrupt()
+        client.interrupt()
+    assert forwarder.answers == ["second"]
+
+
+# -- found by a review of the fixes ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Flush(hybrid.Request[str]):
+    pass
+
+
+class FlushedOnStop(Agent):
+    hibernate_after: ClassVar[float | None] = 0
+
+    @hybrid.on_request(inline=True)
+    async def flush(self, request: Flush) -> str:
+        return "flushed"
+
+
+@attrs.define
+class AsksOnStop(Agent):
+    """Its on_stop asks another hibernating agent for something, as the nursery they share is cancelled."""
+
+    hibernate_after: ClassVar[float | None] = 0
+    other: hybrid.Address[Any] | None = None
+    got: list[str] = attrs.Factory(list[str])
+
+    async def on_stop(self, reason: hybrid.StopReason) -> None:
+        assert self.other is not None
+        try:
+            self.got.append(await self.other.request(Flush()))
+        except hybrid.AgentStopped:
+            self.got.append("AgentStopped")
+
+
+async def test_a_sleeper_ending_in_a_cancelled_nursery_can_still_ask_another_sleeper_without_hanging() -> None:
+    """The other one is woken to end (AgentStopped), never left unwoken with the request queued."""
+    asker = AsksOnStop()
+    with trio.move_on_after(5) as guard:  # a hang would end here (the test then fails)
+        async with trio.open_nursery() as nursery:
+            other = hybrid.spawn(nursery, FlushedOnStop())
+            asker.other = other
+            hybrid.spawn(nursery, asker)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert not guard.cancelled_caught
+    assert asker.got in (["AgentStopped"], ["flushed"])
+
+
+@attrs.frozen
+class SetAndPoke(hybrid.Request[None]):
+    pass
+
+
+class SetsThenWakesItself(Agent):
+    hibernate_after: ClassVar[float | None] = 0
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @hybrid.on_request(inline=True)
+    async def set_and_poke(self, request: SetAndPoke) -> None:
+        where.set("set-and-poke")
+        self.ctx.address.send(Wake())  # wakes this hibernating agent
+
+    @hybrid.on_event
+    async def poke(self, event: Wake) -> None:
+        self.seen.append(where.get())
+
+
+async def test_what_an_inline_handler_sets_reaches_the_task_it_wakes_its_hibernating_agent_into() -> None:
+    agent = SetsThenWakesItself()
+    async with trio.open_nursery() as nursery:
+        address = hybrid.spawn(nursery, agent)
+        await trio.testing.wait_all_tasks_blocked()
+        await address.request(SetAndPoke())
+        await trio.testing.wait_all_tasks_blocked()
+        address.interrupt()
+    assert agent.seen == ["set-and-poke"]
+
+
+def awaits_first(fn: Callable[..., Awaitable[int]]) -> Callable[..., Awaitable[int]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any) -> int:
+        await trio.sleep(0)
+        return await fn(*args)
+
+    return wrapper
+
+
+def test_a_decorator_that_awaits_above_the_inline_mark_is_refused_where_the_class_is_defined() -> None:
+    with pytest.raises(hybrid.HandlerDefinitionError, match="awaits"):
+
+        class Above(Agent):  # pyright: ignore[reportUnusedClass]
+            @awaits_first
+            @hybrid.on_request(inline=True)
+            async def total(self, request: Total) -> int:
+                return 0
+
+
+class AwaitingWrapper:
+    """A wrapper object (not a function) around a handler: what its __call__ does cannot be read."""
+
+    def __init__(self, fn: Callable[..., Awaitable[int]]) -> None:
+        self.__wrapped__ = fn
+
+    async def __call__(self, *args: Any) -> int:
+        await trio.sleep(0)
+        return await self.__wrapped__(*args)
+
+
+def test_a_layer_that_is_not_a_function_is_assumed_to_await() -> None:
+    """What an object's __call__ does is not read: a wrapped chain through one may suspend."""
+
+    async def plain(self: object, request: Total) -> int:
+        return 0
+
+    assert not awaits(plain)
+    assert awaits(AwaitingWrapper(plain))
