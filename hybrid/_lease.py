@@ -177,7 +177,8 @@ class LeaseTable(abc.ABC):
 
         Raises:
             TypeError: `name` or `holder` is not a str, `ttl` not a number.
-            ValueError: `name` or `holder` is empty; `ttl` is not finite and > 0.
+            ValueError: `name` or `holder` is empty, holds a NUL or a lone surrogate, or is longer than
+                1,024 bytes of UTF-8; `ttl` is not finite and > 0.
 
         Example:
             ```python
@@ -241,7 +242,8 @@ class LeaseTable(abc.ABC):
 
         Raises:
             TypeError: `name` is not a str.
-            ValueError: `name` is empty.
+            ValueError: `name` is empty, holds a NUL or a lone surrogate, or is longer than 1,024
+                bytes of UTF-8.
 
         Example:
             ```python
@@ -305,7 +307,8 @@ class LeaseTable(abc.ABC):
 
         Raises:
             TypeError: `name` is not a str.
-            ValueError: `name` is empty.
+            ValueError: `name` is empty, holds a NUL or a lone surrogate, or is longer than 1,024
+                bytes of UTF-8.
 
         Example:
             ```python

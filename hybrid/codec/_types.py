@@ -33,7 +33,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, final
 
 import attrs
 import msgspec
@@ -76,6 +76,8 @@ _PLAIN_TEXT: Final = (
 # "<message> - at `$<path>`" (or "- at `key` in `$<path>`", a dict key): where msgspec found a mismatch.
 _AT: Final = re.compile(r"^(?P<message>.*) - at (?P<key>`key` in )?`\$(?P<path>.*)`$", re.DOTALL)
 
+_ZERO: Final = datetime.timedelta(0)
+
 # A problem a check found: (where inside the value, what is wrong).
 Problem = tuple[str, str]
 Check = Callable[[Any], Problem | None]
@@ -101,7 +103,9 @@ def field_type(cls: type, name: str, declared: Any) -> Any:
         if name in annotations:
             module = sys.modules.get(klass.__module__)
             found = resolve(annotations[name], getattr(module, "__dict__", {}), dict(vars(klass)), where)
-            generic: tuple[Any, ...] = getattr(found, "__parameters__", ())  # type variables inside it
+            # A type variable, or an alias using one (``T | None``, ``list[T]``); never a bare
+            # generic class (``Box``), whose own parameters are not the field's.
+            generic = typing.get_origin(found) is not None and bool(getattr(found, "__parameters__", ()))
             if klass is not cls and (isinstance(found, TypeVar) or generic):
                 # A generic base's type variable, as `cls` parameterizes it (``Holder[Point]``).
                 found = _substitute(found, _bindings(cls, klass))
@@ -359,6 +363,8 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
     if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
         item = _compile(node.item_type, reach, memo)
         assert item is not None
+        if isinstance(item, _Exact):
+            return item.of_items
 
         def items(value: Any) -> Problem | None:
             for index, element in enumerate(value):
@@ -397,34 +403,41 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
         return _utc
     assert isinstance(node, mi.StructType | mi.DataclassType | mi.TypedDictType | mi.NamedTupleType)
     named = [(f.name, c) for f in node.fields if (c := _compile(f.type, reach, memo)) is not None]
+
+    def by_key(value: Any) -> Problem | None:
+        for name, check in named:
+            if name in value:
+                found = check(value[name])
+                if found is not None:
+                    return (f"[{name!r}]{found[0]}", found[1])
+        return None
+
     if isinstance(node, mi.TypedDictType):
-
-        def typed_dict(value: Any) -> Problem | None:
-            for name, check in named:
-                if name in value:
-                    found = check(value[name])
-                    if found is not None:
-                        return (f"[{name!r}]{found[0]}", found[1])
-            return None
-
-        return typed_dict
-
-    exact: type | None = _class_of(node.cls) if isinstance(node, mi.StructType | mi.DataclassType) else None
+        return by_key
 
     def attributes(value: Any) -> Problem | None:
-        if exact is not None and type(value) is not exact:
-            return (
-                "",
-                f"a {type(value).__qualname__} would come back as a {exact.__qualname__}, without what it adds: "
-                "annotate it with its own class (or a union of the classes it may be)",
-            )
         for name, check in named:
             found = check(getattr(value, name))
             if found is not None:
                 return (f".{name}{found[0]}", found[1])
         return None
 
-    return attributes
+    if isinstance(node, mi.NamedTupleType):
+        return attributes
+    exact = _class_of(node.cls)
+    if not named:
+        return _Exact(exact)
+
+    def instance(value: Any) -> Problem | None:
+        if type(value) is exact:
+            return attributes(value)
+        if isinstance(value, exact):
+            return _subclass_problem(value, exact)
+        if isinstance(value, dict):  # msgspec takes a mapping for the class: check its items by name
+            return by_key(value)
+        return None  # what else decodes as the class, the decode check took
+
+    return instance
 
 
 def _class_of(cls: Any) -> type:
@@ -469,10 +482,49 @@ def plain(value: Any) -> Problem | None:
     return ("", f"a {kind.__qualname__} would come back as another type: {_PLAIN_TEXT}; annotate it with its type")
 
 
+def _subclass_problem(value: Any, cls: type) -> Problem:
+    return (
+        "",
+        f"a {type(value).__qualname__} would come back as a {cls.__qualname__}, without what it adds: "
+        "annotate it with its own class (or a union of the classes it may be)",
+    )
+
+
+@final
+class _Exact:
+    """The check of a value class with nothing else to check inside: refuse an instance of a subclass.
+
+    It would come back as the class itself (msgspec decodes the annotation's
+    class), without what the subclass adds. `of_items` checks a collection of
+    them at C speed (the types of its items, as a set) when they are all alike.
+    """
+
+    __slots__ = ("cls",)
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+
+    def __call__(self, value: Any) -> Problem | None:
+        cls = self.cls
+        if type(value) is not cls and isinstance(value, cls):
+            return _subclass_problem(value, cls)
+        return None
+
+    def of_items(self, value: Any) -> Problem | None:
+        kinds = set(map(type, value))
+        if not kinds or kinds == {self.cls}:
+            return None
+        for index, element in enumerate(value):
+            found = self(element)
+            if found is not None:
+                return (f"[{index}]{found[0]}", found[1])
+        return None
+
+
 def _utc(value: Any) -> Problem | None:
     """Refuse an aware datetime in another zone than UTC: msgpack keeps the instant, in UTC."""
     zone = getattr(value, "tzinfo", None)
-    if zone is None or zone is datetime.UTC:
+    if zone is None or zone is datetime.UTC or zone.utcoffset(None) == _ZERO:  # UTC under any name
         return None
     return (
         "",

@@ -312,7 +312,8 @@ class Store:
         Raises:
             StoreError: the store is closed.
             TypeError: `key` is not a non-empty str.
-            ValueError: `key` holds a NUL or a lone surrogate (no database stores them).
+            ValueError: `key` holds a NUL or a lone surrogate (no database stores them), or is
+                longer than 1,024 bytes of UTF-8 (Postgres indexes no longer one).
             ValueError: an unknown `restart_from` or `durability`.
         """
         self._check_open()
@@ -331,13 +332,13 @@ class Store:
         """
         self._check_open()
         if key is not None:
-            _check_key(key)
+            _check_key(key, new=False)
         return await self._journal.events(key, since=since, limit=limit)
 
     async def outcome(self, key: str) -> Ending | None:
         """How `key` ended (its status, encoded output or error text), or None if it has not (or is unknown)."""
         self._check_open()
-        _check_key(key)
+        _check_key(key, new=False)
         return await self._journal.ending(key)
 
     async def prune(
@@ -854,14 +855,19 @@ def _ending_next(store: Store, key: str, cls: type[Agent[Any]], ending: Ending) 
     return Next.stop()
 
 
-def _check_key(key: object) -> None:
+def _check_key(key: object, *, new: bool = True) -> None:
     """A key both databases store as it is: checked here, so that a bad one fails its caller alone.
 
     (Refused in the writer thread instead, it would fail its whole batch: other agents' writes.)
+    A key that may be claimed (`new`) is also at most `_validate.INDEXED_MAX_BYTES` long,
+    which Postgres can index; a read of a longer one (claimed before the bound) is allowed.
     """
     if not isinstance(key, str) or not key:
         raise TypeError(f"a durable key is a non-empty str, got {key!r}")
-    _validate.indexable("a durable key", key)
+    if new:
+        _validate.indexable("a durable key", key)
+    else:
+        _validate.storable("a durable key", key)
 
 
 _EVENTS: Final[Next[Any]] = Next.events()
