@@ -35,6 +35,12 @@ def postgres_server() -> Generator[PostgresServer]:
         yield server
 
 
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite store URL, for the tests that do not depend on the database."""
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty journal: a SQLite file, or a fresh schema on the Postgres server."""

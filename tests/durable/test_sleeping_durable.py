@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
@@ -333,12 +332,6 @@ async def balances_after_resume(url: str, *, agents: Sequence[type[Agent[Any]]] 
                 address.interrupt()
         assert store.live_keys() == []
     return result
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    """A SQLite store URL, for the tests that do not depend on the database."""
-    return f"sqlite:///{tmp_path / 'store.db'}"
 
 
 def kinds(endings: list[tuple[str, StopReason]]) -> list[tuple[str, StopKind]]:

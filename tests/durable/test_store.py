@@ -142,12 +142,6 @@ def world() -> Generator[World]:
         sock.close()
 
 
-@pytest.fixture
-def sqlite_url(tmp_path: Any) -> str:
-    """A SQLite store URL, for the tests that do not depend on the database."""
-    return f"sqlite:///{tmp_path / 'store.db'}"
-
-
 # -- the test agents ------------------------------------------------------------------------
 
 

@@ -93,12 +93,6 @@ def track() -> Track:
     return TRACK
 
 
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    """A SQLite store URL, for the tests that do not depend on the database."""
-    return f"sqlite:///{tmp_path / 'store.db'}"
-
-
 @attrs.define
 class Walk(Agent[str]):
     """begin -> first(1) -> second -> done("n:trail")."""

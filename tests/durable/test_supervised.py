@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 import attrs
@@ -202,12 +201,6 @@ async def supervise(boss: Boss, endings: int) -> None:
 def kinds_of(reasons: list[StopReason]) -> list[StopKind]:
     """The kind of each ending."""
     return [reason.kind for reason in reasons]
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    """A SQLite store URL, for the tests that do not depend on the database."""
-    return f"sqlite:///{tmp_path / 'store.db'}"
 
 
 # -- restarts ----------------------------------------------------------------------------------
