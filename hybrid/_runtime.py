@@ -968,8 +968,8 @@ class Runtime:
                 return outcome.Error(error)
             except BaseException as error:  # handed to the agent's task, which raises it
                 return _Escaped(error)
-            step.close()
-            raise LifecycleError(f"inline request handler {handler!r} of {self.name} suspended")
+            step.close()  # pragma: no cover - refused at class definition: awaits() reads every layer
+            raise LifecycleError(f"inline request handler {handler!r} of {self.name} suspended")  # pragma: no cover
         finally:
             current_runtime.reset(token)
 

@@ -1268,3 +1268,55 @@ def test_a_layer_that_is_not_a_function_is_assumed_to_await() -> None:
 
     assert not awaits(plain)
     assert awaits(AwaitingWrapper(plain))
+
+
+def test_a_chain_of_wrappers_none_of_which_awaits_is_read_to_its_end() -> None:
+    async def inner(self: object, request: Total) -> int:
+        return 0
+
+    @functools.wraps(inner)
+    async def passing(self: object, request: Total) -> int:
+        return 1
+
+    assert not awaits(passing)  # both layers read, neither awaits
+
+
+class Unversioned(Agent):
+    """A class a child may be restarted into that no longer answers `Version`."""
+
+    hibernate_after: ClassVar[float | None] = None
+
+    @hybrid.on_event
+    async def crash(self, event: Crash) -> None:
+        self.ctx.do_next(Next.fail(ValueError("crash")))
+
+
+class LosesVersions(hybrid.Supervisor):
+    hibernate_after: ClassVar[float | None] = None
+
+    def begin(self) -> Next[Self]:
+        made: list[Agent] = []
+
+        def factory() -> Agent:
+            made.append(First() if not made else Unversioned())
+            return made[-1]
+
+        self.child = self.ctx.spawn(factory, name="child")
+        return Next.events()
+
+
+async def test_a_call_gathered_after_a_restart_into_a_class_without_its_handler_fails_as_unhandled() -> None:
+    """The quorum's member fails with UnhandledMessage (the old class's handler never runs on the new instance)."""
+    versions = LosesVersions()
+    async with trio.open_nursery() as nursery:
+        app = hybrid.spawn(nursery, versions)
+        await trio.testing.wait_all_tasks_blocked()
+        call = versions.child.request(Version())
+        versions.child.send(Crash())
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(hybrid.QuorumError) as failed:
+            await hybrid.quorum(1, [call])
+        (error,) = failed.value.errors
+        assert isinstance(error, hybrid.UnhandledMessage)
+        assert "Version" in str(error)
+        app.interrupt()

@@ -197,7 +197,7 @@ def _bindings(klass: type, target: type) -> dict[Any, Any]:
             return given
         inner = _bindings(origin, target)  # in terms of `origin`'s own parameters
         return {param: _substitute(arg, given) for param, arg in inner.items()}
-    return {}
+    return {}  # pragma: no cover - `target` is a base of `klass`: some base leads to it
 
 
 def _substitute(arg: Any, subst: dict[Any, Any]) -> Any:
@@ -431,11 +431,9 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
     def instance(value: Any) -> Problem | None:
         if type(value) is exact:
             return attributes(value)
-        if isinstance(value, exact):
-            return _subclass_problem(value, exact)
         if isinstance(value, dict):  # msgspec takes a mapping for the class: check its items by name
             return by_key(value)
-        return None  # what else decodes as the class, the decode check took
+        return _other_class(value, exact)
 
     return instance
 
@@ -454,7 +452,11 @@ def _accepts(node: mi.Type) -> Callable[[Any], bool]:
         return lambda value: isinstance(value, list | tuple | set | frozenset)
     if isinstance(node, mi.DictType | mi.TypedDictType):
         return lambda value: isinstance(value, dict)
-    if isinstance(node, mi.StructType | mi.DataclassType | mi.NamedTupleType):
+    if isinstance(node, mi.StructType | mi.DataclassType):
+        cls = _class_of(node.cls)
+        # A union has one mapping-like branch at most (msgspec's rule): a dict goes to this one.
+        return lambda value: isinstance(value, cls | dict)
+    if isinstance(node, mi.NamedTupleType):
         cls = _class_of(node.cls)
         return lambda value: isinstance(value, cls)
     if isinstance(node, mi.DateTimeType):
@@ -482,21 +484,25 @@ def plain(value: Any) -> Problem | None:
     return ("", f"a {kind.__qualname__} would come back as another type: {_PLAIN_TEXT}; annotate it with its type")
 
 
-def _subclass_problem(value: Any, cls: type) -> Problem:
+def _other_class(value: Any, cls: type) -> Problem:
+    """An instance of another class (a subclass, or one with the same fields) where `cls` is annotated."""
+    adds = ", without what it adds" if isinstance(value, cls) else ""
     return (
         "",
-        f"a {type(value).__qualname__} would come back as a {cls.__qualname__}, without what it adds: "
+        f"a {type(value).__qualname__} would come back as a {cls.__qualname__}{adds}: "
         "annotate it with its own class (or a union of the classes it may be)",
     )
 
 
 @final
 class _Exact:
-    """The check of a value class with nothing else to check inside: refuse an instance of a subclass.
+    """The check of a value class with nothing else to check inside: refuse an instance of another class.
 
     It would come back as the class itself (msgspec decodes the annotation's
-    class), without what the subclass adds. `of_items` checks a collection of
-    them at C speed (the types of its items, as a set) when they are all alike.
+    class): a subclass's instance without what the subclass adds, or an instance
+    of a class with the same fields. A mapping is taken (msgspec takes it for the
+    class). `of_items` checks a collection at C speed (the set of its items'
+    types) when they are all alike.
     """
 
     __slots__ = ("cls",)
@@ -505,20 +511,19 @@ class _Exact:
         self.cls = cls
 
     def __call__(self, value: Any) -> Problem | None:
-        cls = self.cls
-        if type(value) is not cls and isinstance(value, cls):
-            return _subclass_problem(value, cls)
-        return None
+        kind: type = type(value)  # pyright: ignore[reportUnknownVariableType]
+        if kind is self.cls or kind is dict:  # a mapping: msgspec takes it for the class
+            return None
+        return _other_class(value, self.cls)
 
     def of_items(self, value: Any) -> Problem | None:
-        kinds = set(map(type, value))
-        if not kinds or kinds == {self.cls}:
+        if set(map(type, value)) <= {self.cls, dict}:
             return None
-        for index, element in enumerate(value):
+        for index, element in enumerate(value):  # pragma: no branch - one of them is another class's
             found = self(element)
             if found is not None:
                 return (f"[{index}]{found[0]}", found[1])
-        return None
+        return None  # pragma: no cover - see the loop
 
 
 def _utc(value: Any) -> Problem | None:

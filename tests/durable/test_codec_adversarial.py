@@ -26,7 +26,7 @@ import textwrap
 import zoneinfo
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, Literal, NewType, TypeVar, cast
+from typing import Any, Generic, Literal, NamedTuple, NewType, TypeVar, cast
 
 import attrs
 import msgspec
@@ -260,6 +260,25 @@ class IntBoxHolder(BoxHolder[int]):
 class PlainHolder(Agent[None]):
     point: Point = attrs.field(factory=lambda: Point(0, 0))
     maybe: Point | None = None
+    many: list[Point] = attrs.Factory(list[Point])
+
+
+@attrs.frozen
+class LookAlike:
+    """Not a Point, with a Point's fields: it would come back as a Point."""
+
+    x: int
+    y: int
+
+
+class Pair(NamedTuple):
+    label: str
+    extra: Any
+
+
+@attrs.define
+class PairHolder(Agent[None]):
+    pair: Pair | None = None
 
 
 @attrs.define
@@ -1025,3 +1044,60 @@ async def test_store_run_of_an_agent_with_an_unset_init_false_field_raises_check
         with pytest.raises(CheckpointError) as info:
             await store.run(Unset(), key="k")
         assert "field 'later'" in str(info.value)
+
+
+class Labelled:
+    """A plain mixin before the generic base: not a base that parameterizes it."""
+
+
+@attrs.define
+class MixedPointHolder(Labelled, Holder[Point]):
+    pass
+
+
+def test_a_type_variable_is_found_past_bases_that_do_not_parameterize_it() -> None:
+    resumed, _ = roundtrip(MixedPointHolder(Point(5, 6)))
+    assert isinstance(resumed, MixedPointHolder)
+    assert resumed.item == Point(5, 6)
+
+
+def test_a_collection_of_class_values_names_the_subclass_instance_among_them() -> None:
+    """Checked as a whole while all are the class itself; a subclass instance among them named by its index."""
+    message = str(refusal(lambda: roundtrip(Typed(points=frozenset({Point3(3, 4, 5)})))))
+    assert "Typed field 'points'[0]: a Point3 would come back as a Point" in message
+    resumed, _ = roundtrip(Typed(points=frozenset({Point(1, 2), Point(3, 4)})))
+    assert isinstance(resumed, Typed)
+    assert resumed.points == frozenset({Point(1, 2), Point(3, 4)})
+
+
+@attrs.define
+class WideBox(Box[Point]):
+    label: str = ""
+
+
+def test_a_class_with_checked_fields_refuses_a_subclass_and_checks_a_mapping_by_key() -> None:
+    """Box[Point] (its item is checked): a WideBox is refused; a mapping's items are checked by name."""
+    message = str(refusal(lambda: roundtrip(Typed(boxed=WideBox(Point(1, 2), "x")))))
+    assert "Typed field 'boxed': a WideBox would come back as a Box" in message
+    message = str(refusal(lambda: roundtrip(Typed(boxed={"item": Point3(1, 2, 3)}))))  # type: ignore[arg-type]
+    assert "Typed field 'boxed'['item']: a Point3 would come back as a Point" in message
+    resumed, _ = roundtrip(Typed(boxed={"item": Point(1, 2)}))  # type: ignore[arg-type]
+    assert isinstance(resumed, Typed)
+    assert resumed.boxed == Box(Point(1, 2))
+
+
+def test_an_instance_of_another_class_with_the_same_fields_is_refused_a_mapping_is_taken() -> None:
+    message = str(refusal(lambda: roundtrip(PlainHolder(point=LookAlike(1, 2)))))  # type: ignore[arg-type]
+    assert "PlainHolder field 'point': a LookAlike would come back as a Point: annotate it" in message
+    mixed: list[Any] = [Point(1, 2), {"x": 3, "y": 4}]
+    resumed, _ = roundtrip(PlainHolder(many=mixed))
+    assert isinstance(resumed, PlainHolder)
+    assert resumed.many == [Point(1, 2), Point(3, 4)]
+
+
+def test_a_named_tuple_in_a_union_has_its_any_slots_checked() -> None:
+    message = str(refusal(lambda: roundtrip(PairHolder(pair=Pair("a", (1, 2))))))
+    assert "PairHolder field 'pair'.extra: a tuple would come back as another type" in message
+    resumed, _ = roundtrip(PairHolder(pair=Pair("a", [1, 2])))
+    assert isinstance(resumed, PairHolder)
+    assert resumed.pair == Pair("a", [1, 2])

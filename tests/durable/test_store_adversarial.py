@@ -770,6 +770,10 @@ async def test_events_edge_arguments_answer_as_documented(journal_url: str) -> N
             await store.prune(keep_events=-1)
         with pytest.raises(ValueError, match="since must be a time in seconds since the epoch, not NaN"):
             await store.events(since=math.nan)
+        with pytest.raises(TypeError, match="since must be None or a time in seconds since the epoch"):
+            await store.events(since="yesterday")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="Store.resume needs a trio nursery"):
+            await store.resume("not a nursery")  # type: ignore[arg-type]
         assert await store.events() == everything
 
 
