@@ -766,7 +766,8 @@ class RequestCall(Generic[R]):
                 f"{mailbox.name} awaited a request to itself: it would wait forever (its handler runs only "
                 f"after this one returns); call the method directly, or forward_to(self.ctx) for the answer later"
             )
-        self._look_up_handler(mailbox)
+        if mailbox.requests.get(type(self._request)) is not self._handler:  # changed hands since it was made
+            self._look_up_handler(mailbox)
         self._state = _QUEUED
         # A caller that is already cancelled sends nothing.
         yield from trio.lowlevel.checkpoint_if_cancelled().__await__()  # noqa: ASYNC105
