@@ -938,7 +938,7 @@ class Runtime:
             assert self.task is not None
             context = self.task.context
         try:
-            answer = context.run(self._run_inline, handler, request)
+            answer: outcome.Outcome[Any] = context.run(self._run_inline, handler, request)
         finally:
             if saved is not None:
                 assert keeper is not None
@@ -947,16 +947,19 @@ class Runtime:
                 mailbox.set_asleep(True)
                 if mailbox.queue or self.next is not None:  # it sent its agent a message, or a transition
                     self.wake_up()
-        if type(answer) is not _Escaped:
+        if not isinstance(answer, outcome.Error) or isinstance(answer.error, Exception):
             return answer
         # A BaseException ends the agent as from a queued handler: raised in the agent's own
         # task (woken for it), its caller told the agent ended before answering.
         self.next = _make(FAIL, answer.error)
-        self.mailbox.wake()
+        mailbox.wake()
         return outcome.Error(AgentStopped(f"{self.name} ended before answering {request!r}"))
 
-    def _run_inline(self, handler: Callable[..., Awaitable[Any]], request: object) -> outcome.Outcome[Any] | _Escaped:
-        """The inline handler's outcome, in the agent's context (entered by `answer_inline`)."""
+    def _run_inline(self, handler: Callable[..., Awaitable[Any]], request: object) -> outcome.Outcome[Any]:
+        """The inline handler's outcome, in the agent's context (entered by `answer_inline`).
+
+        A BaseException is an outcome too: `answer_inline` hands it to the agent's task.
+        """
         token = current_runtime.set(self)
         try:
             step = cast("Coroutine[Any, Any, Any]", handler(self.agent, request))
@@ -964,10 +967,8 @@ class Runtime:
                 step.send(None)
             except StopIteration as returned:
                 return outcome.Value(returned.value)
-            except Exception as error:
+            except BaseException as error:  # an Exception is the answer; any other, the agent's end
                 return outcome.Error(error)
-            except BaseException as error:  # handed to the agent's task, which raises it
-                return _Escaped(error)
             step.close()  # pragma: no cover - refused at class definition: awaits() reads every layer
             raise LifecycleError(f"inline request handler {handler!r} of {self.name} suspended")  # pragma: no cover
         finally:
@@ -1174,16 +1175,6 @@ _MISSING: Final = object()
 _SHARED_CONTEXTS: Final = 4
 """How many distinct contexts a `_Keeper` compares a sleeper's with: the children of
 one spawner mostly have one or two."""
-
-
-@final
-class _Escaped:
-    """A BaseException an inline handler raised in its caller's task, for the agent's own task to raise."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
 
 
 @final
