@@ -13,6 +13,9 @@ What is here:
   slot, also nested as in ``list[Any]``): only JSON-like builtins come back as
   themselves from those (None, bool, int, float, str, bytes, and lists and
   str-keyed dicts of them), so anything else is refused at encode time, "annotate it".
+- `inspect_shape`: the check, when a checkpoint is read, that the attrs classes
+  and dataclasses inside an annotation still have the fields they were saved
+  with (msgspec would drop a field they lost and default one they gained).
 - `run_check`: a compiled check run on a value, its recursion bounded.
 - `culprit` and `split_message`: where in a value (``.items[2].qty``) an encode
   or a decode failed, for messages that name the field path.
@@ -26,6 +29,7 @@ What is here:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import inspect
 import re
@@ -51,6 +55,7 @@ __all__ = [
     "culprit",
     "field_type",
     "find_exception",
+    "inspect_shape",
     "inspect_type",
     "output_type",
     "plain",
@@ -236,8 +241,7 @@ def inspect_type(annotation: Any, where: str) -> Check | None:
         problem = _unsupported(node)
         if problem is not None:
             raise CodecError(f"{where}: type {type_text(annotation)}: {problem}")
-    reach = _reaching_any(nodes)
-    return _compile(info, reach, {})
+    return _compile(info, _reaching(nodes, _changes), {}, _build)
 
 
 def type_text(annotation: Any) -> str:
@@ -309,9 +313,9 @@ def _changes(node: mi.Type) -> bool:
     return _is_any(node) or isinstance(node, mi.StructType | mi.DataclassType | mi.DateTimeType)
 
 
-def _reaching_any(nodes: dict[int, mi.Type]) -> set[int]:
-    """The ids of the nodes from which a slot that `_changes` is reachable (a fixed point: cycles are fine)."""
-    reach = {key for key, node in nodes.items() if _changes(node)}
+def _reaching(nodes: dict[int, mi.Type], wanted: Callable[[mi.Type], bool]) -> set[int]:
+    """The ids of the nodes from which a `wanted` node is reachable (a fixed point: cycles are fine)."""
+    reach = {key for key, node in nodes.items() if wanted(node)}
     changed = True
     while changed:
         changed = False
@@ -322,8 +326,11 @@ def _reaching_any(nodes: dict[int, mi.Type]) -> set[int]:
     return reach
 
 
-def _compile(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check | None:
-    """The check of the Any slots under `node`, or None if it has none (most types)."""
+Builder = Callable[[mi.Type, set[int], dict[int, Check]], Check]
+
+
+def _compile(node: mi.Type, reach: set[int], memo: dict[int, Check], build: Builder) -> Check | None:
+    """The check `build` makes of `node`, or None if nothing it checks is under `node` (most types)."""
     if id(node) not in reach:
         return None
     known = memo.get(id(node))
@@ -335,7 +342,7 @@ def _compile(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check | 
         return cell[0](value)
 
     memo[id(node)] = forward
-    built = _build(node, reach, memo)
+    built = build(node, reach, memo)
     cell.append(built)
     memo[id(node)] = built
     return built
@@ -345,13 +352,13 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
     if _is_any(node):
         return plain
     if isinstance(node, mi.Metadata):
-        inner = _compile(node.type, reach, memo)
+        inner = _compile(node.type, reach, memo, _build)
         assert inner is not None
         return inner
     if isinstance(node, mi.UnionType):
         if any(_is_any(t) for t in node.types):
             return plain
-        branches = [(_accepts(t), c) for t in node.types if (c := _compile(t, reach, memo)) is not None]
+        branches = [(_accepts(t), c) for t in node.types if (c := _compile(t, reach, memo, _build)) is not None]
 
         def union(value: Any) -> Problem | None:
             for accepts, check in branches:
@@ -361,7 +368,7 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
 
         return union
     if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
-        item = _compile(node.item_type, reach, memo)
+        item = _compile(node.item_type, reach, memo, _build)
         assert item is not None
         if isinstance(item, _Exact):
             return item.of_items
@@ -375,7 +382,7 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
 
         return items
     if isinstance(node, mi.TupleType):
-        checks = [(i, c) for i, t in enumerate(node.item_types) if (c := _compile(t, reach, memo)) is not None]
+        checks = [(i, c) for i, t in enumerate(node.item_types) if (c := _compile(t, reach, memo, _build)) is not None]
 
         def fixed(value: Any) -> Problem | None:
             for index, check in checks:
@@ -386,8 +393,8 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
 
         return fixed
     if isinstance(node, mi.DictType):
-        key_check = _compile(node.key_type, reach, memo)
-        value_check = _compile(node.value_type, reach, memo)
+        key_check = _compile(node.key_type, reach, memo, _build)
+        value_check = _compile(node.value_type, reach, memo, _build)
 
         def mapping(value: Any) -> Problem | None:
             for k, v in value.items():
@@ -402,7 +409,7 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
     if isinstance(node, mi.DateTimeType):
         return _utc
     assert isinstance(node, mi.StructType | mi.DataclassType | mi.TypedDictType | mi.NamedTupleType)
-    named = [(f.name, c) for f in node.fields if (c := _compile(f.type, reach, memo)) is not None]
+    named = [(f.name, c) for f in node.fields if (c := _compile(f.type, reach, memo, _build)) is not None]
 
     def by_key(value: Any) -> Problem | None:
         for name, check in named:
@@ -542,6 +549,146 @@ def _plain_key(key: Any) -> Problem | None:
     if type(key) is str:
         return None
     return ("", f"a dict key {key!r} that is not a str would come back changed: {_PLAIN_TEXT}; annotate it")
+
+
+# -- the saved shape of value classes: checked when a checkpoint is read ---------------------
+
+
+def inspect_shape(annotation: Any) -> Check | None:
+    """The check that the attrs classes and dataclasses under `annotation` still have their saved fields.
+
+    msgspec decodes such a class leniently: a saved field the class no longer
+    has is dropped, and a field it gained since takes its default. Where a value
+    must come back as it was saved (a checkpoint), both are refused. The check
+    takes the *untyped* decode of the saved bytes (dicts and lists) and returns
+    the first (path, problem) of a class's map whose keys are not the class's
+    fields, or None. A field with ``init=False`` may be missing (msgspec leaves
+    out one that is unset). A msgspec Struct keeps msgspec's own rules (its
+    ``forbid_unknown_fields`` and defaults are its schema evolution), but the
+    classes inside it are checked. None when no attrs class or dataclass is
+    inside (most annotations).
+
+    `annotation` must have passed `inspect_type`.
+    """
+    info = mi.type_info(annotation)
+    return _compile(info, _reaching(_nodes(info), _is_value_class), {}, _build_shape)
+
+
+def _is_value_class(node: mi.Type) -> bool:
+    return isinstance(node, mi.DataclassType)
+
+
+def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
+    if isinstance(node, mi.Metadata):
+        inner = _compile(node.type, reach, memo, _build_shape)
+        assert inner is not None
+        return inner
+    if isinstance(node, mi.UnionType):
+        branches = [(_saved_as(t), c) for t in node.types if (c := _compile(t, reach, memo, _build_shape)) is not None]
+
+        def union(raw: Any) -> Problem | None:
+            for kind, check in branches:
+                if type(raw) is kind:  # msgspec allows one array-like and one map-like branch
+                    return check(raw)
+            return None
+
+        return union
+    if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
+        item = _compile(node.item_type, reach, memo, _build_shape)
+        assert item is not None
+
+        def items(raw: Any) -> Problem | None:
+            for index, element in enumerate(raw):
+                found = item(element)
+                if found is not None:
+                    return (f"[{index}]{found[0]}", found[1])
+            return None
+
+        return items
+    if isinstance(node, mi.TupleType | mi.NamedTupleType):
+        kinds = node.item_types if isinstance(node, mi.TupleType) else [f.type for f in node.fields]
+        return _positions(
+            [(i, c) for i, t in enumerate(kinds) if (c := _compile(t, reach, memo, _build_shape)) is not None]
+        )
+    if isinstance(node, mi.DictType):
+        value_check = _compile(node.value_type, reach, memo, _build_shape)
+        assert value_check is not None  # (a key is never a map: msgspec refuses such a dict type)
+
+        def mapping(raw: Any) -> Problem | None:
+            for k, v in raw.items():
+                found = value_check(v)
+                if found is not None:
+                    return (f"[{k!r}]{found[0]}", found[1])
+            return None
+
+        return mapping
+    assert isinstance(node, mi.StructType | mi.DataclassType | mi.TypedDictType)
+    named = [(f, c) for f in node.fields if (c := _compile(f.type, reach, memo, _build_shape)) is not None]
+    if isinstance(node, mi.StructType) and node.array_like:
+        skip = 0 if node.tag_field is None else 1  # a tagged array-like Struct's tag comes first
+        where = {f.name: i for i, f in enumerate(node.fields)}
+        return _positions([(where[f.name] + skip, c) for f, c in named], [f".{f.name}" for f, _ in named])
+    children = [(f.encode_name, f".{f.name}", c) for f, c in named]
+
+    def by_key(raw: Any) -> Problem | None:
+        for key, path, check in children:
+            if key in raw:
+                found = check(raw[key])
+                if found is not None:
+                    return (f"{path}{found[0]}", found[1])
+        return None
+
+    if not isinstance(node, mi.DataclassType):
+        return by_key
+    cls = _class_of(node.cls)
+    known = frozenset(f.encode_name for f in node.fields)
+    late = _late_fields(cls)
+    required = [f.encode_name for f in node.fields if f.name not in late]
+    name = cls.__qualname__
+
+    def saved(raw: Any) -> Problem | None:
+        for key in raw:
+            if key not in known:
+                return ("", f"the saved value has a field {key!r} that {name} no longer has (it would be dropped)")
+        for key in required:
+            if key not in raw:
+                return ("", f"{name} has a field {key!r} that the saved value lacks (it would take its default)")
+        return by_key(raw)
+
+    return saved
+
+
+def _positions(checks: list[tuple[int, Check]], paths: list[str] | None = None) -> Check:
+    """The check of the items of an array at `checks`' positions, named ``[i]`` (or by `paths`)."""
+    named = [(i, f"[{i}]" if paths is None else paths[n], c) for n, (i, c) in enumerate(checks)]
+
+    def fixed(raw: Any) -> Problem | None:
+        for index, path, check in named:
+            if index < len(raw):
+                found = check(raw[index])
+                if found is not None:
+                    return (f"{path}{found[0]}", found[1])
+        return None
+
+    return fixed
+
+
+def _saved_as(node: mi.Type) -> type:
+    """What an untyped decode makes of a value saved under `node` (a union branch with a shape check)."""
+    if isinstance(node, mi.Metadata):
+        return _saved_as(node.type)
+    if isinstance(node, mi.DictType | mi.TypedDictType | mi.DataclassType):
+        return dict
+    if isinstance(node, mi.StructType) and not node.array_like:
+        return dict
+    return list  # the other nodes `_build_shape` checks are arrays
+
+
+def _late_fields(cls: type) -> frozenset[str]:
+    """The ``init=False`` fields of an attrs class or dataclass (a saved one may lack them)."""
+    if attrs.has(cls):
+        return frozenset(f.name for f in attrs.fields(cls) if not f.init)
+    return frozenset(f.name for f in dataclasses.fields(cls) if not f.init)
 
 
 # -- finding the culprit (the slow path of a failed encode) --------------------------------

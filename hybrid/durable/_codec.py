@@ -40,6 +40,11 @@ Decisions (each one a rule a test checks):
   name, looked up only among modules already imported; not its ``rng``, a
   resumed policy gets a fresh one); ``.fallback(fn)`` when `fn` is a method
   of the agent, like a state.
+- A value class inside the fields, the arguments or the output (an attrs class or
+  dataclass) must have the fields it was saved with, as the agent must: msgspec would
+  drop a field it lost and default one it gained, so resume checks the untyped decode
+  of the same bytes against each class (`inspect_shape`). A fields map naming a field
+  twice is refused too (msgspec would keep the last value).
 - Values of concrete annotations come back as the annotation says: a tuple
   held by a ``list[int]`` field is resumed as a list, an int held by a
   ``float`` field as a float.
@@ -78,6 +83,7 @@ from hybrid.codec._types import (
     culprit,
     field_type,
     find_exception,
+    inspect_shape,
     inspect_type,
     output_type,
     resolve,
@@ -105,6 +111,12 @@ _EVENTS: Final = StepKind.EVENTS
 # Where a step payload's mismatch is (msgspec's path): an item, then a field name.
 _INDEX: Final = re.compile(r"^\[(?P<index>\d+)\](?P<rest>.*)$", re.DOTALL)
 _NAME: Final = re.compile(r"^\.(?P<name>[A-Za-z_]\w*)(?P<rest>.*)$", re.DOTALL)
+# A step payload's items, each left undecoded (a map's bytes keep a key named twice).
+_ITEMS: Final = msgspec.msgpack.Decoder(list[msgspec.Raw])
+_SHAPE_ADVICE: Final = (
+    "The class changed since the checkpoint was saved: keep its old fields until the checkpoint is resumed, "
+    "or raise the agent's version with an upgrade of the saved fields (@durable(version=..., upgrade=...))"
+)
 
 
 # -- the decorator -------------------------------------------------------------------
@@ -227,9 +239,12 @@ class _StatePlan:
         "params",
         "plan",
         "pos_checks",
+        "pos_shapes",
         "pos_types",
+        "shaped",
         "var_check",
         "var_name",
+        "var_shape",
         "var_type",
     )
 
@@ -258,6 +273,10 @@ class _StatePlan:
         )
         self.var_check = None if var_name is None else inspect_type(self.var_type, f"{where} *{var_name}")
         self.checked = self.var_check is not None or any(c is not None for c in self.pos_checks)  # Any slots
+        self.pos_shapes: tuple[Check | None, ...] = tuple(inspect_shape(t) for t in self.pos_types)
+        self.var_shape = None if var_name is None else inspect_shape(self.var_type)
+        self.shaped = self.var_shape is not None or any(c is not None for c in self.pos_shapes)
+        """Some argument may hold an attrs class or dataclass: its saved fields are checked at resume."""
 
     def argument(self, position: int) -> str:
         """How messages name the argument at `position`."""
@@ -268,6 +287,10 @@ class _StatePlan:
     def check(self, position: int) -> Check | None:
         """The Any-slot check of the argument at `position`, if its annotation needs one."""
         return self.pos_checks[position] if position < len(self.params) else self.var_check
+
+    def shape(self, position: int) -> Check | None:
+        """The saved-shape check of the argument at `position` (`inspect_shape`), if it needs one."""
+        return self.pos_shapes[position] if position < len(self.params) else self.var_shape
 
     def fits(self, count: int) -> bool:
         """Whether `count` positional arguments fit the signature."""
@@ -317,6 +340,7 @@ class _ClassPlan:
         "begin_decoder",
         "cls",
         "field_checks",
+        "field_shapes",
         "fields_type",
         "getter",
         "late_getter",
@@ -326,6 +350,7 @@ class _ClassPlan:
         "names",
         "output_check",
         "output_decoder",
+        "output_shape",
         "output_type",
         "qualname",
         "states",
@@ -352,6 +377,9 @@ class _ClassPlan:
             if check is not None:
                 checks.append((index, f.name, check))
         self.field_checks = tuple(checks)
+        shapes = ((f.name, inspect_shape(hint)) for f, hint in zip(fields, hints, strict=True))
+        self.field_shapes = tuple((name, shape) for name, shape in shapes if shape is not None)
+        """The fields holding attrs classes or dataclasses: their saved fields are checked at resume."""
         self.fields_type: type[msgspec.Struct] = msgspec.defstruct(
             f"{cls.__name__}Fields",
             [(f.name, hint) for f, hint in zip(fields, hints, strict=True)],
@@ -361,6 +389,7 @@ class _ClassPlan:
         self.states: dict[str, _StatePlan] = {}
         self.output_type = output_type(cls)
         self.output_check = inspect_type(self.output_type, f"{self.qualname} output")
+        self.output_shape = inspect_shape(self.output_type)
         self.output_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(self.output_type)
 
     def method(self, name: str) -> types.FunctionType | None:
@@ -646,9 +675,16 @@ class Codec:
     ) -> str:
         """A message naming where a step payload does not fit the class."""
         message, path = split_message(err)
+        corrupted = isinstance(err, msgspec.DecodeError) and not isinstance(err, msgspec.ValidationError)
+        return self._mismatch_at(key, plan, state, message, path, corrupted=corrupted, saving=saving)
+
+    @staticmethod
+    def _mismatch_at(
+        key: str, plan: _ClassPlan, state: _StatePlan | None, message: str, path: str, *, corrupted: bool, saving: bool
+    ) -> str:
+        """A message naming the item at `path` of a step payload (``[1].name...``: a field, ``[3]``: an argument)."""
         where = f"{plan.qualname}" if state is None else f"{plan.qualname}.{state.name}"
         match = _INDEX.match(path)
-        corrupted = isinstance(err, msgspec.DecodeError) and not isinstance(err, msgspec.ValidationError)
         if corrupted or (match is None and not saving):
             text = f"key {key!r}: {where}: the checkpoint is not a valid payload ({message})"
         elif match is None:  # pragma: no cover - the payload was just encoded with the right shape
@@ -705,6 +741,7 @@ class Codec:
                     f"key {key!r}: {plan.qualname}: a {kind} checkpoint names no state, got {checkpoint.state!r}"
                 )
             decoded = self._decode(key, plan, None, plan.begin_decoder, payload)
+            self._check_saved(key, plan, None, payload)
             agent = self._rebuild(key, plan, decoded[1])
             return agent, (None if kind == _BEGIN else Next.events())
         if kind not in (_ASYNC, _SYNC):
@@ -726,6 +763,7 @@ class Codec:
                 f"which no longer fit {state.signature()}"
             )
         decoded = self._decode(key, plan, state, state.decoder(count), payload)
+        self._check_saved(key, plan, state, payload)
         agent = self._rebuild(key, plan, decoded[1])
         nxt = self._next(key, plan, state, agent, kind=kind, args=decoded[_HEAD:])
         mods: _Mods | None = decoded[2]
@@ -744,6 +782,44 @@ class Codec:
         except Exception as err:  # msgspec's errors, and whatever a value type's own validators raise
             raise CheckpointError(self._step_mismatch(key, plan, state, err, saving=False)) from err
         return decoded
+
+    def _check_saved(self, key: str, plan: _ClassPlan, state: _StatePlan | None, payload: bytes) -> None:
+        """What the typed decode takes silently: a field named twice; a value class that changed its fields.
+
+        `payload` has just decoded under the class's types. msgspec keeps the last
+        value of a key named twice, drops a saved field a value class no longer
+        has and gives one it gained its default: each is refused here, naming it.
+        """
+        items = _ITEMS.decode(payload)
+        fields_map = bytes(items[1])
+        if _map_length(fields_map) != len(plan.names):  # the fields struct took each name once, no other
+            flat: list[Any] = msgspec.msgpack.decode(_as_array(fields_map))
+            keys = flat[::2]
+            twice = next(name for name in keys if keys.count(name) > 1)
+            raise CheckpointError(
+                f"key {key!r}: {plan.qualname} field {twice!r}: the checkpoint names it twice "
+                "(the payload is damaged: which value is meant is unknown)"
+            )
+        shaped = state is not None and state.shaped
+        if not (plan.field_shapes or shaped):
+            return
+        raw: list[Any] = msgspec.msgpack.decode(payload)  # the same bytes, untyped: the saved maps
+        for name, shape in plan.field_shapes:
+            found = run_check(shape, raw[1][name])
+            if found is not None:
+                self._saved_shape_changed(key, plan, state, f"[1].{name}{found[0]}", found[1])
+        if shaped:
+            assert state is not None
+            for position, value in enumerate(raw[_HEAD:]):
+                arg_shape = state.shape(position)
+                if arg_shape is not None and (found := run_check(arg_shape, value)) is not None:
+                    self._saved_shape_changed(key, plan, state, f"[{position + _HEAD}]{found[0]}", found[1])
+
+    def _saved_shape_changed(
+        self, key: str, plan: _ClassPlan, state: _StatePlan | None, path: str, problem: str
+    ) -> None:
+        text = self._mismatch_at(key, plan, state, problem, path, corrupted=False, saving=False)
+        raise CheckpointError(f"{text}. {_SHAPE_ADVICE}")
 
     def _rebuild(self, key: str, plan: _ClassPlan, fields: Any) -> Agent[Any]:
         try:
@@ -927,13 +1003,18 @@ class Codec:
         """
         plan = self._plan(agent_cls)
         try:
-            return plan.output_decoder.decode(data)
+            value = plan.output_decoder.decode(data)
         except Exception as err:
             message, path = split_message(err)
             raise CheckpointError(
                 f"key {key!r}: {plan.qualname} output{path}: the saved output does not decode into "
                 f"{type_text(plan.output_type)}: {message}"
             ) from err
+        if plan.output_shape is not None:
+            found = run_check(plan.output_shape, msgspec.msgpack.decode(data))
+            if found is not None:
+                raise CheckpointError(f"key {key!r}: {plan.qualname} output{found[0]}: {found[1]}. {_SHAPE_ADVICE}")
+        return value
 
 
 def _state_plan(key: str, plan: _ClassPlan, name: str) -> _StatePlan | None:
@@ -974,6 +1055,32 @@ def _exception_type(where: str, name: str) -> type[BaseException]:
             "(import its module before resuming)"
         )
     return found
+
+
+def _map_length(data: bytes) -> int:
+    """The number of entries of the msgpack map `data` is, from its header; -1 if it is none."""
+    first = data[0]
+    if 0x80 <= first <= 0x8F:
+        return first & 0x0F
+    if first == 0xDE:
+        return int.from_bytes(data[1:3], "big")
+    if first == 0xDF:
+        return int.from_bytes(data[1:5], "big")
+    return -1  # pragma: no cover - it has just decoded as a map
+
+
+def _as_array(map_data: bytes) -> bytes:
+    """The msgpack map `map_data` as an array of its keys and values in turn (a key named twice stays twice)."""
+    first = map_data[0]
+    header = 3 if first == 0xDE else 5 if first == 0xDF else 1
+    items = 2 * _map_length(map_data)
+    if items < 16:
+        head = bytes([0x90 | items])
+    elif items < 0x10000:
+        head = b"\xdc" + items.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + items.to_bytes(4, "big")
+    return head + map_data[header:]
 
 
 def _array_length(payload: bytes) -> int:
