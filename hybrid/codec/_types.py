@@ -16,7 +16,8 @@ What is here:
 - `inspect_shape`: the check, when a checkpoint is read, that the attrs classes
   and dataclasses inside an annotation still have the fields they were saved
   with (msgspec would drop a field they lost and default one they gained).
-- `run_check`: a compiled check run on a value, its recursion bounded.
+- `run_check`: a compiled check run on a value, its recursion bounded
+  (`run_shape` for a shape check).
 - `culprit` and `split_message`: where in a value (``.items[2].qty``) an encode
   or a decode failed, for messages that name the field path.
 - `resolve`, `field_type`: annotations evaluated where they were written
@@ -61,6 +62,7 @@ __all__ = [
     "plain",
     "resolve",
     "run_check",
+    "run_shape",
     "split_message",
     "type_argument",
     "type_text",
@@ -574,6 +576,20 @@ def inspect_shape(annotation: Any) -> Check | None:
     return _compile(info, _reaching(_nodes(info), _is_value_class), {}, _build_shape)
 
 
+def run_shape(check: Check, raw: Any) -> Problem | None:
+    """``check(raw)`` for a check made by `inspect_shape`; None past Python's recursion limit.
+
+    Never a refusal of a value only for its depth: it was saved, and decoded
+    under its types. The walk checks a class's keys before going into its
+    fields, so the outermost instances of each class, where a class that
+    changed shows, are checked first.
+    """
+    try:
+        return check(raw)
+    except RecursionError:
+        return None
+
+
 def _is_value_class(node: mi.Type) -> bool:
     return isinstance(node, mi.DataclassType)
 
@@ -587,8 +603,8 @@ def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Chec
         branches = [(_saved_as(t), c) for t in node.types if (c := _compile(t, reach, memo, _build_shape)) is not None]
 
         def union(raw: Any) -> Problem | None:
-            for kind, check in branches:
-                if type(raw) is kind:  # msgspec allows one array-like and one map-like branch
+            for saved_as, check in branches:
+                if saved_as(raw):
                     return check(raw)
             return None
 
@@ -673,15 +689,25 @@ def _positions(checks: list[tuple[int, Check]], paths: list[str] | None = None) 
     return fixed
 
 
-def _saved_as(node: mi.Type) -> type:
-    """What an untyped decode makes of a value saved under `node` (a union branch with a shape check)."""
+def _saved_as(node: mi.Type) -> Callable[[Any], bool]:
+    """Whether an untyped decode made a value from one saved under `node` (a union branch with a shape check).
+
+    msgspec allows one map-like and one array-like branch in a union, except
+    tagged Structs, which are told apart by their tag (the first item of an
+    array-like one).
+    """
     if isinstance(node, mi.Metadata):
         return _saved_as(node.type)
-    if isinstance(node, mi.DictType | mi.TypedDictType | mi.DataclassType):
-        return dict
-    if isinstance(node, mi.StructType) and not node.array_like:
-        return dict
-    return list  # the other nodes `_build_shape` checks are arrays
+    if isinstance(node, mi.StructType) and node.tag_field is not None:
+        field, tag = node.tag_field, node.tag
+        if node.array_like:
+            return lambda raw: type(raw) is list and len(raw) > 0 and raw[0] == tag  # pyright: ignore[reportUnknownArgumentType]
+        return lambda raw: type(raw) is dict and raw.get(field) == tag  # pyright: ignore[reportUnknownMemberType]
+    if isinstance(node, mi.DictType | mi.TypedDictType | mi.DataclassType) or (
+        isinstance(node, mi.StructType) and not node.array_like
+    ):
+        return lambda raw: type(raw) is dict
+    return lambda raw: type(raw) is list  # the other nodes `_build_shape` checks are arrays
 
 
 def _late_fields(cls: type) -> frozenset[str]:

@@ -88,6 +88,7 @@ from hybrid.codec._types import (
     output_type,
     resolve,
     run_check,
+    run_shape,
     split_message,
     type_text,
 )
@@ -805,14 +806,14 @@ class Codec:
             return
         raw: list[Any] = msgspec.msgpack.decode(payload)  # the same bytes, untyped: the saved maps
         for name, shape in plan.field_shapes:
-            found = run_check(shape, raw[1][name])
+            found = run_shape(shape, raw[1][name])
             if found is not None:
                 self._saved_shape_changed(key, plan, state, f"[1].{name}{found[0]}", found[1])
         if shaped:
             assert state is not None
             for position, value in enumerate(raw[_HEAD:]):
                 arg_shape = state.shape(position)
-                if arg_shape is not None and (found := run_check(arg_shape, value)) is not None:
+                if arg_shape is not None and (found := run_shape(arg_shape, value)) is not None:
                     self._saved_shape_changed(key, plan, state, f"[{position + _HEAD}]{found[0]}", found[1])
 
     def _saved_shape_changed(
@@ -1011,7 +1012,7 @@ class Codec:
                 f"{type_text(plan.output_type)}: {message}"
             ) from err
         if plan.output_shape is not None:
-            found = run_check(plan.output_shape, msgspec.msgpack.decode(data))
+            found = run_shape(plan.output_shape, msgspec.msgpack.decode(data))
             if found is not None:
                 raise CheckpointError(f"key {key!r}: {plan.qualname} output{found[0]}: {found[1]}. {_SHAPE_ADVICE}")
         return value

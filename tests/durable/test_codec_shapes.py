@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import attrs
 import msgspec
@@ -27,6 +27,8 @@ from hybrid import Agent, Next
 from hybrid.durable import CheckpointError, durable, open_store
 from hybrid.durable._codec import Codec
 from hybrid.durable._records import Checkpoint, StepKind
+
+R = TypeVar("R")
 
 # -- value classes, before and after a change ------------------------------------------------
 
@@ -105,6 +107,22 @@ class RowGained(msgspec.Struct, array_like=True, tag="Row"):
     item: ItemGained
 
 
+class Crate(msgspec.Struct, tag=True):
+    item: Item
+
+
+class Sack(msgspec.Struct, tag=True):
+    items: list[Item]
+
+
+class CrateGained(msgspec.Struct, tag="Crate"):
+    item: ItemGained
+
+
+class SackGained(msgspec.Struct, tag="Sack"):
+    items: list[ItemGained]
+
+
 # -- agents holding them ------------------------------------------------------------------------
 
 
@@ -120,6 +138,7 @@ class Holder(Agent[None]):
     row: Row | None = None
     note: Note | None = None
     tree: Tree | None = None
+    load: Crate | Sack | None = None
 
     def begin(self) -> Next[Self]:
         return Next.do_async(self.work, list[Any]())
@@ -140,6 +159,7 @@ class HolderGained(Agent[None]):
     row: RowGained | None = None
     note: NoteGained | None = None
     tree: TreeGained | None = None
+    load: CrateGained | SackGained | None = None
 
     def begin(self) -> Next[Self]:
         return Next.do_async(self.work, list[Any]())
@@ -160,6 +180,7 @@ class HolderLost(Agent[None]):
     row: Row | None = None
     note: Note | None = None
     tree: Tree | None = None
+    load: Crate | Sack | None = None
 
     def begin(self) -> Next[Self]:
         return Next.do_async(self.work, list[Any]())
@@ -230,6 +251,59 @@ def test_classes_inside_named_tuples_structs_and_array_like_structs_are_checked(
         saved = save(Holder(**fields), None)
         message = refusal(functools.partial(resume, HolderGained, saved))
         assert message.startswith(f"key 'k': HolderGained {named}: ItemGained has a field 'price'"), message
+
+
+def test_tagged_structs_in_a_union_are_told_apart_by_their_tag() -> None:
+    """Crate | Sack: a saved Sack's items are checked as a Sack's, not as a Crate's (the first branch)."""
+    saved = save(Holder(load=Sack([Item("x", 1)])), None)
+    message = refusal(lambda: resume(HolderGained, saved))
+    assert message.startswith("key 'k': HolderGained field 'load'.items[0]: ItemGained has a field 'price'")
+    saved = save(Holder(load=Crate(Item("x", 1))), None)
+    message = refusal(lambda: resume(HolderGained, saved))
+    assert message.startswith("key 'k': HolderGained field 'load'.item: ItemGained has a field 'price'")
+    agent, _ = resume(Holder, saved)
+    assert isinstance(agent, Holder)
+    assert agent.load == Crate(Item("x", 1))
+
+
+def _chain(depth: int) -> Tree:
+    tree = Tree(0)
+    for level in range(depth):
+        tree = Tree(level + 1, [tree])
+    return tree
+
+
+def _deepest_saved() -> int:
+    """The deepest chain of Trees a checkpoint takes from here (the interpreter's limits decide)."""
+    low, high = 1, 4000
+    while low < high:
+        middle = (low + high + 1) // 2
+        try:
+            Codec().encode_step("k", Holder(tree=_chain(middle)), None)
+        except CheckpointError:
+            high = middle - 1
+        else:
+            low = middle
+    return low
+
+
+def _deeper(frames: int, fn: Callable[[], R]) -> R:
+    """``fn()`` called `frames` frames deeper than here."""
+    return fn() if frames == 0 else _deeper(frames - 1, fn)
+
+
+def test_a_value_too_deep_for_the_check_still_resumes_and_its_changed_class_is_still_refused() -> None:
+    """The check walks more frames a level than the checks made when saving: as deep as can be saved, it resumes."""
+    depth = _deepest_saved()
+    saved = save(Holder(tree=_chain(depth)), None)
+    agent, _ = _deeper(50, functools.partial(resume, Holder, saved))  # resumed from a deeper stack than saved
+    assert isinstance(agent, Holder)
+    node, levels = agent.tree, 0
+    while node is not None and node.kids:
+        node, levels = node.kids[0], levels + 1
+    assert levels == depth
+    message = refusal(lambda: resume(HolderGained, saved))  # the root is checked before its depths
+    assert message.startswith("key 'k': HolderGained field 'tree': TreeGained has a field 'label'")
 
 
 def test_a_recursive_class_that_gained_a_field_is_refused_at_its_first_node() -> None:
