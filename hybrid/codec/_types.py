@@ -700,9 +700,19 @@ def _saved_as(node: mi.Type) -> Callable[[Any], bool]:
         return _saved_as(node.type)
     if isinstance(node, mi.StructType) and node.tag_field is not None:
         field, tag = node.tag_field, node.tag
-        if node.array_like:
-            return lambda raw: type(raw) is list and len(raw) > 0 and raw[0] == tag  # pyright: ignore[reportUnknownArgumentType]
-        return lambda raw: type(raw) is dict and raw.get(field) == tag  # pyright: ignore[reportUnknownMemberType]
+
+        def tagged(raw: Any) -> bool:
+            if node.array_like:
+                if type(raw) is not list:
+                    return False
+                items: list[Any] = raw  # pyright: ignore[reportUnknownVariableType]
+                return len(items) > 0 and bool(items[0] == tag)
+            if type(raw) is not dict:
+                return False
+            mapping: dict[Any, Any] = raw  # pyright: ignore[reportUnknownVariableType]
+            return bool(mapping.get(field) == tag)
+
+        return tagged
     if isinstance(node, mi.DictType | mi.TypedDictType | mi.DataclassType) or (
         isinstance(node, mi.StructType) and not node.array_like
     ):
