@@ -37,8 +37,9 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable
-from typing import Any, Final, TypeVar, final
+from collections import deque
+from collections.abc import Callable, Collection
+from typing import Any, Final, TypeVar, cast, final
 
 import attrs
 import msgspec
@@ -51,13 +52,17 @@ from ._errors import CodecError
 __all__ = [
     "ENCODE_ERRORS",
     "Check",
+    "FieldKeys",
     "Problem",
+    "Visit",
     "answer_type",
+    "as_array",
     "culprit",
     "field_type",
     "find_exception",
     "inspect_shape",
     "inspect_type",
+    "map_length",
     "output_type",
     "plain",
     "resolve",
@@ -328,22 +333,24 @@ def _reaching(nodes: dict[int, mi.Type], wanted: Callable[[mi.Type], bool]) -> s
     return reach
 
 
-Builder = Callable[[mi.Type, set[int], dict[int, Check]], Check]
+F = TypeVar("F", bound=Callable[..., Any])  # a check (`Check`) or a step of a shape walk (`Visit`)
 
 
-def _compile(node: mi.Type, reach: set[int], memo: dict[int, Check], build: Builder) -> Check | None:
-    """The check `build` makes of `node`, or None if nothing it checks is under `node` (most types)."""
+def _compile(
+    node: mi.Type, reach: set[int], memo: dict[int, F], build: Callable[[mi.Type, set[int], dict[int, F]], F]
+) -> F | None:
+    """What `build` makes of `node`, or None if nothing it checks is under `node` (most types)."""
     if id(node) not in reach:
         return None
     known = memo.get(id(node))
     if known is not None:
         return known
-    cell: list[Check] = []
+    cell: list[F] = []
 
-    def forward(value: Any) -> Problem | None:  # a recursive type reaches itself through this
-        return cell[0](value)
+    def forward(*args: Any) -> Any:  # a recursive type reaches itself through this
+        return cell[0](*args)
 
-    memo[id(node)] = forward
+    memo[id(node)] = cast("F", forward)
     built = build(node, reach, memo)
     cell.append(built)
     memo[id(node)] = built
@@ -434,14 +441,16 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
     if isinstance(node, mi.NamedTupleType):
         return attributes
     exact = _class_of(node.cls)
+    keys = FieldKeys(node) if isinstance(node, mi.DataclassType) else None
     if not named:
-        return _Exact(exact)
+        return _Exact(exact, keys)
 
     def instance(value: Any) -> Problem | None:
         if type(value) is exact:
             return attributes(value)
         if isinstance(value, dict):  # msgspec takes a mapping for the class: check its items by name
-            return by_key(value)
+            mapping: dict[Any, Any] = value  # pyright: ignore[reportUnknownVariableType]
+            return _dict_for(keys, mapping) or by_key(mapping)
         return _other_class(value, exact)
 
     return instance
@@ -510,29 +519,50 @@ class _Exact:
     It would come back as the class itself (msgspec decodes the annotation's
     class): a subclass's instance without what the subclass adds, or an instance
     of a class with the same fields. A mapping is taken (msgspec takes it for the
-    class). `of_items` checks a collection at C speed (the set of its items'
-    types) when they are all alike.
+    class) if it has the keys the class's own map would (`keys`: an attrs class
+    or dataclass). `of_items` checks a collection at C speed (the set of its
+    items' types) when they are all of the class.
     """
 
-    __slots__ = ("cls",)
+    __slots__ = ("cls", "keys")
 
-    def __init__(self, cls: type) -> None:
+    def __init__(self, cls: type, keys: FieldKeys | None) -> None:
         self.cls = cls
+        self.keys = keys
 
     def __call__(self, value: Any) -> Problem | None:
         kind: type = type(value)  # pyright: ignore[reportUnknownVariableType]
-        if kind is self.cls or kind is dict:  # a mapping: msgspec takes it for the class
+        if kind is self.cls:
             return None
+        if kind is dict:  # a mapping: msgspec takes it for the class
+            return _dict_for(self.keys, value)
         return _other_class(value, self.cls)
 
     def of_items(self, value: Any) -> Problem | None:
-        if set(map(type, value)) <= {self.cls, dict}:
+        if set(map(type, value)) <= {self.cls}:
             return None
         for index, element in enumerate(value):  # pragma: no branch - one of them is another class's
             found = self(element)
             if found is not None:
                 return (f"[{index}]{found[0]}", found[1])
         return None  # pragma: no cover - see the loop
+
+
+def _dict_for(keys: FieldKeys | None, value: dict[Any, Any]) -> Problem | None:
+    """Refuse a dict given for a class that would not come back as given: a key dropped, a default added.
+
+    (Resumed, it would also look like a class that changed since it was saved.)
+    """
+    if keys is None:  # a Struct: msgspec's own rules
+        return None
+    name = keys.cls.__qualname__
+    unknown = keys.unknown(value)
+    if unknown is not _NONE:
+        return ("", f"a dict given for a {name} has a key {unknown!r} that is none of its fields: it would be dropped")
+    lacking = keys.missing(value)
+    if lacking is not None:
+        return ("", f"a dict given for a {name} lacks its field {lacking!r}: it would come back with a default")
+    return None
 
 
 def _utc(value: Any) -> Problem | None:
@@ -556,19 +586,93 @@ def _plain_key(key: Any) -> Problem | None:
 # -- the saved shape of value classes: checked when a checkpoint is read ---------------------
 
 
-def inspect_shape(annotation: Any) -> Check | None:
+class FieldKeys:
+    """The keys msgspec writes for an attrs class or dataclass: each must be known, some are always there.
+
+    Every field is known. One may be missing only where msgspec leaves it out:
+    a field holding `msgspec.UNSET`; a dataclass's ``init=False`` field with a
+    plain default (the instance may not have set it); any defaulted field of a
+    class with an ``__init__`` of its own (``init=False`` on the class). Both
+    checks share these rules: a checkpoint's saved map (`inspect_shape`) and
+    a dict given where the class is annotated (`inspect_type`).
+    """
+
+    __slots__ = ("cls", "known", "required")
+
+    def __init__(self, node: mi.DataclassType) -> None:
+        self.cls = _class_of(node.cls)
+        self.known = frozenset(f.encode_name for f in node.fields)
+        optional = _optional_fields(self.cls) | _unset_fields(self.cls)
+        self.required = tuple(f.encode_name for f in node.fields if f.name not in optional)
+
+    def unknown(self, keys: Collection[Any]) -> Any:
+        """A key of `keys` that is not a field (`_NONE` if there is none)."""
+        for key in keys:
+            if key not in self.known:
+                return key
+        return _NONE
+
+    def missing(self, keys: Collection[Any]) -> str | None:
+        """A field always written that `keys` lacks, or None."""
+        for key in self.required:
+            if key not in keys:
+                return key
+        return None
+
+
+_NONE: Final = object()
+
+
+def _optional_fields(cls: type) -> frozenset[str]:
+    """The fields of `cls` msgspec may leave out, by how the class sets them (`FieldKeys`)."""
+    if attrs.has(cls):
+        if "__attrs_init__" not in cls.__dict__:  # attrs' own __init__ sets every field
+            return frozenset()
+        return frozenset(f.name for f in attrs.fields(cls) if f.default is not attrs.NOTHING)
+    params: Any = getattr(cls, "__dataclass_params__", None)
+    fields = dataclasses.fields(cls)
+    if params is not None and not params.init:  # an __init__ of its own
+        missing = dataclasses.MISSING
+        return frozenset(f.name for f in fields if f.default is not missing or f.default_factory is not missing)
+    return frozenset(f.name for f in fields if not f.init and f.default is not dataclasses.MISSING)
+
+
+def _unset_fields(cls: type) -> frozenset[str]:
+    """The fields of `cls` annotated to take `msgspec.UNSET`, which msgspec leaves out while they hold it."""
+    try:
+        hints = typing.get_type_hints(cls, include_extras=False)
+    except Exception:  # pragma: no cover - msgspec resolved the same annotations already
+        return frozenset()
+    return frozenset(name for name, hint in hints.items() if _takes_unset(hint))
+
+
+def _takes_unset(hint: Any) -> bool:
+    if hint is msgspec.UnsetType:
+        return True
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and msgspec.UnsetType in typing.get_args(hint)
+
+
+# One step of the shape walk: (path so far, the step to take, the undecoded value it takes).
+_Todo = deque[tuple[str, Callable[..., "Problem | None"], Any]]
+Visit = Callable[[Any, str, _Todo], "Problem | None"]
+"""One node of a shape check: checks one undecoded value, queues its parts (``visit(raw, path, todo)``)."""
+
+_RAW_ITEMS: Final = msgspec.msgpack.Decoder(list[msgspec.Raw])
+_RAW_FIELDS: Final = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
+
+
+def inspect_shape(annotation: Any) -> Visit | None:
     """The check that the attrs classes and dataclasses under `annotation` still have their saved fields.
 
     msgspec decodes such a class leniently: a saved field the class no longer
     has is dropped, and a field it gained since takes its default. Where a value
-    must come back as it was saved (a checkpoint), both are refused. The check
-    takes the *untyped* decode of the saved bytes (dicts and lists) and returns
-    the first (path, problem) of a class's map whose keys are not the class's
-    fields, or None. A field with ``init=False`` may be missing (msgspec leaves
-    out one that is unset). A msgspec Struct keeps msgspec's own rules (its
-    ``forbid_unknown_fields`` and defaults are its schema evolution), but the
-    classes inside it are checked. None when no attrs class or dataclass is
-    inside (most annotations).
+    must come back as it was saved (a checkpoint), both are refused. Run the
+    check with `run_shape` on the saved bytes; it returns the first (path,
+    problem) of a class's map whose keys are not the class's fields
+    (`FieldKeys`), or that names a field twice. A msgspec Struct keeps msgspec's
+    own rules (its ``forbid_unknown_fields`` and defaults are its schema
+    evolution), but the classes inside it are checked. None when no attrs class
+    or dataclass is inside (most annotations).
 
     `annotation` must have passed `inspect_type`.
     """
@@ -576,25 +680,57 @@ def inspect_shape(annotation: Any) -> Check | None:
     return _compile(info, _reaching(_nodes(info), _is_value_class), {}, _build_shape)
 
 
-def run_shape(check: Check, raw: Any) -> Problem | None:
-    """``check(raw)`` for a check made by `inspect_shape`; None past Python's recursion limit.
+def run_shape(visit: Visit, raw: bytes | msgspec.Raw) -> Problem | None:
+    """The first problem `visit` (made by `inspect_shape`) finds in the undecoded value `raw`, or None.
 
-    Never a refusal of a value only for its depth: it was saved, and decoded
-    under its types. The walk checks a class's keys before going into its
-    fields, so the outermost instances of each class, where a class that
-    changed shows, are checked first.
+    The walk goes level by level, never recursing (a value as deep as can be
+    saved is checked whole), and decodes only the maps and arrays on the way to
+    a class: any other part stays undecoded, whatever it holds.
+
+    Raises:
+        msgspec.DecodeError: `raw` is damaged (it did not decode under its types).
     """
-    try:
-        return check(raw)
-    except RecursionError:
-        return None
+    todo: _Todo = deque([("", visit, raw)])
+    while todo:
+        path, step, value = todo.popleft()
+        problem = step(value, path, todo)
+        if problem is not None:
+            return problem
+    return None
+
+
+def map_length(data: bytes | msgspec.Raw) -> int:
+    """The number of entries of the msgpack map `data` starts with, from its header; -1 if it is none."""
+    view = memoryview(data)
+    first = view[0] if len(view) > 0 else -1
+    if 0x80 <= first <= 0x8F:
+        return first & 0x0F
+    if first == 0xDE and len(view) >= 3:
+        return int.from_bytes(view[1:3], "big")
+    if first == 0xDF and len(view) >= 5:
+        return int.from_bytes(view[1:5], "big")
+    return -1
+
+
+def as_array(map_data: bytes | msgspec.Raw) -> bytes:
+    """The msgpack map `map_data` as an array of its keys and values in turn (a key named twice stays twice)."""
+    view = memoryview(map_data)
+    header = 3 if view[0] == 0xDE else 5 if view[0] == 0xDF else 1
+    items = 2 * map_length(map_data)
+    if items < 16:
+        head = bytes([0x90 | items])
+    elif items < 0x10000:
+        head = b"\xdc" + items.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + items.to_bytes(4, "big")
+    return head + bytes(view[header:])
 
 
 def _is_value_class(node: mi.Type) -> bool:
     return isinstance(node, mi.DataclassType)
 
 
-def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
+def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Visit]) -> Visit:
     if isinstance(node, mi.Metadata):
         inner = _compile(node.type, reach, memo, _build_shape)
         assert inner is not None
@@ -602,10 +738,10 @@ def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Chec
     if isinstance(node, mi.UnionType):
         branches = [(_saved_as(t), c) for t in node.types if (c := _compile(t, reach, memo, _build_shape)) is not None]
 
-        def union(raw: Any) -> Problem | None:
-            for saved_as, check in branches:
+        def union(raw: Any, path: str, todo: _Todo) -> Problem | None:
+            for saved_as, visit in branches:
                 if saved_as(raw):
-                    return check(raw)
+                    return visit(raw, path, todo)
             return None
 
         return union
@@ -613,28 +749,29 @@ def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Chec
         item = _compile(node.item_type, reach, memo, _build_shape)
         assert item is not None
 
-        def items(raw: Any) -> Problem | None:
-            for index, element in enumerate(raw):
-                found = item(element)
-                if found is not None:
-                    return (f"[{index}]{found[0]}", found[1])
+        def items(raw: Any, path: str, todo: _Todo) -> Problem | None:
+            todo.extend((f"{path}[{index}]", item, element) for index, element in enumerate(_RAW_ITEMS.decode(raw)))
             return None
 
         return items
     if isinstance(node, mi.TupleType | mi.NamedTupleType):
         kinds = node.item_types if isinstance(node, mi.TupleType) else [f.type for f in node.fields]
-        return _positions(
-            [(i, c) for i, t in enumerate(kinds) if (c := _compile(t, reach, memo, _build_shape)) is not None]
-        )
+        checked = [
+            (i, f"[{i}]", c) for i, t in enumerate(kinds) if (c := _compile(t, reach, memo, _build_shape)) is not None
+        ]
+        return _positions(checked)
     if isinstance(node, mi.DictType):
-        value_check = _compile(node.value_type, reach, memo, _build_shape)
-        assert value_check is not None  # (a key is never a map: msgspec refuses such a dict type)
+        key_visit = _compile(node.key_type, reach, memo, _build_shape)
+        value_visit = _compile(node.value_type, reach, memo, _build_shape)
 
-        def mapping(raw: Any) -> Problem | None:
-            for k, v in raw.items():
-                found = value_check(v)
-                if found is not None:
-                    return (f"[{k!r}]{found[0]}", found[1])
+        def mapping(raw: Any, path: str, todo: _Todo) -> Problem | None:
+            parts = _RAW_ITEMS.decode(as_array(raw))  # keys and values in turn: a key may be a map
+            for n in range(0, len(parts), 2):
+                label = _key_label(parts[n], n // 2)
+                if key_visit is not None:
+                    todo.append((f"{path} key {label}", key_visit, parts[n]))
+                if value_visit is not None:
+                    todo.append((f"{path}[{label}]", value_visit, parts[n + 1]))
             return None
 
         return mapping
@@ -643,54 +780,58 @@ def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Chec
     if isinstance(node, mi.StructType) and node.array_like:
         skip = 0 if node.tag_field is None else 1  # a tagged array-like Struct's tag comes first
         where = {f.name: i for i, f in enumerate(node.fields)}
-        return _positions([(where[f.name] + skip, c) for f, c in named], [f".{f.name}" for f, _ in named])
+        return _positions([(where[f.name] + skip, f".{f.name}", c) for f, c in named])
     children = [(f.encode_name, f".{f.name}", c) for f, c in named]
+    keys = FieldKeys(node) if isinstance(node, mi.DataclassType) else None
 
-    def by_key(raw: Any) -> Problem | None:
-        for key, path, check in children:
-            if key in raw:
-                found = check(raw[key])
-                if found is not None:
-                    return (f"{path}{found[0]}", found[1])
+    def by_key(raw: Any, path: str, todo: _Todo) -> Problem | None:
+        fields = _RAW_FIELDS.decode(raw)
+        if keys is not None:
+            problem = _saved_keys(keys, fields, raw)
+            if problem is not None:
+                return (path, problem)
+        todo.extend((f"{path}{name}", visit, fields[key]) for key, name, visit in children if key in fields)
         return None
 
-    if not isinstance(node, mi.DataclassType):
-        return by_key
-    cls = _class_of(node.cls)
-    known = frozenset(f.encode_name for f in node.fields)
-    late = _late_fields(cls)
-    required = [f.encode_name for f in node.fields if f.name not in late]
-    name = cls.__qualname__
-
-    def saved(raw: Any) -> Problem | None:
-        for key in raw:
-            if key not in known:
-                return ("", f"the saved value has a field {key!r} that {name} no longer has (it would be dropped)")
-        for key in required:
-            if key not in raw:
-                return ("", f"{name} has a field {key!r} that the saved value lacks (it would take its default)")
-        return by_key(raw)
-
-    return saved
+    return by_key
 
 
-def _positions(checks: list[tuple[int, Check]], paths: list[str] | None = None) -> Check:
-    """The check of the items of an array at `checks`' positions, named ``[i]`` (or by `paths`)."""
-    named = [(i, f"[{i}]" if paths is None else paths[n], c) for n, (i, c) in enumerate(checks)]
+def _saved_keys(keys: FieldKeys, fields: dict[str, Any], raw: Any) -> str | None:
+    """What is wrong with the saved map `fields` (undecoded `raw`) of a `keys.cls`, or None."""
+    name = keys.cls.__qualname__
+    unknown = keys.unknown(fields)
+    if unknown is not _NONE:
+        return f"the saved value has a field {unknown!r} that {name} no longer has (it would be dropped)"
+    lacking = keys.missing(fields)
+    if lacking is not None:
+        return f"{name} has a field {lacking!r} that the saved value lacks (it would take its default)"
+    if map_length(raw) != len(fields):
+        return f"the saved {name} names a field twice (the payload is damaged: which value is meant is unknown)"
+    return None
 
-    def fixed(raw: Any) -> Problem | None:
-        for index, path, check in named:
-            if index < len(raw):
-                found = check(raw[index])
-                if found is not None:
-                    return (f"{path}{found[0]}", found[1])
+
+def _positions(checked: list[tuple[int, str, Visit]]) -> Visit:
+    """The visit of an array's items at `checked` positions, each named by its path segment."""
+
+    def fixed(raw: Any, path: str, todo: _Todo) -> Problem | None:
+        parts = _RAW_ITEMS.decode(raw)
+        todo.extend((f"{path}{segment}", visit, parts[i]) for i, segment, visit in checked if i < len(parts))
         return None
 
     return fixed
 
 
+def _key_label(raw: msgspec.Raw, index: int) -> str:
+    """How a path names a dict entry: its key, if a str or an int, else its place (``#2``)."""
+    try:
+        key = msgspec.msgpack.decode(raw)
+    except msgspec.MsgspecError:
+        key = None
+    return repr(key) if type(key) in (str, int) else f"#{index}"
+
+
 def _saved_as(node: mi.Type) -> Callable[[Any], bool]:
-    """Whether an untyped decode made a value from one saved under `node` (a union branch with a shape check).
+    """Whether the undecoded value was saved under `node` (a union branch with a shape check).
 
     msgspec allows one map-like and one array-like branch in a union, except
     tagged Structs, which are told apart by their tag (the first item of an
@@ -702,29 +843,26 @@ def _saved_as(node: mi.Type) -> Callable[[Any], bool]:
         field, tag = node.tag_field, node.tag
 
         def tagged(raw: Any) -> bool:
-            if node.array_like:
-                if type(raw) is not list:
-                    return False
-                items: list[Any] = raw  # pyright: ignore[reportUnknownVariableType]
-                return len(items) > 0 and bool(items[0] == tag)
-            if type(raw) is not dict:
+            try:
+                if node.array_like:
+                    parts = _RAW_ITEMS.decode(raw)
+                    return len(parts) > 0 and bool(msgspec.msgpack.decode(parts[0]) == tag)
+                fields = _RAW_FIELDS.decode(raw)
+                return field in fields and bool(msgspec.msgpack.decode(fields[field]) == tag)
+            except msgspec.MsgspecError:  # another branch's value (or damaged: the decode said so)
                 return False
-            mapping: dict[Any, Any] = raw  # pyright: ignore[reportUnknownVariableType]
-            return bool(mapping.get(field) == tag)
 
         return tagged
     if isinstance(node, mi.DictType | mi.TypedDictType | mi.DataclassType) or (
         isinstance(node, mi.StructType) and not node.array_like
     ):
-        return lambda raw: type(raw) is dict
-    return lambda raw: type(raw) is list  # the other nodes `_build_shape` checks are arrays
+        return lambda raw: map_length(raw) >= 0
+    return lambda raw: map_length(raw) < 0 and _is_array(raw)  # the other nodes `_build_shape` checks are arrays
 
 
-def _late_fields(cls: type) -> frozenset[str]:
-    """The ``init=False`` fields of an attrs class or dataclass (a saved one may lack them)."""
-    if attrs.has(cls):
-        return frozenset(f.name for f in attrs.fields(cls) if not f.init)
-    return frozenset(f.name for f in dataclasses.fields(cls) if not f.init)
+def _is_array(raw: Any) -> bool:
+    view = memoryview(raw)
+    return len(view) > 0 and (0x90 <= view[0] <= 0x9F or view[0] in (0xDC, 0xDD))
 
 
 # -- finding the culprit (the slow path of a failed encode) --------------------------------

@@ -80,11 +80,14 @@ from hybrid.codec._records import tuple_getter
 from hybrid.codec._types import (
     ENCODE_ERRORS,
     Check,
+    Visit,
+    as_array,
     culprit,
     field_type,
     find_exception,
     inspect_shape,
     inspect_type,
+    map_length,
     output_type,
     resolve,
     run_check,
@@ -111,9 +114,10 @@ _EVENTS: Final = StepKind.EVENTS
 
 # Where a step payload's mismatch is (msgspec's path): an item, then a field name.
 _INDEX: Final = re.compile(r"^\[(?P<index>\d+)\](?P<rest>.*)$", re.DOTALL)
-_NAME: Final = re.compile(r"^\.(?P<name>[A-Za-z_]\w*)(?P<rest>.*)$", re.DOTALL)
-# A step payload's items, each left undecoded (a map's bytes keep a key named twice).
+_NAME: Final = re.compile(r"^\.(?P<name>[^\W\d]\w*)(?P<rest>.*)$", re.DOTALL)  # a Python identifier
+# A step payload's items, and its fields by name, each left undecoded (the shape checks read them).
 _ITEMS: Final = msgspec.msgpack.Decoder(list[msgspec.Raw])
+_FIELDS: Final = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
 _SHAPE_ADVICE: Final = (
     "The class changed since the checkpoint was saved: keep its old fields until the checkpoint is resumed, "
     "or raise the agent's version with an upgrade of the saved fields (@durable(version=..., upgrade=...))"
@@ -274,7 +278,7 @@ class _StatePlan:
         )
         self.var_check = None if var_name is None else inspect_type(self.var_type, f"{where} *{var_name}")
         self.checked = self.var_check is not None or any(c is not None for c in self.pos_checks)  # Any slots
-        self.pos_shapes: tuple[Check | None, ...] = tuple(inspect_shape(t) for t in self.pos_types)
+        self.pos_shapes: tuple[Visit | None, ...] = tuple(inspect_shape(t) for t in self.pos_types)
         self.var_shape = None if var_name is None else inspect_shape(self.var_type)
         self.shaped = self.var_shape is not None or any(c is not None for c in self.pos_shapes)
         """Some argument may hold an attrs class or dataclass: its saved fields are checked at resume."""
@@ -289,7 +293,7 @@ class _StatePlan:
         """The Any-slot check of the argument at `position`, if its annotation needs one."""
         return self.pos_checks[position] if position < len(self.params) else self.var_check
 
-    def shape(self, position: int) -> Check | None:
+    def shape(self, position: int) -> Visit | None:
         """The saved-shape check of the argument at `position` (`inspect_shape`), if it needs one."""
         return self.pos_shapes[position] if position < len(self.params) else self.var_shape
 
@@ -792,35 +796,49 @@ class Codec:
         has and gives one it gained its default: each is refused here, naming it.
         """
         items = _ITEMS.decode(payload)
-        fields_map = bytes(items[1])
-        if _map_length(fields_map) != len(plan.names):  # the fields struct took each name once, no other
-            flat: list[Any] = msgspec.msgpack.decode(_as_array(fields_map))
-            keys = flat[::2]
-            twice = next(name for name in keys if keys.count(name) > 1)
-            raise CheckpointError(
-                f"key {key!r}: {plan.qualname} field {twice!r}: the checkpoint names it twice "
-                "(the payload is damaged: which value is meant is unknown)"
-            )
+        if map_length(items[1]) != len(plan.names):  # the fields struct took each name once, no other
+            self._named_twice(key, plan, items[1])
         shaped = state is not None and state.shaped
         if not (plan.field_shapes or shaped):
             return
-        raw: list[Any] = msgspec.msgpack.decode(payload)  # the same bytes, untyped: the saved maps
+        fields = _FIELDS.decode(items[1])
         for name, shape in plan.field_shapes:
-            found = run_shape(shape, raw[1][name])
-            if found is not None:
-                self._saved_shape_changed(key, plan, state, f"[1].{name}{found[0]}", found[1])
-        if shaped:
-            assert state is not None
-            for position, value in enumerate(raw[_HEAD:]):
+            self._check_shape(key, plan, state, shape=shape, value=fields[name], path=f"[1].{name}")
+        if state is not None and shaped:
+            for position, value in enumerate(items[_HEAD:]):
                 arg_shape = state.shape(position)
-                if arg_shape is not None and (found := run_shape(arg_shape, value)) is not None:
-                    self._saved_shape_changed(key, plan, state, f"[{position + _HEAD}]{found[0]}", found[1])
+                if arg_shape is not None:
+                    self._check_shape(key, plan, state, shape=arg_shape, value=value, path=f"[{position + _HEAD}]")
 
-    def _saved_shape_changed(
-        self, key: str, plan: _ClassPlan, state: _StatePlan | None, path: str, problem: str
+    def _check_shape(
+        self, key: str, plan: _ClassPlan, state: _StatePlan | None, *, shape: Visit, value: msgspec.Raw, path: str
     ) -> None:
-        text = self._mismatch_at(key, plan, state, problem, path, corrupted=False, saving=False)
-        raise CheckpointError(f"{text}. {_SHAPE_ADVICE}")
+        """Run one saved-shape check on the undecoded item at `path` of the payload; raise what it finds."""
+        try:
+            found = run_shape(shape, value)
+        except msgspec.MsgspecError as err:  # pragma: no cover - the typed decode read these parts already
+            raise CheckpointError(self._step_mismatch(key, plan, state, err, saving=False)) from err
+        if found is not None:
+            text = self._mismatch_at(key, plan, state, found[1], path + found[0], corrupted=False, saving=False)
+            advice = "" if "names a field twice" in found[1] else f". {_SHAPE_ADVICE}"
+            raise CheckpointError(text + advice)
+
+    @staticmethod
+    def _named_twice(key: str, plan: _ClassPlan, fields_map: msgspec.Raw | bytes) -> None:
+        """Raise if the msgpack map `fields_map` names a field twice (only a damaged payload does)."""
+        names: list[Any] = []
+        try:
+            parts = _ITEMS.decode(as_array(fields_map))
+            for n in range(0, len(parts), 2):
+                name = msgspec.msgpack.decode(parts[n])
+                if name in names:
+                    raise CheckpointError(
+                        f"key {key!r}: {plan.qualname} field {name!r}: the checkpoint names it twice "
+                        "(the payload is damaged: which value is meant is unknown)"
+                    )
+                names.append(name)
+        except msgspec.MsgspecError as err:
+            raise CheckpointError(f"key {key!r}: {plan.qualname}: the checkpoint is not a valid payload") from err
 
     def _rebuild(self, key: str, plan: _ClassPlan, fields: Any) -> Agent[Any]:
         try:
@@ -899,6 +917,7 @@ class Codec:
         if not (isinstance(raw, list) and len(raw) >= _HEAD and isinstance(raw[1], dict)):  # pyright: ignore[reportUnknownArgumentType]
             raise CheckpointError(f"key {key!r}: {plan.qualname}: the checkpoint is not a valid payload")
         items: list[Any] = raw  # pyright: ignore[reportUnknownVariableType]
+        self._named_twice(key, plan, _ITEMS.decode(checkpoint.payload)[1])  # as a dict, the last value would win
         try:
             fields = plan.upgrade(checkpoint.version, items[1])
         except Exception as err:
@@ -1012,7 +1031,12 @@ class Codec:
                 f"{type_text(plan.output_type)}: {message}"
             ) from err
         if plan.output_shape is not None:
-            found = run_shape(plan.output_shape, msgspec.msgpack.decode(data))
+            try:
+                found = run_shape(plan.output_shape, data)
+            except msgspec.MsgspecError as err:  # pragma: no cover - the typed decode read these parts already
+                raise CheckpointError(
+                    f"key {key!r}: {plan.qualname} output: the saved output is damaged ({err})"
+                ) from err
             if found is not None:
                 raise CheckpointError(f"key {key!r}: {plan.qualname} output{found[0]}: {found[1]}. {_SHAPE_ADVICE}")
         return value
@@ -1056,32 +1080,6 @@ def _exception_type(where: str, name: str) -> type[BaseException]:
             "(import its module before resuming)"
         )
     return found
-
-
-def _map_length(data: bytes) -> int:
-    """The number of entries of the msgpack map `data` is, from its header; -1 if it is none."""
-    first = data[0]
-    if 0x80 <= first <= 0x8F:
-        return first & 0x0F
-    if first == 0xDE:
-        return int.from_bytes(data[1:3], "big")
-    if first == 0xDF:
-        return int.from_bytes(data[1:5], "big")
-    return -1  # pragma: no cover - it has just decoded as a map
-
-
-def _as_array(map_data: bytes) -> bytes:
-    """The msgpack map `map_data` as an array of its keys and values in turn (a key named twice stays twice)."""
-    first = map_data[0]
-    header = 3 if first == 0xDE else 5 if first == 0xDF else 1
-    items = 2 * _map_length(map_data)
-    if items < 16:
-        head = bytes([0x90 | items])
-    elif items < 0x10000:
-        head = b"\xdc" + items.to_bytes(2, "big")
-    else:
-        head = b"\xdd" + items.to_bytes(4, "big")
-    return head + map_data[header:]
 
 
 def _array_length(payload: bytes) -> int:

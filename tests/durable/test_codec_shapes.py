@@ -293,7 +293,7 @@ def _deeper(frames: int, fn: Callable[[], R]) -> R:
 
 
 def test_a_value_too_deep_for_the_check_still_resumes_and_its_changed_class_is_still_refused() -> None:
-    """The check walks more frames a level than the checks made when saving: as deep as can be saved, it resumes."""
+    """The walk goes level by level, never recursing: as deep as can be saved, from a deeper stack, it resumes."""
     depth = _deepest_saved()
     saved = save(Holder(tree=_chain(depth)), None)
     agent, _ = _deeper(50, functools.partial(resume, Holder, saved))  # resumed from a deeper stack than saved
