@@ -38,7 +38,7 @@ import sys
 import types
 import typing
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Final, TypeVar, cast, final
 
 import attrs
@@ -652,10 +652,14 @@ def _takes_unset(hint: Any) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType) and msgspec.UnsetType in typing.get_args(hint)
 
 
-# One step of the shape walk: (path so far, the step to take, the undecoded value it takes).
-_Todo = deque[tuple[str, Callable[..., "Problem | None"], Any]]
-Visit = Callable[[Any, str, _Todo], "Problem | None"]
-"""One node of a shape check: checks one undecoded value, queues its parts (``visit(raw, path, todo)``)."""
+# Where the walk is: None at the root, else (the parent's place, a segment): ".name", an
+# array index, or (raw key, entry number, whether the key itself) for a dict entry. Made
+# per part, rendered (`_render`) only for a problem.
+_Place = tuple[Any, Any] | None
+# One step of the shape walk: (where, the step to take, the undecoded value it takes).
+_Todo = deque[tuple[_Place, Callable[..., Any], Any]]
+Visit = Callable[[Any, _Place, _Todo], "tuple[_Place, str] | None"]
+"""One node of a shape check: checks one undecoded value, queues its parts (``visit(raw, place, todo)``)."""
 
 _RAW_ITEMS: Final = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _RAW_FIELDS: Final = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
@@ -669,7 +673,7 @@ def inspect_shape(annotation: Any) -> Visit | None:
     must come back as it was saved (a checkpoint), both are refused. Run the
     check with `run_shape` on the saved bytes; it returns the first (path,
     problem) of a class's map whose keys are not the class's fields
-    (`FieldKeys`), or that names a field twice. A msgspec Struct keeps msgspec's
+    (`FieldKeys`), or None. A msgspec Struct keeps msgspec's
     own rules (its ``forbid_unknown_fields`` and defaults are its schema
     evolution), but the classes inside it are checked. None when no attrs class
     or dataclass is inside (most annotations).
@@ -690,13 +694,29 @@ def run_shape(visit: Visit, raw: bytes | msgspec.Raw) -> Problem | None:
     Raises:
         msgspec.DecodeError: `raw` is damaged (it did not decode under its types).
     """
-    todo: _Todo = deque([("", visit, raw)])
+    todo: _Todo = deque([(None, visit, raw)])
     while todo:
-        path, step, value = todo.popleft()
-        problem = step(value, path, todo)
+        place, step, value = todo.popleft()
+        problem = step(value, place, todo)
         if problem is not None:
-            return problem
+            return (_render(problem[0]), problem[1])
     return None
+
+
+def _render(place: _Place) -> str:
+    """A place of the walk as a path: ``.items['a'][0]``."""
+    segments: list[str] = []
+    while place is not None:
+        place, segment = place
+        if type(segment) is str:
+            segments.append(segment)
+        elif type(segment) is int:
+            segments.append(f"[{segment}]")
+        else:
+            raw_key, entry, is_key = segment
+            label = _key_label(raw_key, entry)
+            segments.append(f" key {label}" if is_key else f"[{label}]")
+    return "".join(reversed(segments))
 
 
 def map_length(data: bytes | msgspec.Raw) -> int:
@@ -738,10 +758,10 @@ def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Visit]) -> Visi
     if isinstance(node, mi.UnionType):
         branches = [(_saved_as(t), c) for t in node.types if (c := _compile(t, reach, memo, _build_shape)) is not None]
 
-        def union(raw: Any, path: str, todo: _Todo) -> Problem | None:
+        def union(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
             for saved_as, visit in branches:
                 if saved_as(raw):
-                    return visit(raw, path, todo)
+                    return visit(raw, place, todo)
             return None
 
         return union
@@ -749,29 +769,26 @@ def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Visit]) -> Visi
         item = _compile(node.item_type, reach, memo, _build_shape)
         assert item is not None
 
-        def items(raw: Any, path: str, todo: _Todo) -> Problem | None:
-            todo.extend((f"{path}[{index}]", item, element) for index, element in enumerate(_RAW_ITEMS.decode(raw)))
+        def items(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
+            todo.extend(((place, index), item, element) for index, element in enumerate(_RAW_ITEMS.decode(raw)))
             return None
 
         return items
     if isinstance(node, mi.TupleType | mi.NamedTupleType):
         kinds = node.item_types if isinstance(node, mi.TupleType) else [f.type for f in node.fields]
-        checked = [
-            (i, f"[{i}]", c) for i, t in enumerate(kinds) if (c := _compile(t, reach, memo, _build_shape)) is not None
-        ]
+        checked = [(i, i, c) for i, t in enumerate(kinds) if (c := _compile(t, reach, memo, _build_shape)) is not None]
         return _positions(checked)
     if isinstance(node, mi.DictType):
         key_visit = _compile(node.key_type, reach, memo, _build_shape)
         value_visit = _compile(node.value_type, reach, memo, _build_shape)
 
-        def mapping(raw: Any, path: str, todo: _Todo) -> Problem | None:
+        def mapping(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
             parts = _RAW_ITEMS.decode(as_array(raw))  # keys and values in turn: a key may be a map
             for n in range(0, len(parts), 2):
-                label = _key_label(parts[n], n // 2)
                 if key_visit is not None:
-                    todo.append((f"{path} key {label}", key_visit, parts[n]))
+                    todo.append(((place, (parts[n], n // 2, True)), key_visit, parts[n]))
                 if value_visit is not None:
-                    todo.append((f"{path}[{label}]", value_visit, parts[n + 1]))
+                    todo.append(((place, (parts[n], n // 2, False)), value_visit, parts[n + 1]))
             return None
 
         return mapping
@@ -784,20 +801,23 @@ def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Visit]) -> Visi
     children = [(f.encode_name, f".{f.name}", c) for f, c in named]
     keys = FieldKeys(node) if isinstance(node, mi.DataclassType) else None
 
-    def by_key(raw: Any, path: str, todo: _Todo) -> Problem | None:
+    known = None if keys is None else keys.known
+
+    def by_key(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
         fields = _RAW_FIELDS.decode(raw)
-        if keys is not None:
-            problem = _saved_keys(keys, fields, raw)
+        if known is not None and fields.keys() != known:  # (equal: every field, nothing else)
+            assert keys is not None
+            problem = _saved_keys(keys, fields)
             if problem is not None:
-                return (path, problem)
-        todo.extend((f"{path}{name}", visit, fields[key]) for key, name, visit in children if key in fields)
+                return (place, problem)
+        todo.extend(((place, name), visit, fields[key]) for key, name, visit in children if key in fields)
         return None
 
     return by_key
 
 
-def _saved_keys(keys: FieldKeys, fields: dict[str, Any], raw: Any) -> str | None:
-    """What is wrong with the saved map `fields` (undecoded `raw`) of a `keys.cls`, or None."""
+def _saved_keys(keys: FieldKeys, fields: dict[str, Any]) -> str | None:
+    """What is wrong with the saved map `fields` of a `keys.cls`, or None."""
     name = keys.cls.__qualname__
     unknown = keys.unknown(fields)
     if unknown is not _NONE:
@@ -805,17 +825,15 @@ def _saved_keys(keys: FieldKeys, fields: dict[str, Any], raw: Any) -> str | None
     lacking = keys.missing(fields)
     if lacking is not None:
         return f"{name} has a field {lacking!r} that the saved value lacks (it would take its default)"
-    if map_length(raw) != len(fields):
-        return f"the saved {name} names a field twice (the payload is damaged: which value is meant is unknown)"
     return None
 
 
-def _positions(checked: list[tuple[int, str, Visit]]) -> Visit:
-    """The visit of an array's items at `checked` positions, each named by its path segment."""
+def _positions(checked: Sequence[tuple[int, int | str, Visit]]) -> Visit:
+    """The visit of an array's items at `checked` positions, each named by its segment (an index, a ".name")."""
 
-    def fixed(raw: Any, path: str, todo: _Todo) -> Problem | None:
+    def fixed(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
         parts = _RAW_ITEMS.decode(raw)
-        todo.extend((f"{path}{segment}", visit, parts[i]) for i, segment, visit in checked if i < len(parts))
+        todo.extend(((place, segment), visit, parts[i]) for i, segment, visit in checked if i < len(parts))
         return None
 
     return fixed

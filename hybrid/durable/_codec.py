@@ -820,8 +820,7 @@ class Codec:
             raise CheckpointError(self._step_mismatch(key, plan, state, err, saving=False)) from err
         if found is not None:
             text = self._mismatch_at(key, plan, state, found[1], path + found[0], corrupted=False, saving=False)
-            advice = "" if "names a field twice" in found[1] else f". {_SHAPE_ADVICE}"
-            raise CheckpointError(text + advice)
+            raise CheckpointError(f"{text}. {_SHAPE_ADVICE}")
 
     @staticmethod
     def _named_twice(key: str, plan: _ClassPlan, fields_map: msgspec.Raw | bytes) -> None:
