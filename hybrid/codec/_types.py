@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import inspect
 import re
 import sys
@@ -51,11 +52,13 @@ from ._errors import CodecError
 
 __all__ = [
     "ENCODE_ERRORS",
+    "RAW_FIELDS",
+    "RAW_ITEMS",
     "Check",
-    "FieldKeys",
     "Problem",
     "Visit",
     "answer_type",
+    "array_length",
     "as_array",
     "culprit",
     "field_type",
@@ -227,13 +230,17 @@ def _substitute(arg: Any, subst: dict[Any, Any]) -> Any:
 # -- what a type allows: checked once, its Any slots checked at each encode -----------------
 
 
-def inspect_type(annotation: Any, where: str) -> Check | None:
-    """Refuse an annotation msgspec cannot bring back; return the check its Any slots need.
+def inspect_type(annotation: Any, where: str, *, exact_dicts: bool = False) -> Check | None:
+    """Refuse an annotation msgspec cannot bring back; return the check of what it would not bring back as given.
 
-    The check is None for most types (no Any slot anywhere inside); else it
-    takes a value that decodes under `annotation` and returns the first
-    (path, problem) of a value in an Any slot that would not come back as
-    itself, or None.
+    The check is None for most types; else it takes a value that decodes under
+    `annotation` and returns the first (path, problem) of a part that would come
+    back as something else, or None: a value in an Any slot that is not a
+    JSON-like builtin, an instance of another class where a class is annotated,
+    an aware datetime outside UTC. A dict is taken for an attrs class or
+    dataclass (msgspec takes one); with `exact_dicts` (checkpoints, whose resume
+    checks the saved fields, `inspect_shape`) only with the keys the class's
+    own map would have (`_FieldKeys`).
 
     Raises:
         CodecError: naming `where` and the type.
@@ -248,7 +255,7 @@ def inspect_type(annotation: Any, where: str) -> Check | None:
         problem = _unsupported(node)
         if problem is not None:
             raise CodecError(f"{where}: type {type_text(annotation)}: {problem}")
-    return _compile(info, _reaching(nodes, _changes), {}, _build)
+    return _compile(info, _reaching(nodes, _changes), {}, functools.partial(_build, exact_dicts=exact_dicts))
 
 
 def type_text(annotation: Any) -> str:
@@ -333,41 +340,42 @@ def _reaching(nodes: dict[int, mi.Type], wanted: Callable[[mi.Type], bool]) -> s
     return reach
 
 
-F = TypeVar("F", bound=Callable[..., Any])  # a check (`Check`) or a step of a shape walk (`Visit`)
+_F = TypeVar("_F", bound=Callable[..., Any])  # a check (`Check`) or a step of a shape walk (`Visit`)
 
 
 def _compile(
-    node: mi.Type, reach: set[int], memo: dict[int, F], build: Callable[[mi.Type, set[int], dict[int, F]], F]
-) -> F | None:
+    node: mi.Type, reach: set[int], memo: dict[int, _F], build: Callable[[mi.Type, set[int], dict[int, _F]], _F]
+) -> _F | None:
     """What `build` makes of `node`, or None if nothing it checks is under `node` (most types)."""
     if id(node) not in reach:
         return None
     known = memo.get(id(node))
     if known is not None:
         return known
-    cell: list[F] = []
+    cell: list[_F] = []
 
     def forward(*args: Any) -> Any:  # a recursive type reaches itself through this
         return cell[0](*args)
 
-    memo[id(node)] = cast("F", forward)
+    memo[id(node)] = cast("_F", forward)
     built = build(node, reach, memo)
     cell.append(built)
     memo[id(node)] = built
     return built
 
 
-def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
+def _build(node: mi.Type, reach: set[int], memo: dict[int, Check], *, exact_dicts: bool) -> Check:
+    again = functools.partial(_build, exact_dicts=exact_dicts)
     if _is_any(node):
         return plain
     if isinstance(node, mi.Metadata):
-        inner = _compile(node.type, reach, memo, _build)
+        inner = _compile(node.type, reach, memo, again)
         assert inner is not None
         return inner
     if isinstance(node, mi.UnionType):
         if any(_is_any(t) for t in node.types):
             return plain
-        branches = [(_accepts(t), c) for t in node.types if (c := _compile(t, reach, memo, _build)) is not None]
+        branches = [(_accepts(t), c) for t in node.types if (c := _compile(t, reach, memo, again)) is not None]
 
         def union(value: Any) -> Problem | None:
             for accepts, check in branches:
@@ -377,7 +385,7 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
 
         return union
     if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
-        item = _compile(node.item_type, reach, memo, _build)
+        item = _compile(node.item_type, reach, memo, again)
         assert item is not None
         if isinstance(item, _Exact):
             return item.of_items
@@ -391,7 +399,7 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
 
         return items
     if isinstance(node, mi.TupleType):
-        checks = [(i, c) for i, t in enumerate(node.item_types) if (c := _compile(t, reach, memo, _build)) is not None]
+        checks = [(i, c) for i, t in enumerate(node.item_types) if (c := _compile(t, reach, memo, again)) is not None]
 
         def fixed(value: Any) -> Problem | None:
             for index, check in checks:
@@ -402,8 +410,8 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
 
         return fixed
     if isinstance(node, mi.DictType):
-        key_check = _compile(node.key_type, reach, memo, _build)
-        value_check = _compile(node.value_type, reach, memo, _build)
+        key_check = _compile(node.key_type, reach, memo, again)
+        value_check = _compile(node.value_type, reach, memo, again)
 
         def mapping(value: Any) -> Problem | None:
             for k, v in value.items():
@@ -418,7 +426,7 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
     if isinstance(node, mi.DateTimeType):
         return _utc
     assert isinstance(node, mi.StructType | mi.DataclassType | mi.TypedDictType | mi.NamedTupleType)
-    named = [(f.name, c) for f in node.fields if (c := _compile(f.type, reach, memo, _build)) is not None]
+    named = [(f.name, c) for f in node.fields if (c := _compile(f.type, reach, memo, again)) is not None]
 
     def by_key(value: Any) -> Problem | None:
         for name, check in named:
@@ -441,7 +449,7 @@ def _build(node: mi.Type, reach: set[int], memo: dict[int, Check]) -> Check:
     if isinstance(node, mi.NamedTupleType):
         return attributes
     exact = _class_of(node.cls)
-    keys = FieldKeys(node) if isinstance(node, mi.DataclassType) else None
+    keys = _FieldKeys(node) if exact_dicts and isinstance(node, mi.DataclassType) else None
     if not named:
         return _Exact(exact, keys)
 
@@ -526,7 +534,7 @@ class _Exact:
 
     __slots__ = ("cls", "keys")
 
-    def __init__(self, cls: type, keys: FieldKeys | None) -> None:
+    def __init__(self, cls: type, keys: _FieldKeys | None) -> None:
         self.cls = cls
         self.keys = keys
 
@@ -548,21 +556,22 @@ class _Exact:
         return None  # pragma: no cover - see the loop
 
 
-def _dict_for(keys: FieldKeys | None, value: dict[Any, Any]) -> Problem | None:
+def _dict_for(keys: _FieldKeys | None, value: dict[Any, Any]) -> Problem | None:
     """Refuse a dict given for a class that would not come back as given: a key dropped, a default added.
 
-    (Resumed, it would also look like a class that changed since it was saved.)
+    Only where `keys` are given (checkpoints: resumed, such a dict would look like
+    a class that changed since it was saved).
     """
-    if keys is None:  # a Struct: msgspec's own rules
+    if keys is None or value.keys() == keys.known:
         return None
-    name = keys.cls.__qualname__
-    unknown = keys.unknown(value)
-    if unknown is not _NONE:
-        return ("", f"a dict given for a {name} has a key {unknown!r} that is none of its fields: it would be dropped")
-    lacking = keys.missing(value)
-    if lacking is not None:
-        return ("", f"a dict given for a {name} lacks its field {lacking!r}: it would come back with a default")
-    return None
+    found = keys.mismatch(value)
+    if found is None:
+        return None
+    unknown, name = found
+    cls = keys.cls.__qualname__
+    if unknown:
+        return ("", f"a dict given for a {cls} has a key {name!r} that is none of its fields: it would be dropped")
+    return ("", f"a dict given for a {cls} lacks its field {name!r}: it would come back with a default")
 
 
 def _utc(value: Any) -> Problem | None:
@@ -586,15 +595,16 @@ def _plain_key(key: Any) -> Problem | None:
 # -- the saved shape of value classes: checked when a checkpoint is read ---------------------
 
 
-class FieldKeys:
+class _FieldKeys:
     """The keys msgspec writes for an attrs class or dataclass: each must be known, some are always there.
 
-    Every field is known. One may be missing only where msgspec leaves it out:
-    a field holding `msgspec.UNSET`; a dataclass's ``init=False`` field with a
-    plain default (the instance may not have set it); any defaulted field of a
-    class with an ``__init__`` of its own (``init=False`` on the class). Both
-    checks share these rules: a checkpoint's saved map (`inspect_shape`) and
-    a dict given where the class is annotated (`inspect_type`).
+    Every field is known. One may be missing only where msgspec leaves it out
+    (`_optional_fields`): a field holding `msgspec.UNSET`; an unslotted
+    dataclass's ``init=False`` field with a plain default (the instance may not
+    have set it); any defaulted field of a class whose ``__init__`` is its own,
+    not the generated one. Both checks share these rules: a checkpoint's saved
+    map (`inspect_shape`) and a dict given where the class is annotated
+    (`inspect_type` with ``exact_dicts``).
     """
 
     __slots__ = ("cls", "known", "required")
@@ -602,67 +612,85 @@ class FieldKeys:
     def __init__(self, node: mi.DataclassType) -> None:
         self.cls = _class_of(node.cls)
         self.known = frozenset(f.encode_name for f in node.fields)
-        optional = _optional_fields(self.cls) | _unset_fields(self.cls)
+        optional = _optional_fields(self.cls, node)
         self.required = tuple(f.encode_name for f in node.fields if f.name not in optional)
 
-    def unknown(self, keys: Collection[Any]) -> Any:
-        """A key of `keys` that is not a field (`_NONE` if there is none)."""
+    def mismatch(self, keys: Collection[Any]) -> tuple[bool, Any] | None:
+        """(True, a key of `keys` that is no field) or (False, a field always written that `keys` lacks), or None."""
         for key in keys:
             if key not in self.known:
-                return key
-        return _NONE
-
-    def missing(self, keys: Collection[Any]) -> str | None:
-        """A field always written that `keys` lacks, or None."""
+                return (True, key)
         for key in self.required:
             if key not in keys:
-                return key
+                return (False, key)
         return None
 
 
-_NONE: Final = object()
+def _optional_fields(cls: type, node: mi.DataclassType) -> frozenset[str]:
+    """The fields of `cls` msgspec may leave out when it writes one (`_FieldKeys`)."""
+    defaulted: list[str]
+    if not _generated_init(cls):  # the user's own __init__ may leave a defaulted field unset
+        if attrs.has(cls):
+            defaulted = [f.name for f in attrs.fields(cls) if f.default is not attrs.NOTHING]
+        else:
+            missing = dataclasses.MISSING
+            fields = dataclasses.fields(cls)
+            defaulted = [f.name for f in fields if f.default is not missing or f.default_factory is not missing]
+    elif attrs.has(cls) or "__slots__" in cls.__dict__:  # attrs' __init__, a slotted dataclass's: all set
+        defaulted = []
+    else:  # a dataclass's plain default of an init=False field stays on the class until the instance sets it
+        defaulted = [f.name for f in dataclasses.fields(cls) if not f.init and f.default is not dataclasses.MISSING]
+    return frozenset(defaulted) | _unset_fields(cls, node)
 
 
-def _optional_fields(cls: type) -> frozenset[str]:
-    """The fields of `cls` msgspec may leave out, by how the class sets them (`FieldKeys`)."""
-    if attrs.has(cls):
-        if "__attrs_init__" not in cls.__dict__:  # attrs' own __init__ sets every field
-            return frozenset()
-        return frozenset(f.name for f in attrs.fields(cls) if f.default is not attrs.NOTHING)
-    params: Any = getattr(cls, "__dataclass_params__", None)
-    fields = dataclasses.fields(cls)
-    if params is not None and not params.init:  # an __init__ of its own
-        missing = dataclasses.MISSING
-        return frozenset(f.name for f in fields if f.default is not missing or f.default_factory is not missing)
-    return frozenset(f.name for f in fields if not f.init and f.default is not dataclasses.MISSING)
+def _generated_init(cls: type) -> bool:
+    """Whether the ``__init__`` of `cls` is the one ``@dataclass`` or attrs wrote (not the user's, not object's)."""
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        code = getattr(init, "__code__", None)
+        where = "" if code is None else code.co_filename
+        if "__dataclass_fields__" in klass.__dict__ and where == "<string>":
+            return True
+        return "__attrs_attrs__" in klass.__dict__ and where.startswith("<attrs generated")
+    return False  # pragma: no cover - object defines __init__
 
 
-def _unset_fields(cls: type) -> frozenset[str]:
-    """The fields of `cls` annotated to take `msgspec.UNSET`, which msgspec leaves out while they hold it."""
-    try:
-        hints = typing.get_type_hints(cls, include_extras=False)
-    except Exception:  # pragma: no cover - msgspec resolved the same annotations already
-        return frozenset()
-    return frozenset(name for name, hint in hints.items() if _takes_unset(hint))
+def _unset_fields(cls: type, node: mi.DataclassType) -> frozenset[str]:
+    """The fields annotated to take `msgspec.UNSET` (as `node.cls` parameterizes `cls`): msgspec leaves those out."""
+    bindings = dict(zip(getattr(cls, "__parameters__", ()), typing.get_args(node.cls), strict=False))
+    found: list[str] = []
+    for f in node.fields:
+        hint = _substitute(field_type(cls, f.name, None), bindings)
+        if f.default is msgspec.UNSET or _takes_unset(hint):
+            found.append(f.name)
+    return frozenset(found)
 
 
 def _takes_unset(hint: Any) -> bool:
+    if typing.get_origin(hint) is typing.Annotated:
+        return _takes_unset(typing.get_args(hint)[0])
     if hint is msgspec.UnsetType:
         return True
     return typing.get_origin(hint) in (typing.Union, types.UnionType) and msgspec.UnsetType in typing.get_args(hint)
 
 
 # Where the walk is: None at the root, else (the parent's place, a segment): ".name", an
-# array index, or (raw key, entry number, whether the key itself) for a dict entry. Made
-# per part, rendered (`_render`) only for a problem.
+# array index, or (raw key, entry number) for a dict's value. Made per part, rendered
+# (`_render`) only for a problem.
 _Place = tuple[Any, Any] | None
 # One step of the shape walk: (where, the step to take, the undecoded value it takes).
 _Todo = deque[tuple[_Place, Callable[..., Any], Any]]
 Visit = Callable[[Any, _Place, _Todo], "tuple[_Place, str] | None"]
 """One node of a shape check: checks one undecoded value, queues its parts (``visit(raw, place, todo)``)."""
 
-_RAW_ITEMS: Final = msgspec.msgpack.Decoder(list[msgspec.Raw])
-_RAW_FIELDS: Final = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
+RAW_ITEMS: Final = msgspec.msgpack.Decoder(list[msgspec.Raw])
+"""An array's items, each left undecoded."""
+RAW_FIELDS: Final = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
+"""A map with str keys, its values left undecoded."""
+_RAW_LIST_OF_MAPS: Final = msgspec.msgpack.Decoder(list[dict[str, msgspec.Raw]])
+_RAW_DICT_OF_MAPS: Final = msgspec.msgpack.Decoder(dict[Any, dict[str, msgspec.Raw]])
 
 
 def inspect_shape(annotation: Any) -> Visit | None:
@@ -673,10 +701,10 @@ def inspect_shape(annotation: Any) -> Visit | None:
     must come back as it was saved (a checkpoint), both are refused. Run the
     check with `run_shape` on the saved bytes; it returns the first (path,
     problem) of a class's map whose keys are not the class's fields
-    (`FieldKeys`), or None. A msgspec Struct keeps msgspec's
-    own rules (its ``forbid_unknown_fields`` and defaults are its schema
-    evolution), but the classes inside it are checked. None when no attrs class
-    or dataclass is inside (most annotations).
+    (`_FieldKeys`), or None. A msgspec Struct keeps msgspec's own rules (its
+    ``forbid_unknown_fields`` and defaults are its schema evolution), but the
+    classes inside it are checked. None when no attrs class or dataclass is
+    inside (most annotations).
 
     `annotation` must have passed `inspect_type`.
     """
@@ -688,8 +716,10 @@ def run_shape(visit: Visit, raw: bytes | msgspec.Raw) -> Problem | None:
     """The first problem `visit` (made by `inspect_shape`) finds in the undecoded value `raw`, or None.
 
     The walk goes level by level, never recursing (a value as deep as can be
-    saved is checked whole), and decodes only the maps and arrays on the way to
-    a class: any other part stays undecoded, whatever it holds.
+    saved is checked whole, its outer levels first), and decodes only the maps
+    and arrays on the way to a class: any other part stays undecoded, whatever
+    it holds. Each level skips over the parts below it, so a deep chain of
+    classes over a large value costs its depth times its size.
 
     Raises:
         msgspec.DecodeError: `raw` is damaged (it did not decode under its types).
@@ -713,21 +743,29 @@ def _render(place: _Place) -> str:
         elif type(segment) is int:
             segments.append(f"[{segment}]")
         else:
-            raw_key, entry, is_key = segment
-            label = _key_label(raw_key, entry)
-            segments.append(f" key {label}" if is_key else f"[{label}]")
+            raw_key, entry = segment
+            segments.append(f"[{_key_label(raw_key, entry)}]")
     return "".join(reversed(segments))
 
 
-def map_length(data: bytes | msgspec.Raw) -> int:
-    """The number of entries of the msgpack map `data` starts with, from its header; -1 if it is none."""
-    view = memoryview(data)
+def map_length(data: bytes | msgspec.Raw, offset: int = 0) -> int:
+    """The number of entries of the msgpack map at `offset` of `data`, from its header; -1 if there is none."""
+    return _length(data, offset, 0x80, 0xDE)
+
+
+def array_length(data: bytes | msgspec.Raw, offset: int = 0) -> int:
+    """The number of items of the msgpack array at `offset` of `data`, from its header; -1 if there is none."""
+    return _length(data, offset, 0x90, 0xDC)
+
+
+def _length(data: bytes | msgspec.Raw, offset: int, fixed: int, sized: int) -> int:
+    view = memoryview(data)[offset:]
     first = view[0] if len(view) > 0 else -1
-    if 0x80 <= first <= 0x8F:
+    if fixed <= first <= fixed + 0x0F:
         return first & 0x0F
-    if first == 0xDE and len(view) >= 3:
+    if first == sized and len(view) >= 3:  # 16 bits
         return int.from_bytes(view[1:3], "big")
-    if first == 0xDF and len(view) >= 5:
+    if first == sized + 1 and len(view) >= 5:  # 32 bits
         return int.from_bytes(view[1:5], "big")
     return -1
 
@@ -750,6 +788,13 @@ def _is_value_class(node: mi.Type) -> bool:
     return isinstance(node, mi.DataclassType)
 
 
+def _leaf_keys(node: mi.Type, reach: set[int]) -> _FieldKeys | None:
+    """The keys of a class with no class inside (its maps are checked in bulk), else None."""
+    if isinstance(node, mi.DataclassType) and not any(id(f.type) in reach for f in node.fields):
+        return _FieldKeys(node)
+    return None
+
+
 def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Visit]) -> Visit:
     if isinstance(node, mi.Metadata):
         inner = _compile(node.type, reach, memo, _build_shape)
@@ -766,11 +811,22 @@ def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Visit]) -> Visi
 
         return union
     if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
+        item_keys = _leaf_keys(node.item_type, reach)
+        if item_keys is not None:  # the common case: a collection of plain classes, each map checked here
+            each = item_keys
+
+            def leaves(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
+                for index, fields in enumerate(_RAW_LIST_OF_MAPS.decode(raw)):
+                    if fields.keys() != each.known and (problem := _saved_keys(each, fields)) is not None:
+                        return ((place, index), problem)
+                return None
+
+            return leaves
         item = _compile(node.item_type, reach, memo, _build_shape)
         assert item is not None
 
         def items(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
-            todo.extend(((place, index), item, element) for index, element in enumerate(_RAW_ITEMS.decode(raw)))
+            todo.extend(((place, index), item, element) for index, element in enumerate(RAW_ITEMS.decode(raw)))
             return None
 
         return items
@@ -779,16 +835,25 @@ def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Visit]) -> Visi
         checked = [(i, i, c) for i, t in enumerate(kinds) if (c := _compile(t, reach, memo, _build_shape)) is not None]
         return _positions(checked)
     if isinstance(node, mi.DictType):
-        key_visit = _compile(node.key_type, reach, memo, _build_shape)
+        # Only the values: a key holding a class is refused when saved (`inspect_type`: not a str).
+        value_keys = _leaf_keys(node.value_type, reach)
+        if value_keys is not None:
+            every = value_keys
+
+            def leaf_values(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
+                for key, fields in _RAW_DICT_OF_MAPS.decode(raw).items():
+                    if fields.keys() != every.known and (problem := _saved_keys(every, fields)) is not None:
+                        return ((place, f"[{key!r}]"), problem)
+                return None
+
+            return leaf_values
         value_visit = _compile(node.value_type, reach, memo, _build_shape)
+        if value_visit is None:  # pragma: no cover - see above: only a key holds a class
+            return _no_visit
 
         def mapping(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
-            parts = _RAW_ITEMS.decode(as_array(raw))  # keys and values in turn: a key may be a map
-            for n in range(0, len(parts), 2):
-                if key_visit is not None:
-                    todo.append(((place, (parts[n], n // 2, True)), key_visit, parts[n]))
-                if value_visit is not None:
-                    todo.append(((place, (parts[n], n // 2, False)), value_visit, parts[n + 1]))
+            parts = RAW_ITEMS.decode(as_array(raw))  # keys and values in turn
+            todo.extend(((place, (parts[n], n // 2)), value_visit, parts[n + 1]) for n in range(0, len(parts), 2))
             return None
 
         return mapping
@@ -799,40 +864,39 @@ def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Visit]) -> Visi
         where = {f.name: i for i, f in enumerate(node.fields)}
         return _positions([(where[f.name] + skip, f".{f.name}", c) for f, c in named])
     children = [(f.encode_name, f".{f.name}", c) for f, c in named]
-    keys = FieldKeys(node) if isinstance(node, mi.DataclassType) else None
-
-    known = None if keys is None else keys.known
+    keys = _FieldKeys(node) if isinstance(node, mi.DataclassType) else None
 
     def by_key(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
-        fields = _RAW_FIELDS.decode(raw)
-        if known is not None and fields.keys() != known:  # (equal: every field, nothing else)
-            assert keys is not None
-            problem = _saved_keys(keys, fields)
-            if problem is not None:
-                return (place, problem)
+        fields = RAW_FIELDS.decode(raw)
+        if keys is not None and fields.keys() != keys.known and (problem := _saved_keys(keys, fields)) is not None:
+            return (place, problem)
         todo.extend(((place, name), visit, fields[key]) for key, name, visit in children if key in fields)
         return None
 
     return by_key
 
 
-def _saved_keys(keys: FieldKeys, fields: dict[str, Any]) -> str | None:
-    """What is wrong with the saved map `fields` of a `keys.cls`, or None."""
-    name = keys.cls.__qualname__
-    unknown = keys.unknown(fields)
-    if unknown is not _NONE:
-        return f"the saved value has a field {unknown!r} that {name} no longer has (it would be dropped)"
-    lacking = keys.missing(fields)
-    if lacking is not None:
-        return f"{name} has a field {lacking!r} that the saved value lacks (it would take its default)"
+def _no_visit(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:  # pragma: no cover
     return None
+
+
+def _saved_keys(keys: _FieldKeys, fields: dict[str, Any]) -> str | None:
+    """What is wrong with the saved map `fields` of a `keys.cls`, or None."""
+    found = keys.mismatch(fields)
+    if found is None:
+        return None
+    unknown, name = found
+    cls = keys.cls.__qualname__
+    if unknown:
+        return f"the saved value has a field {name!r} that {cls} does not have (it would be dropped)"
+    return f"{cls} has a field {name!r} that the saved value lacks (it would take its default)"
 
 
 def _positions(checked: Sequence[tuple[int, int | str, Visit]]) -> Visit:
     """The visit of an array's items at `checked` positions, each named by its segment (an index, a ".name")."""
 
     def fixed(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
-        parts = _RAW_ITEMS.decode(raw)
+        parts = RAW_ITEMS.decode(raw)
         todo.extend(((place, segment), visit, parts[i]) for i, segment, visit in checked if i < len(parts))
         return None
 
@@ -843,7 +907,7 @@ def _key_label(raw: msgspec.Raw, index: int) -> str:
     """How a path names a dict entry: its key, if a str or an int, else its place (``#2``)."""
     try:
         key = msgspec.msgpack.decode(raw)
-    except msgspec.MsgspecError:
+    except msgspec.MsgspecError:  # pragma: no cover - it decoded under its type already
         key = None
     return repr(key) if type(key) in (str, int) else f"#{index}"
 
@@ -863,9 +927,9 @@ def _saved_as(node: mi.Type) -> Callable[[Any], bool]:
         def tagged(raw: Any) -> bool:
             try:
                 if node.array_like:
-                    parts = _RAW_ITEMS.decode(raw)
+                    parts = RAW_ITEMS.decode(raw)
                     return len(parts) > 0 and bool(msgspec.msgpack.decode(parts[0]) == tag)
-                fields = _RAW_FIELDS.decode(raw)
+                fields = RAW_FIELDS.decode(raw)
                 return field in fields and bool(msgspec.msgpack.decode(fields[field]) == tag)
             except msgspec.MsgspecError:  # another branch's value (or damaged: the decode said so)
                 return False
@@ -875,12 +939,7 @@ def _saved_as(node: mi.Type) -> Callable[[Any], bool]:
         isinstance(node, mi.StructType) and not node.array_like
     ):
         return lambda raw: map_length(raw) >= 0
-    return lambda raw: map_length(raw) < 0 and _is_array(raw)  # the other nodes `_build_shape` checks are arrays
-
-
-def _is_array(raw: Any) -> bool:
-    view = memoryview(raw)
-    return len(view) > 0 and (0x90 <= view[0] <= 0x9F or view[0] in (0xDC, 0xDD))
+    return lambda raw: array_length(raw) >= 0  # the other nodes `_build_shape` checks are arrays
 
 
 # -- finding the culprit (the slow path of a failed encode) --------------------------------

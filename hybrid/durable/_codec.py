@@ -42,9 +42,11 @@ Decisions (each one a rule a test checks):
   of the agent, like a state.
 - A value class inside the fields, the arguments or the output (an attrs class or
   dataclass) must have the fields it was saved with, as the agent must: msgspec would
-  drop a field it lost and default one it gained, so resume checks the untyped decode
-  of the same bytes against each class (`inspect_shape`). A fields map naming a field
-  twice is refused too (msgspec would keep the last value).
+  drop a field it lost and default one it gained, so resume checks each class's saved
+  map in the same bytes, left undecoded but for the maps and arrays on the way
+  (`inspect_shape`). A fields map naming a field twice is refused too (msgspec would
+  keep the last value). A dict saved for such a class must have the class's keys. A
+  finished key's recorded output is read as msgspec reads it (it has no upgrade).
 - Values of concrete annotations come back as the annotation says: a tuple
   held by a ``list[int]`` field is resumed as a list, an int held by a
   ``float`` field as a float.
@@ -79,8 +81,11 @@ from hybrid.codec._naming import ClassMeta, class_meta, meta_of, record_meta
 from hybrid.codec._records import tuple_getter
 from hybrid.codec._types import (
     ENCODE_ERRORS,
+    RAW_FIELDS,
+    RAW_ITEMS,
     Check,
     Visit,
+    array_length,
     as_array,
     culprit,
     field_type,
@@ -115,12 +120,10 @@ _EVENTS: Final = StepKind.EVENTS
 # Where a step payload's mismatch is (msgspec's path): an item, then a field name.
 _INDEX: Final = re.compile(r"^\[(?P<index>\d+)\](?P<rest>.*)$", re.DOTALL)
 _NAME: Final = re.compile(r"^\.(?P<name>[^\W\d]\w*)(?P<rest>.*)$", re.DOTALL)  # a Python identifier
-# A step payload's items, and its fields by name, each left undecoded (the shape checks read them).
-_ITEMS: Final = msgspec.msgpack.Decoder(list[msgspec.Raw])
-_FIELDS: Final = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
 _SHAPE_ADVICE: Final = (
-    "The class changed since the checkpoint was saved: keep its old fields until the checkpoint is resumed, "
-    "or raise the agent's version with an upgrade of the saved fields (@durable(version=..., upgrade=...))"
+    "The class changed since the checkpoint was saved (or a dict with other keys was saved for it): keep its "
+    "old fields until the checkpoint is resumed, or raise the agent's version with an upgrade of the saved "
+    "fields (@durable(version=..., upgrade=...))"
 )
 
 
@@ -274,9 +277,12 @@ class _StatePlan:
             Any if var_name is None else resolve(hints.get(var_name, Any), globalns, None, f"{where} *{var_name}")
         )
         self.pos_checks: tuple[Check | None, ...] = tuple(
-            inspect_type(t, f"{where} argument {p!r}") for p, t in zip(params, self.pos_types, strict=True)
+            inspect_type(t, f"{where} argument {p!r}", exact_dicts=True)
+            for p, t in zip(params, self.pos_types, strict=True)
         )
-        self.var_check = None if var_name is None else inspect_type(self.var_type, f"{where} *{var_name}")
+        self.var_check = (
+            None if var_name is None else inspect_type(self.var_type, f"{where} *{var_name}", exact_dicts=True)
+        )
         self.checked = self.var_check is not None or any(c is not None for c in self.pos_checks)  # Any slots
         self.pos_shapes: tuple[Visit | None, ...] = tuple(inspect_shape(t) for t in self.pos_types)
         self.var_shape = None if var_name is None else inspect_shape(self.var_type)
@@ -355,7 +361,6 @@ class _ClassPlan:
         "names",
         "output_check",
         "output_decoder",
-        "output_shape",
         "output_type",
         "qualname",
         "states",
@@ -378,7 +383,7 @@ class _ClassPlan:
         hints = [field_type(cls, f.name, f.type) for f in fields]
         checks: list[tuple[int, str, Check]] = []
         for index, (f, hint) in enumerate(zip(fields, hints, strict=True)):
-            check = inspect_type(hint, f"{self.qualname} field {f.name!r}")
+            check = inspect_type(hint, f"{self.qualname} field {f.name!r}", exact_dicts=True)
             if check is not None:
                 checks.append((index, f.name, check))
         self.field_checks = tuple(checks)
@@ -394,7 +399,6 @@ class _ClassPlan:
         self.states: dict[str, _StatePlan] = {}
         self.output_type = output_type(cls)
         self.output_check = inspect_type(self.output_type, f"{self.qualname} output")
-        self.output_shape = inspect_shape(self.output_type)
         self.output_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(self.output_type)
 
     def method(self, name: str) -> types.FunctionType | None:
@@ -746,7 +750,7 @@ class Codec:
                     f"key {key!r}: {plan.qualname}: a {kind} checkpoint names no state, got {checkpoint.state!r}"
                 )
             decoded = self._decode(key, plan, None, plan.begin_decoder, payload)
-            self._check_saved(key, plan, None, payload)
+            self._check_saved(checkpoint, plan, None, payload)
             agent = self._rebuild(key, plan, decoded[1])
             return agent, (None if kind == _BEGIN else Next.events())
         if kind not in (_ASYNC, _SYNC):
@@ -757,7 +761,7 @@ class Codec:
                 f"key {key!r}: {plan.qualname}.{checkpoint.state}: the checkpoint resumes state "
                 f"{checkpoint.state!r}, which is no longer a method of {plan.qualname}"
             )
-        count = _array_length(payload) - _HEAD
+        count = array_length(payload) - _HEAD
         # Each argument takes a byte at least: a larger count is a damaged header, which
         # must not make a decoder for billions of arguments.
         if count < 0 or count > len(payload):
@@ -768,7 +772,7 @@ class Codec:
                 f"which no longer fit {state.signature()}"
             )
         decoded = self._decode(key, plan, state, state.decoder(count), payload)
-        self._check_saved(key, plan, state, payload)
+        self._check_saved(checkpoint, plan, state, payload)
         agent = self._rebuild(key, plan, decoded[1])
         nxt = self._next(key, plan, state, agent, kind=kind, args=decoded[_HEAD:])
         mods: _Mods | None = decoded[2]
@@ -788,46 +792,71 @@ class Codec:
             raise CheckpointError(self._step_mismatch(key, plan, state, err, saving=False)) from err
         return decoded
 
-    def _check_saved(self, key: str, plan: _ClassPlan, state: _StatePlan | None, payload: bytes) -> None:
+    def _check_saved(self, checkpoint: Checkpoint, plan: _ClassPlan, state: _StatePlan | None, payload: bytes) -> None:
         """What the typed decode takes silently: a field named twice; a value class that changed its fields.
 
-        `payload` has just decoded under the class's types. msgspec keeps the last
-        value of a key named twice, drops a saved field a value class no longer
-        has and gives one it gained its default: each is refused here, naming it.
+        `payload` (the checkpoint's, or its upgrade's) has just decoded under the
+        class's types. msgspec keeps the last value of a key named twice, drops a
+        saved field a value class no longer has and gives one it gained its
+        default: each is refused here, naming it. The fields map is found at its
+        place (after the array header and the format's one byte) unless the
+        payload spells them otherwise.
         """
-        items = _ITEMS.decode(payload)
-        if map_length(items[1]) != len(plan.names):  # the fields struct took each name once, no other
-            self._named_twice(key, plan, items[1])
+        key = checkpoint.key
+        header = 1 if payload[0] <= 0x9F else 3 if payload[0] == 0xDC else 5
+        at_fields = header + 1 if payload[header] == _FORMAT else -1
+        if at_fields < 0 or map_length(payload, at_fields) != len(plan.names):
+            # (A field named twice, or a format header spelled in more bytes: look at the map itself.)
+            self._named_twice(key, plan, RAW_ITEMS.decode(payload)[1])
         shaped = state is not None and state.shaped
         if not (plan.field_shapes or shaped):
             return
-        fields = _FIELDS.decode(items[1])
+        items = RAW_ITEMS.decode(payload)
+        fields = RAW_FIELDS.decode(items[1])
+        upgraded = None if checkpoint.version == plan.version else checkpoint.version
         for name, shape in plan.field_shapes:
-            self._check_shape(key, plan, state, shape=shape, value=fields[name], path=f"[1].{name}")
+            self._check_shape(key, plan, state, shape=shape, value=fields[name], path=f"[1].{name}", upgraded=upgraded)
         if state is not None and shaped:
             for position, value in enumerate(items[_HEAD:]):
                 arg_shape = state.shape(position)
                 if arg_shape is not None:
-                    self._check_shape(key, plan, state, shape=arg_shape, value=value, path=f"[{position + _HEAD}]")
+                    path = f"[{position + _HEAD}]"
+                    self._check_shape(key, plan, state, shape=arg_shape, value=value, path=path, upgraded=None)
 
     def _check_shape(
-        self, key: str, plan: _ClassPlan, state: _StatePlan | None, *, shape: Visit, value: msgspec.Raw, path: str
+        self,
+        key: str,
+        plan: _ClassPlan,
+        state: _StatePlan | None,
+        *,
+        shape: Visit,
+        value: msgspec.Raw,
+        path: str,
+        upgraded: int | None,
     ) -> None:
-        """Run one saved-shape check on the undecoded item at `path` of the payload; raise what it finds."""
+        """Run one saved-shape check on the undecoded item at `path` of the payload; raise what it finds.
+
+        `upgraded`: the version an upgrade function brought the fields from, if one did.
+        """
         try:
             found = run_shape(shape, value)
         except msgspec.MsgspecError as err:  # pragma: no cover - the typed decode read these parts already
             raise CheckpointError(self._step_mismatch(key, plan, state, err, saving=False)) from err
-        if found is not None:
-            text = self._mismatch_at(key, plan, state, found[1], path + found[0], corrupted=False, saving=False)
-            raise CheckpointError(f"{text}. {_SHAPE_ADVICE}")
+        if found is None:
+            return
+        text = self._mismatch_at(key, plan, state, found[1], path + found[0], corrupted=False, saving=False)
+        if upgraded is not None:
+            raise CheckpointError(
+                f"{text}. The upgrade from version {upgraded} returned it in its old shape: convert it there"
+            )
+        raise CheckpointError(f"{text}. {_SHAPE_ADVICE}")
 
     @staticmethod
     def _named_twice(key: str, plan: _ClassPlan, fields_map: msgspec.Raw | bytes) -> None:
         """Raise if the msgpack map `fields_map` names a field twice (only a damaged payload does)."""
         names: list[Any] = []
         try:
-            parts = _ITEMS.decode(as_array(fields_map))
+            parts = RAW_ITEMS.decode(as_array(fields_map))
             for n in range(0, len(parts), 2):
                 name = msgspec.msgpack.decode(parts[n])
                 if name in names:
@@ -916,7 +945,7 @@ class Codec:
         if not (isinstance(raw, list) and len(raw) >= _HEAD and isinstance(raw[1], dict)):  # pyright: ignore[reportUnknownArgumentType]
             raise CheckpointError(f"key {key!r}: {plan.qualname}: the checkpoint is not a valid payload")
         items: list[Any] = raw  # pyright: ignore[reportUnknownVariableType]
-        self._named_twice(key, plan, _ITEMS.decode(checkpoint.payload)[1])  # as a dict, the last value would win
+        self._named_twice(key, plan, RAW_ITEMS.decode(checkpoint.payload)[1])  # as a dict, the last value would win
         try:
             fields = plan.upgrade(checkpoint.version, items[1])
         except Exception as err:
@@ -1022,23 +1051,13 @@ class Codec:
         """
         plan = self._plan(agent_cls)
         try:
-            value = plan.output_decoder.decode(data)
+            return plan.output_decoder.decode(data)
         except Exception as err:
             message, path = split_message(err)
             raise CheckpointError(
                 f"key {key!r}: {plan.qualname} output{path}: the saved output does not decode into "
                 f"{type_text(plan.output_type)}: {message}"
             ) from err
-        if plan.output_shape is not None:
-            try:
-                found = run_shape(plan.output_shape, data)
-            except msgspec.MsgspecError as err:  # pragma: no cover - the typed decode read these parts already
-                raise CheckpointError(
-                    f"key {key!r}: {plan.qualname} output: the saved output is damaged ({err})"
-                ) from err
-            if found is not None:
-                raise CheckpointError(f"key {key!r}: {plan.qualname} output{found[0]}: {found[1]}. {_SHAPE_ADVICE}")
-        return value
 
 
 def _state_plan(key: str, plan: _ClassPlan, name: str) -> _StatePlan | None:
@@ -1079,17 +1098,3 @@ def _exception_type(where: str, name: str) -> type[BaseException]:
             "(import its module before resuming)"
         )
     return found
-
-
-def _array_length(payload: bytes) -> int:
-    """The length of the msgpack array `payload` starts with, from its header; -1 if it is none."""
-    if not payload:
-        return -1
-    first = payload[0]
-    if 0x90 <= first <= 0x9F:
-        return first & 0x0F
-    if first == 0xDC and len(payload) >= 3:
-        return int.from_bytes(payload[1:3], "big")
-    if first == 0xDD and len(payload) >= 5:
-        return int.from_bytes(payload[1:5], "big")
-    return -1
