@@ -40,7 +40,7 @@ import types
 import typing
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
-from typing import Any, Final, TypeVar, cast, final
+from typing import Any, Final, NamedTuple, TypeVar, cast, final
 
 import attrs
 import msgspec
@@ -56,6 +56,7 @@ __all__ = [
     "RAW_ITEMS",
     "Check",
     "Problem",
+    "Shape",
     "Visit",
     "answer_type",
     "array_length",
@@ -680,57 +681,101 @@ def _takes_unset(hint: Any) -> bool:
 # array index, or (raw key, entry number) for a dict's value. Made per part, rendered
 # (`_render`) only for a problem.
 _Place = tuple[Any, Any] | None
-# One step of the shape walk: (where, the step to take, the undecoded value it takes).
-_Todo = deque[tuple[_Place, Callable[..., Any], Any]]
-Visit = Callable[[Any, _Place, _Todo], "tuple[_Place, str] | None"]
-"""One node of a shape check: checks one undecoded value, queues its parts (``visit(raw, place, todo)``)."""
+Visit = Callable[[Any, _Place, "_Walk"], "tuple[_Place, str] | None"]
+"""One node of a shape check: checks one undecoded value, queues its parts (``visit(raw, place, walk)``)."""
 
 RAW_ITEMS: Final = msgspec.msgpack.Decoder(list[msgspec.Raw])
 """An array's items, each left undecoded."""
 RAW_FIELDS: Final = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
 """A map with str keys, its values left undecoded."""
-_RAW_LIST_OF_MAPS: Final = msgspec.msgpack.Decoder(list[dict[str, msgspec.Raw]])
-_RAW_DICT_OF_MAPS: Final = msgspec.msgpack.Decoder(dict[Any, dict[str, msgspec.Raw]])
 
 
-def inspect_shape(annotation: Any) -> Visit | None:
+@final
+class Shape(NamedTuple):
+    """A compiled shape check (`inspect_shape`): run it with `run_shape`."""
+
+    visit: Visit
+    classes: frozenset[int]
+    """The value classes it checks (their type nodes' ids)."""
+
+
+@final
+class _Walk:
+    """One run of a shape check: the parts still to visit, and the classes checked already.
+
+    Each class is checked at its first, outermost instance: every instance of a
+    class is written alike, so one that lost or gained a field shows at the
+    first. A part is visited only if an unchecked class may be inside.
+    """
+
+    __slots__ = ("checked", "todo")
+
+    def __init__(self) -> None:
+        self.todo: deque[tuple[_Place, Visit, Any, frozenset[int]]] = deque()
+        self.checked: set[int] = set()
+
+    def add(self, place: _Place, visit: Visit, raw: Any, classes: frozenset[int]) -> None:
+        if not classes <= self.checked:
+            self.todo.append((place, visit, raw, classes))
+
+
+def inspect_shape(annotation: Any) -> Shape | None:
     """The check that the attrs classes and dataclasses under `annotation` still have their saved fields.
 
     msgspec decodes such a class leniently: a saved field the class no longer
     has is dropped, and a field it gained since takes its default. Where a value
     must come back as it was saved (a checkpoint), both are refused. Run the
-    check with `run_shape` on the saved bytes; it returns the first (path,
-    problem) of a class's map whose keys are not the class's fields
-    (`_FieldKeys`), or None. A msgspec Struct keeps msgspec's own rules (its
-    ``forbid_unknown_fields`` and defaults are its schema evolution), but the
-    classes inside it are checked. None when no attrs class or dataclass is
-    inside (most annotations).
+    check with `run_shape` on the saved bytes; it returns the (path, problem) of
+    a class's map whose keys are not the class's fields (`_FieldKeys`), or None.
+    A msgspec Struct keeps msgspec's own rules (its ``forbid_unknown_fields`` and
+    defaults are its schema evolution), but the classes inside it are checked.
+    None when no attrs class or dataclass is inside (most annotations).
 
     `annotation` must have passed `inspect_type`.
     """
     info = mi.type_info(annotation)
-    return _compile(info, _reaching(_nodes(info), _is_value_class), {}, _build_shape)
+    nodes = _nodes(info)
+    below = _classes_below(nodes)
+    visit = _compile(info, _reaching(nodes, _is_value_class), {}, functools.partial(_build_shape, below=below))
+    return None if visit is None else Shape(visit, below[id(info)])
 
 
-def run_shape(visit: Visit, raw: bytes | msgspec.Raw) -> Problem | None:
-    """The first problem `visit` (made by `inspect_shape`) finds in the undecoded value `raw`, or None.
+def run_shape(shape: Shape, raw: bytes | msgspec.Raw) -> Problem | None:
+    """The problem `shape` (made by `inspect_shape`) finds in the undecoded value `raw`, or None.
 
     The walk goes level by level, never recursing (a value as deep as can be
-    saved is checked whole, its outer levels first), and decodes only the maps
-    and arrays on the way to a class: any other part stays undecoded, whatever
-    it holds. Each level skips over the parts below it, so a deep chain of
-    classes over a large value costs its depth times its size.
+    saved is checked, its outer levels first), checks each class at its first
+    instance (`_Walk`), and decodes only the maps and arrays on the way to a
+    class not checked yet: any other part stays undecoded, whatever it holds.
 
     Raises:
         msgspec.DecodeError: `raw` is damaged (it did not decode under its types).
     """
-    todo: _Todo = deque([(None, visit, raw)])
+    walk = _Walk()
+    walk.add(None, shape.visit, raw, shape.classes)
+    todo, checked = walk.todo, walk.checked
     while todo:
-        place, step, value = todo.popleft()
-        problem = step(value, place, todo)
+        place, step, value, classes = todo.popleft()
+        if classes <= checked:  # found meanwhile, elsewhere
+            continue
+        problem = step(value, place, walk)
         if problem is not None:
             return (_render(problem[0]), problem[1])
     return None
+
+
+def _classes_below(nodes: dict[int, mi.Type]) -> dict[int, frozenset[int]]:
+    """For each node (by id), the value classes it holds, itself included (a fixed point: cycles are fine)."""
+    below = {key: {key} if _is_value_class(node) else set[int]() for key, node in nodes.items()}
+    changed = True
+    while changed:
+        changed = False
+        for key, node in nodes.items():
+            for child in _children(node):
+                if not below[id(child)] <= below[key]:
+                    below[key] |= below[id(child)]
+                    changed = True
+    return {key: frozenset(found) for key, found in below.items()}
 
 
 def _render(place: _Place) -> str:
@@ -788,95 +833,100 @@ def _is_value_class(node: mi.Type) -> bool:
     return isinstance(node, mi.DataclassType)
 
 
-def _leaf_keys(node: mi.Type, reach: set[int]) -> _FieldKeys | None:
-    """The keys of a class with no class inside (its maps are checked in bulk), else None."""
-    if isinstance(node, mi.DataclassType) and not any(id(f.type) in reach for f in node.fields):
-        return _FieldKeys(node)
-    return None
-
-
-def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Visit]) -> Visit:
+def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Visit], *, below: dict[int, frozenset[int]]) -> Visit:
+    again = functools.partial(_build_shape, below=below)
     if isinstance(node, mi.Metadata):
-        inner = _compile(node.type, reach, memo, _build_shape)
+        inner = _compile(node.type, reach, memo, again)
         assert inner is not None
         return inner
     if isinstance(node, mi.UnionType):
-        branches = [(_saved_as(t), c) for t in node.types if (c := _compile(t, reach, memo, _build_shape)) is not None]
+        branches = [(_saved_as(t), c) for t in node.types if (c := _compile(t, reach, memo, again)) is not None]
 
-        def union(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
+        def union(raw: Any, place: _Place, walk: _Walk) -> tuple[_Place, str] | None:
             for saved_as, visit in branches:
                 if saved_as(raw):
-                    return visit(raw, place, todo)
+                    return visit(raw, place, walk)
             return None
 
         return union
     if isinstance(node, mi.ListType | mi.SetType | mi.FrozenSetType | mi.VarTupleType):
-        item_keys = _leaf_keys(node.item_type, reach)
-        if item_keys is not None:  # the common case: a collection of plain classes, each map checked here
-            each = item_keys
-
-            def leaves(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
-                for index, fields in enumerate(_RAW_LIST_OF_MAPS.decode(raw)):
-                    if fields.keys() != each.known and (problem := _saved_keys(each, fields)) is not None:
-                        return ((place, index), problem)
-                return None
-
-            return leaves
-        item = _compile(node.item_type, reach, memo, _build_shape)
+        item = _compile(node.item_type, reach, memo, again)
         assert item is not None
+        item_classes = below[id(node.item_type)]
 
-        def items(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
-            todo.extend(((place, index), item, element) for index, element in enumerate(RAW_ITEMS.decode(raw)))
-            return None
+        def items(raw: Any, place: _Place, walk: _Walk) -> tuple[_Place, str] | None:
+            parts = RAW_ITEMS.decode(raw)
+            return _next_part((parts, 0, item, item_classes, False), place, walk) if parts else None
 
         return items
     if isinstance(node, mi.TupleType | mi.NamedTupleType):
         kinds = node.item_types if isinstance(node, mi.TupleType) else [f.type for f in node.fields]
-        checked = [(i, i, c) for i, t in enumerate(kinds) if (c := _compile(t, reach, memo, _build_shape)) is not None]
+        checked = [
+            (i, i, c, below[id(t)]) for i, t in enumerate(kinds) if (c := _compile(t, reach, memo, again)) is not None
+        ]
         return _positions(checked)
     if isinstance(node, mi.DictType):
         # Only the values: a key holding a class is refused when saved (`inspect_type`: not a str).
-        value_keys = _leaf_keys(node.value_type, reach)
-        if value_keys is not None:
-            every = value_keys
-
-            def leaf_values(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
-                for key, fields in _RAW_DICT_OF_MAPS.decode(raw).items():
-                    if fields.keys() != every.known and (problem := _saved_keys(every, fields)) is not None:
-                        return ((place, f"[{key!r}]"), problem)
-                return None
-
-            return leaf_values
-        value_visit = _compile(node.value_type, reach, memo, _build_shape)
+        value_visit = _compile(node.value_type, reach, memo, again)
         if value_visit is None:  # pragma: no cover - see above: only a key holds a class
             return _no_visit
+        value_classes = below[id(node.value_type)]
 
-        def mapping(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
+        def mapping(raw: Any, place: _Place, walk: _Walk) -> tuple[_Place, str] | None:
             parts = RAW_ITEMS.decode(as_array(raw))  # keys and values in turn
-            todo.extend(((place, (parts[n], n // 2)), value_visit, parts[n + 1]) for n in range(0, len(parts), 2))
-            return None
+            return _next_part((parts, 0, value_visit, value_classes, True), place, walk) if parts else None
 
         return mapping
     assert isinstance(node, mi.StructType | mi.DataclassType | mi.TypedDictType)
-    named = [(f, c) for f in node.fields if (c := _compile(f.type, reach, memo, _build_shape)) is not None]
+    named = [(f, c, below[id(f.type)]) for f in node.fields if (c := _compile(f.type, reach, memo, again)) is not None]
     if isinstance(node, mi.StructType) and node.array_like:
         skip = 0 if node.tag_field is None else 1  # a tagged array-like Struct's tag comes first
         where = {f.name: i for i, f in enumerate(node.fields)}
-        return _positions([(where[f.name] + skip, f".{f.name}", c) for f, c in named])
-    children = [(f.encode_name, f".{f.name}", c) for f, c in named]
+        return _positions([(where[f.name] + skip, f".{f.name}", c, classes) for f, c, classes in named])
+    children = [(f.encode_name, f".{f.name}", c, classes) for f, c, classes in named]
     keys = _FieldKeys(node) if isinstance(node, mi.DataclassType) else None
+    me = id(node)
 
-    def by_key(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
+    def by_key(raw: Any, place: _Place, walk: _Walk) -> tuple[_Place, str] | None:
         fields = RAW_FIELDS.decode(raw)
-        if keys is not None and fields.keys() != keys.known and (problem := _saved_keys(keys, fields)) is not None:
-            return (place, problem)
-        todo.extend(((place, name), visit, fields[key]) for key, name, visit in children if key in fields)
+        if keys is not None:
+            if fields.keys() != keys.known and (problem := _saved_keys(keys, fields)) is not None:
+                return (place, problem)
+            walk.checked.add(me)
+        for key, name, visit, classes in children:
+            if key in fields:
+                walk.add((place, name), visit, fields[key], classes)
         return None
 
     return by_key
 
 
-def _no_visit(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:  # pragma: no cover
+def _next_part(state: Any, place: _Place, walk: _Walk) -> tuple[_Place, str] | None:
+    """Visit one part of an array (or one value of a map), and queue the next while a class is unchecked.
+
+    `state`: (parts, index, visit, classes, keyed): a map's parts are its keys
+    and values in turn. One part at a time: a collection of 100,000 instances of
+    a class is checked at its first.
+    """
+    parts: list[msgspec.Raw]
+    index: int
+    visit: Visit
+    classes: frozenset[int]
+    keyed: bool
+    parts, index, visit, classes, keyed = state
+    segment: int | tuple[msgspec.Raw, int]
+    if keyed:
+        part, segment, more = parts[2 * index + 1], (parts[2 * index], index), 2 * index + 3 < len(parts)
+    else:
+        part, segment, more = parts[index], index, index + 1 < len(parts)
+    if more:
+        walk.add(place, _next_part, (parts, index + 1, visit, classes, keyed), classes)
+    if classes <= walk.checked:
+        return None
+    return visit(part, (place, segment), walk)
+
+
+def _no_visit(raw: Any, place: _Place, walk: _Walk) -> tuple[_Place, str] | None:  # pragma: no cover
     return None
 
 
@@ -892,12 +942,14 @@ def _saved_keys(keys: _FieldKeys, fields: dict[str, Any]) -> str | None:
     return f"{cls} has a field {name!r} that the saved value lacks (it would take its default)"
 
 
-def _positions(checked: Sequence[tuple[int, int | str, Visit]]) -> Visit:
+def _positions(checked: Sequence[tuple[int, int | str, Visit, frozenset[int]]]) -> Visit:
     """The visit of an array's items at `checked` positions, each named by its segment (an index, a ".name")."""
 
-    def fixed(raw: Any, place: _Place, todo: _Todo) -> tuple[_Place, str] | None:
+    def fixed(raw: Any, place: _Place, walk: _Walk) -> tuple[_Place, str] | None:
         parts = RAW_ITEMS.decode(raw)
-        todo.extend(((place, segment), visit, parts[i]) for i, segment, visit in checked if i < len(parts))
+        for i, segment, visit, classes in checked:
+            if i < len(parts):
+                walk.add((place, segment), visit, parts[i], classes)
         return None
 
     return fixed

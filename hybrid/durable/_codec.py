@@ -43,8 +43,8 @@ Decisions (each one a rule a test checks):
 - A value class inside the fields, the arguments or the output (an attrs class or
   dataclass) must have the fields it was saved with, as the agent must: msgspec would
   drop a field it lost and default one it gained, so resume checks each class's saved
-  map in the same bytes, left undecoded but for the maps and arrays on the way
-  (`inspect_shape`). A fields map naming a field twice is refused too (msgspec would
+  map in the same bytes, left undecoded but for the maps and arrays on the way, at the
+  class's first instance (all are written alike: `inspect_shape`). A fields map naming a field twice is refused too (msgspec would
   keep the last value). A dict saved for such a class must have the class's keys. A
   finished key's recorded output is read as msgspec reads it (it has no upgrade).
 - Values of concrete annotations come back as the annotation says: a tuple
@@ -84,7 +84,7 @@ from hybrid.codec._types import (
     RAW_FIELDS,
     RAW_ITEMS,
     Check,
-    Visit,
+    Shape,
     array_length,
     as_array,
     culprit,
@@ -284,7 +284,7 @@ class _StatePlan:
             None if var_name is None else inspect_type(self.var_type, f"{where} *{var_name}", exact_dicts=True)
         )
         self.checked = self.var_check is not None or any(c is not None for c in self.pos_checks)  # Any slots
-        self.pos_shapes: tuple[Visit | None, ...] = tuple(inspect_shape(t) for t in self.pos_types)
+        self.pos_shapes: tuple[Shape | None, ...] = tuple(inspect_shape(t) for t in self.pos_types)
         self.var_shape = None if var_name is None else inspect_shape(self.var_type)
         self.shaped = self.var_shape is not None or any(c is not None for c in self.pos_shapes)
         """Some argument may hold an attrs class or dataclass: its saved fields are checked at resume."""
@@ -299,7 +299,7 @@ class _StatePlan:
         """The Any-slot check of the argument at `position`, if its annotation needs one."""
         return self.pos_checks[position] if position < len(self.params) else self.var_check
 
-    def shape(self, position: int) -> Visit | None:
+    def shape(self, position: int) -> Shape | None:
         """The saved-shape check of the argument at `position` (`inspect_shape`), if it needs one."""
         return self.pos_shapes[position] if position < len(self.params) else self.var_shape
 
@@ -829,7 +829,7 @@ class Codec:
         plan: _ClassPlan,
         state: _StatePlan | None,
         *,
-        shape: Visit,
+        shape: Shape,
         value: msgspec.Raw,
         path: str,
         upgraded: int | None,

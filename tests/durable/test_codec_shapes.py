@@ -640,3 +640,47 @@ def test_a_dict_held_for_a_class_must_have_its_keys_in_a_checkpoint_but_not_in_a
     assert message.startswith("key 'k': ReviewedGained field 'stock'['a']: a dict given for a ItemGained lacks")
     codec = MessageCodec()
     assert codec.decode_value(ItemGained, codec.encode_value(ItemGained, short)) == ItemGained("x", 1, 0)
+
+
+# -- each class at its first instance ---------------------------------------------------------------
+
+
+@durable(name="shapes.sparse")
+@attrs.define
+class Sparse(Agent[None]):
+    slots: list[Item | None] = attrs.field(factory=list[Item | None])
+    forest: list[Tree] = attrs.field(factory=list[Tree])
+
+    def begin(self) -> Next[Self]:
+        return Next.done()
+
+
+@durable(name="shapes.sparse")
+@attrs.define
+class SparseGained(Agent[None]):
+    slots: list[ItemGained | None] = attrs.field(factory=list[ItemGained | None])
+    forest: list[TreeGained] = attrs.field(factory=list[TreeGained])
+
+    def begin(self) -> Next[Self]:
+        return Next.done()
+
+
+def test_a_class_first_found_late_in_a_collection_is_still_checked() -> None:
+    """The walk goes on past parts without the class: its first instance may be the last part."""
+    saved = save(Sparse(slots=[None] * 1000 + [Item("x", 1)]), None)
+    message = refusal(lambda: resume(SparseGained, saved))
+    assert message.startswith("key 'k': SparseGained field 'slots'[1000]: ItemGained has a field 'price'")
+    resumed, _ = resume(Sparse, saved)
+    assert isinstance(resumed, Sparse)
+    assert resumed.slots[-1] == Item("x", 1)
+
+
+def test_a_large_collection_is_checked_at_its_first_instance_and_resumes_whole() -> None:
+    items: list[Item | None] = [Item(str(n), n) for n in range(100_000)]
+    saved = save(Sparse(slots=items, forest=[Tree(1, [Tree(2)]), Tree(3)]), None)
+    message = refusal(lambda: resume(SparseGained, saved))
+    assert message.startswith("key 'k': SparseGained field 'slots'[0]: ItemGained has a field 'price'")
+    resumed, _ = resume(Sparse, saved)
+    assert isinstance(resumed, Sparse)
+    assert resumed.slots == items
+    assert resumed.forest == [Tree(1, [Tree(2)]), Tree(3)]
