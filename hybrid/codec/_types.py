@@ -565,14 +565,8 @@ def _dict_for(keys: _FieldKeys | None, value: dict[Any, Any]) -> Problem | None:
     """
     if keys is None or value.keys() == keys.known:
         return None
-    found = keys.mismatch(value)
-    if found is None:
-        return None
-    unknown, name = found
-    cls = keys.cls.__qualname__
-    if unknown:
-        return ("", f"a dict given for a {cls} has a key {name!r} that is none of its fields: it would be dropped")
-    return ("", f"a dict given for a {cls} lacks its field {name!r}: it would come back with a default")
+    problem = keys.problem(value, given=True)
+    return None if problem is None else ("", problem)
 
 
 def _utc(value: Any) -> Problem | None:
@@ -616,14 +610,22 @@ class _FieldKeys:
         optional = _optional_fields(self.cls, node)
         self.required = tuple(f.encode_name for f in node.fields if f.name not in optional)
 
-    def mismatch(self, keys: Collection[Any]) -> tuple[bool, Any] | None:
-        """(True, a key of `keys` that is no field) or (False, a field always written that `keys` lacks), or None."""
+    def problem(self, keys: Collection[Any], *, given: bool) -> str | None:
+        """What is wrong with a map of `keys` for the class (a key that is no field, a field it lacks), or None.
+
+        `given`: the map is a dict given for the class, being saved; else a saved map, being resumed.
+        """
+        cls = self.cls.__qualname__
         for key in keys:
             if key not in self.known:
-                return (True, key)
+                if given:
+                    return f"a dict given for a {cls} has a key {key!r} that is none of its fields: it would be dropped"
+                return f"the saved value has a field {key!r} that {cls} does not have (it would be dropped)"
         for key in self.required:
             if key not in keys:
-                return (False, key)
+                if given:
+                    return f"a dict given for a {cls} lacks its field {key!r}: it would come back with a default"
+                return f"{cls} has a field {key!r} that the saved value lacks (it would take its default)"
         return None
 
 
@@ -890,7 +892,7 @@ def _build_shape(node: mi.Type, reach: set[int], memo: dict[int, Visit], *, belo
     def by_key(raw: Any, place: _Place, walk: _Walk) -> tuple[_Place, str] | None:
         fields = RAW_FIELDS.decode(raw)
         if keys is not None:
-            if fields.keys() != keys.known and (problem := _saved_keys(keys, fields)) is not None:
+            if fields.keys() != keys.known and (problem := keys.problem(fields, given=False)) is not None:
                 return (place, problem)
             walk.checked.add(me)
         for key, name, visit, classes in children:
@@ -928,18 +930,6 @@ def _next_part(state: Any, place: _Place, walk: _Walk) -> tuple[_Place, str] | N
 
 def _no_visit(raw: Any, place: _Place, walk: _Walk) -> tuple[_Place, str] | None:  # pragma: no cover
     return None
-
-
-def _saved_keys(keys: _FieldKeys, fields: dict[str, Any]) -> str | None:
-    """What is wrong with the saved map `fields` of a `keys.cls`, or None."""
-    found = keys.mismatch(fields)
-    if found is None:
-        return None
-    unknown, name = found
-    cls = keys.cls.__qualname__
-    if unknown:
-        return f"the saved value has a field {name!r} that {cls} does not have (it would be dropped)"
-    return f"{cls} has a field {name!r} that the saved value lacks (it would take its default)"
 
 
 def _positions(checked: Sequence[tuple[int, int | str, Visit, frozenset[int]]]) -> Visit:

@@ -40,13 +40,14 @@ Decisions (each one a rule a test checks):
   name, looked up only among modules already imported; not its ``rng``, a
   resumed policy gets a fresh one); ``.fallback(fn)`` when `fn` is a method
   of the agent, like a state.
-- A value class inside the fields, the arguments or the output (an attrs class or
-  dataclass) must have the fields it was saved with, as the agent must: msgspec would
-  drop a field it lost and default one it gained, so resume checks each class's saved
-  map in the same bytes, left undecoded but for the maps and arrays on the way, at the
-  class's first instance (all are written alike: `inspect_shape`). A fields map naming a field twice is refused too (msgspec would
-  keep the last value). A dict saved for such a class must have the class's keys. A
-  finished key's recorded output is read as msgspec reads it (it has no upgrade).
+- A value class inside the fields or the arguments (an attrs class or dataclass) must
+  have the fields it was saved with, as the agent must: msgspec would drop a field it
+  lost and default one it gained, so resume checks each class's saved map in the same
+  bytes, left undecoded but for the maps and arrays on the way, at the class's first
+  instance (all are written alike: `inspect_shape`). A fields map naming a field twice
+  is refused too (msgspec would keep the last value). A dict saved for such a class
+  must have the class's keys. A finished key's recorded output is read as msgspec
+  reads it (it has no upgrade).
 - Values of concrete annotations come back as the annotation says: a tuple
   held by a ``list[int]`` field is resumed as a list, an int held by a
   ``float`` field as a float.
