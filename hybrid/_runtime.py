@@ -930,7 +930,7 @@ class Runtime:
         if saved is not None:
             assert self.host is not None
             keeper = _keepers().get(self.host)
-            if keeper is None or keeper.task is None:
+            if keeper is None or keeper.cancelled or self.host.cancel_scope.cancel_called:
                 return None  # its nursery is being cancelled: queued, the message wakes it to end
             context = saved.copy()
             mailbox.set_asleep(False)  # a wake-up the handler causes waits until its contextvars are kept
@@ -1191,13 +1191,15 @@ class _Keeper:
     would cost a scan per wake-up); `count` is how many still hibernate.
     """
 
-    __slots__ = ("contexts", "count", "host", "sleepers", "task")
+    __slots__ = ("cancelled", "contexts", "count", "host", "sleepers", "task")
 
     def __init__(self, host: trio.Nursery) -> None:
         self.host = host
         self.sleepers: list[Runtime] = []
         self.count = 0
         self.task: Task | None = None  # parked while it has sleepers
+        self.cancelled = False
+        """Its task was cancelled (the nursery is): its sleepers answer no inline request any more (`answer_inline`)."""
         self.contexts: list[contextvars.Context] = []
         """Distinct contextvars its sleepers kept lately (at most `_SHARED_CONTEXTS`, newest last)."""
 
@@ -1257,7 +1259,8 @@ class _Keeper:
             del _keepers()[self.host]
 
     def _abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
-        self.task = None  # cancelled: its sleepers answer no inline request any more (`answer_inline`)
+        self.task = None
+        self.cancelled = True
         return trio.lowlevel.Abort.SUCCEEDED
 
 

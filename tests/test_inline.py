@@ -95,6 +95,27 @@ async def test_queued_messages_are_handled_first_so_order_is_kept() -> None:
         counter.interrupt()
 
 
+class SleepyCounter(Counter):
+    hibernate_after = 0
+
+
+async def test_an_agent_that_just_hibernated_again_answers_inline() -> None:
+    """Woken by an event, back asleep before its nursery's keeper task ran again: still answered inline.
+
+    (The keeper has no task for a moment then; only a cancelled keeper stops inline answers.)
+    Repeated: which of the two runs first is trio's choice, each time.
+    """
+    async with trio.open_nursery() as nursery:
+        counter = hybrid.spawn(nursery, SleepyCounter())
+        for n in range(200):
+            await hybrid.testing.wait_idle(counter)
+            counter.send(Add(1))
+            assert await counter.request(Total()) == n + 1  # queued while it wakes: its own task answers
+            task, _ = await counter.request(Where())
+            assert task is trio.lowlevel.current_task(), f"round {n}: queued instead of answered inline"
+        counter.interrupt()
+
+
 async def test_a_busy_agent_answers_after_its_handler(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         counter = hybrid.spawn(nursery, Counter())
