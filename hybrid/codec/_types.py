@@ -64,6 +64,7 @@ __all__ = [
     "culprit",
     "field_type",
     "find_exception",
+    "header_size",
     "inspect_shape",
     "inspect_type",
     "map_length",
@@ -533,11 +534,13 @@ class _Exact:
     items' types) when they are all of the class.
     """
 
-    __slots__ = ("cls", "keys")
+    __slots__ = ("cls", "keys", "taken")
 
     def __init__(self, cls: type, keys: _FieldKeys | None) -> None:
         self.cls = cls
         self.keys = keys
+        self.taken: frozenset[type] = frozenset({cls} if keys is not None else {cls, dict})
+        """The item types `of_items` takes at once (a dict too, where any dict is taken)."""
 
     def __call__(self, value: Any) -> Problem | None:
         kind: type = type(value)  # pyright: ignore[reportUnknownVariableType]
@@ -548,13 +551,13 @@ class _Exact:
         return _other_class(value, self.cls)
 
     def of_items(self, value: Any) -> Problem | None:
-        if set(map(type, value)) <= {self.cls}:
+        if set(map(type, value)) <= self.taken:
             return None
-        for index, element in enumerate(value):  # pragma: no branch - one of them is another class's
+        for index, element in enumerate(value):
             found = self(element)
             if found is not None:
                 return (f"[{index}]{found[0]}", found[1])
-        return None  # pragma: no cover - see the loop
+        return None  # dicts, each with the class's keys
 
 
 def _dict_for(keys: _FieldKeys | None, value: dict[Any, Any]) -> Problem | None:
@@ -817,10 +820,19 @@ def _length(data: bytes | msgspec.Raw, offset: int, fixed: int, sized: int) -> i
     return -1
 
 
+def header_size(first: int) -> int:
+    """The bytes of a msgpack array or map header that starts with byte `first` (1, 3 or 5)."""
+    if first in (0xDC, 0xDE):  # 16-bit length
+        return 3
+    if first in (0xDD, 0xDF):  # 32-bit length
+        return 5
+    return 1
+
+
 def as_array(map_data: bytes | msgspec.Raw) -> bytes:
     """The msgpack map `map_data` as an array of its keys and values in turn (a key named twice stays twice)."""
     view = memoryview(map_data)
-    header = 3 if view[0] == 0xDE else 5 if view[0] == 0xDF else 1
+    header = header_size(view[0])
     items = 2 * map_length(map_data)
     if items < 16:
         head = bytes([0x90 | items])

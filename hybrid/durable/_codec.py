@@ -91,6 +91,7 @@ from hybrid.codec._types import (
     culprit,
     field_type,
     find_exception,
+    header_size,
     inspect_shape,
     inspect_type,
     map_length,
@@ -804,7 +805,7 @@ class Codec:
         payload spells them otherwise.
         """
         key = checkpoint.key
-        header = 1 if payload[0] <= 0x9F else 3 if payload[0] == 0xDC else 5
+        header = header_size(payload[0])
         at_fields = header + 1 if payload[header] == _FORMAT else -1
         if at_fields < 0 or map_length(payload, at_fields) != len(plan.names):
             # (A field named twice, or a format header spelled in more bytes: look at the map itself.)

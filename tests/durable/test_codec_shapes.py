@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, Generic, NamedTuple, TypeVar, cast
+from typing import Annotated, Any, Generic, NamedTuple, TypeVar, cast
 
 import attrs
 import msgspec
@@ -684,3 +684,44 @@ def test_a_large_collection_is_checked_at_its_first_instance_and_resumes_whole()
     assert isinstance(resumed, Sparse)
     assert resumed.slots == items
     assert resumed.forest == [Tree(1, [Tree(2)]), Tree(3)]
+
+
+@attrs.define(init=False)
+class Gauge:
+    """attrs with init=False and an __init__ of its own: `scale` stays unset, msgspec leaves it out."""
+
+    reading: int
+    scale: int = 1
+
+    def __init__(self, reading: int) -> None:
+        self.reading = reading
+
+
+@dataclasses.dataclass
+class Reading:
+    value: int
+    note: Annotated[str | msgspec.UnsetType, "a free text"] = msgspec.UNSET
+
+
+class Celsius(Reading):
+    """A dataclass's plain subclass, not decorated: its __init__ is its base's, generated."""
+
+
+@durable(name="shapes.gauges")
+@attrs.define
+class Gauges(Agent[None]):
+    gauge: Gauge | None = None
+    reading: Reading | None = None
+    celsius: list[Celsius] = attrs.field(factory=list[Celsius])
+
+    def begin(self) -> Next[Self]:
+        return Next.done()
+
+
+def test_own_inits_annotated_unset_fields_and_inherited_inits_resume_unchanged() -> None:
+    agent = Gauges(gauge=Gauge(7), reading=Reading(1), celsius=[Celsius(2), Celsius(3, "warm")])
+    resumed, _ = resume(Gauges, save(agent, None))
+    assert isinstance(resumed, Gauges)
+    assert resumed.gauge is not None and resumed.gauge.reading == 7
+    assert resumed.reading == Reading(1)
+    assert resumed.celsius == [Celsius(2), Celsius(3, "warm")]
